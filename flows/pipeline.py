@@ -1,0 +1,40 @@
+"""The whole job: train, index, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.evaluate import evaluate
+from flows.index import index
+from flows.train import train
+from milvus import server
+from milvus.store import DEFAULT_ALIAS
+from towerbridge import settings
+from towers.config import TowerConfig
+
+
+@flow(name="pipeline")
+def pipeline(
+    dataset: str = "synthetic",
+    data_dir: str | None = None,
+    report_dir: str | None = None,
+    milvus_uri: str | None = None,
+    alias: str = DEFAULT_ALIAS,
+    epochs: int = TowerConfig.epochs,
+    seed: int = TowerConfig.seed,
+) -> dict:
+    """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
+
+    Returns the evaluation report; it is also written to ``report_dir`` (default:
+    the run's directory under TOWERBRIDGE_HOME/runs).
+    """
+    run_dir = settings.state_dir("runs") / settings.new_id()
+    report_dir = report_dir or str(run_dir / "report")
+    with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
+        trained = train(dataset=dataset, data_dir=data_dir, run_dir=str(run_dir), epochs=epochs, seed=seed)
+        built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias)
+        report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
+                          report_dir=report_dir, milvus_uri=uri)
+    return {**report, "report_dir": str(Path(report_dir).resolve())}

@@ -1,0 +1,41 @@
+"""The train flow: prepare the dataset, train the towers, save the model artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from towerbridge import settings, steps
+from towers.config import TowerConfig
+
+
+@task(name="prepare-data")
+def prepare_data(dataset: str, data_dir: str | None, out_dir: str) -> str:
+    return steps.prepare_data(dataset, data_dir, out_dir)
+
+
+@task(name="train-towers")
+def train_towers(prepared_dir: str, models_dir: str, config: dict) -> str:
+    return steps.train_model(prepared_dir, models_dir, config)
+
+
+@flow(name="train", log_prints=True)
+def train(
+    dataset: str = "synthetic",
+    data_dir: str | None = None,
+    run_dir: str | None = None,
+    epochs: int = TowerConfig.epochs,
+    vector_dim: int = TowerConfig.vector_dim,
+    temperature: float = TowerConfig.temperature,
+    seed: int = TowerConfig.seed,
+) -> dict:
+    """Prepare ``dataset`` (split leave-last-one-out) and train both towers.
+
+    Returns ``{"prepared_dir", "model_dir"}``.
+    """
+    config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, seed=seed)
+    run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
+    prepared_dir = prepare_data(dataset, data_dir, str(run / "data"))
+    model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict())
+    return {"prepared_dir": prepared_dir, "model_dir": model_dir}

@@ -1,0 +1,1 @@
+"""Everything towerbridge does with Milvus: the embedded server and the item collection."""

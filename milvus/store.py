@@ -1,0 +1,248 @@
+"""The one door to Milvus: schema, IVF_PQ parameters, versioned collections, alias, search.
+
+Every other module asks this one to "load these embeddings as a new version",
+"point the alias at it", "search these vectors"; none of them calls pymilvus.
+
+A version is a collection named ``<alias>_v<UTC time>_<model id>`` whose
+description holds a small JSON record (model directory, index parameters,
+nprobe). Readers use the alias, which moves only to a fully indexed, loaded
+collection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+from tqdm import tqdm
+
+from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
+from towerbridge.settings import redact
+
+DEFAULT_ALIAS = "towerbridge_items"
+VECTOR_FIELD = "embedding"
+METRIC = "IP"
+MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
+MAX_NLIST = 65536
+REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
+TEXT_MAX = 1024
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+# pymilvus logs every failed RPC with a traceback; we report failures ourselves.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class IvfPqParams:
+    """IVF_PQ build parameters and the nprobe used at search time."""
+
+    nlist: int
+    m: int
+    nbits: int = 8
+    nprobe: int = 16
+
+    def check(self, dim: int, n_rows: int) -> None:
+        """Raise ConfigError with every problem found, before anything is built."""
+        problems = []
+        if not 1 <= self.nlist <= min(MAX_NLIST, n_rows):
+            problems.append(f"nlist={self.nlist} must be between 1 and min({MAX_NLIST}, rows={n_rows})")
+        if self.m < 1 or dim % self.m:
+            problems.append(f"m={self.m} must divide the vector dimension {dim}")
+        if not 1 <= self.nbits <= 16:
+            problems.append(f"nbits={self.nbits} must be between 1 and 16")
+        elif n_rows < 2**self.nbits:
+            problems.append(f"nbits={self.nbits} needs at least {2**self.nbits} rows to train, got {n_rows}")
+        if not 1 <= self.nprobe <= self.nlist:
+            problems.append(f"nprobe={self.nprobe} must be between 1 and nlist={self.nlist}")
+        if problems:
+            raise ConfigError("invalid IVF_PQ parameters: " + "; ".join(problems))
+
+    def build_params(self) -> dict:
+        return {"nlist": self.nlist, "m": self.m, "nbits": self.nbits}
+
+
+def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
+    """Defaults from the data's shape.
+
+    nlist ≈ 4·√N, but at most N/39 so k-means has ~39 points per list (faiss' rule of thumb);
+    m: two dimensions per sub-quantizer (the largest divisor of dim giving at least two);
+    nbits: 8, fewer only when there are not 256 rows to train the codebooks;
+    nprobe: a quarter of the lists, at least 8 (or all of them when there are fewer).
+    """
+    if n_rows < 2:
+        raise ConfigError(f"an IVF_PQ index needs at least 2 rows, got {n_rows}")
+    nlist = max(1, min(round(4 * math.sqrt(n_rows)), n_rows // 39, MAX_NLIST))
+    m = max(d for d in range(1, dim + 1) if dim % d == 0 and (dim // d >= 2 or d == 1))
+    nbits = min(8, int(math.log2(n_rows)))
+    nprobe = min(nlist, max(8, nlist // 4))
+    return IvfPqParams(nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
+
+
+def connect(uri: str, token: str = "", attempts: int = 4, timeout: float = 10.0) -> MilvusClient:
+    """A client for ``uri``, retried with backoff; MilvusUnavailable names the URI (redacted)."""
+    last = ""
+    for attempt in range(attempts):
+        try:
+            return MilvusClient(uri=uri, token=token, timeout=timeout)
+        except MilvusException as error:
+            last = getattr(error, "message", "") or str(error)
+        if attempt + 1 < attempts:
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise MilvusUnavailable(f"cannot reach Milvus at {redact(uri)} after {attempts} attempts ({last})")
+
+
+def version_name(alias: str, model_id: str) -> str:
+    """``<alias>_v<UTC build time>_<model id's last 6 characters>``."""
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+    name = f"{alias}_v{stamp}_{re.sub(r'[^A-Za-z0-9_]', '_', model_id[-6:])}"
+    if not _NAME.match(name):
+        raise ConfigError(f"cannot form a valid collection name from alias {alias!r} and model {model_id!r}")
+    return name
+
+
+def _batches(n_rows: int, row_bytes: int) -> Iterator[slice]:
+    size = max(1, min(50_000, REQUEST_BYTES // max(1, row_bytes)))
+    for start in range(0, n_rows, size):
+        yield slice(start, min(start + size, n_rows))
+
+
+class ItemStore:
+    """Item vectors in Milvus: one collection per version, an alias for readers."""
+
+    def __init__(self, uri: str, token: str = "") -> None:
+        self.uri = uri
+        self.client = connect(uri, token)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """Run one client call; turn a server error into an error that names the call."""
+        try:
+            return function(*args, **kwargs)
+        except MilvusException as error:
+            message = getattr(error, "message", "") or str(error)
+            if getattr(error, "code", None) in (2, 503) or "unavailable" in message.lower():
+                raise MilvusUnavailable(f"Milvus at {redact(self.uri)} failed during {what}: {message}") from None
+            raise CollectionError(f"Milvus refused {what}: {message}") from None
+
+    # --- versions -------------------------------------------------------------------------
+
+    def create_version(self, alias: str, model_id: str, dim: int, record: dict) -> str:
+        """Create an empty collection for a new version; return its name."""
+        name = version_name(alias, model_id)
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                           description=json.dumps(record, sort_keys=True))
+        schema.add_field("item_id", DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("title", DataType.VARCHAR, max_length=TEXT_MAX)
+        schema.add_field("genres", DataType.VARCHAR, max_length=TEXT_MAX)
+        self._call(f"create collection {name}", self.client.create_collection, name, schema=schema)
+        return name
+
+    def insert(self, name: str, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
+               genres: list[str], progress: bool = False) -> int:
+        """Insert all rows in batches under the request size limit, flush, verify the count."""
+        if not np.isfinite(vectors).all():
+            bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+            raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
+        text_bytes = sum(map(len, titles[:1000])) + sum(map(len, genres[:1000]))
+        row_bytes = 8 + 4 * vectors.shape[1] + 64 + text_bytes // max(1, min(1000, len(titles)))
+        ids = item_ids.tolist()
+        bar = tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False)
+        for part in _batches(len(ids), row_bytes):
+            rows = [
+                {"item_id": i, VECTOR_FIELD: v, "title": t[:TEXT_MAX], "genres": g[:TEXT_MAX]}
+                for i, v, t, g in zip(ids[part], vectors[part], titles[part], genres[part])
+            ]
+            self._call(f"insert into {name}", self.client.insert, name, rows)
+            bar.update(len(rows))
+        bar.close()
+        self._call(f"flush {name}", self.client.flush, name)
+        count = self.count(name)
+        if count != len(ids):
+            raise CollectionError(f"{name} holds {count} rows after flush, expected {len(ids)}")
+        return count
+
+    def build_index(self, name: str, params: IvfPqParams, timeout_s: float = 1800.0) -> dict:
+        """Build IVF_PQ, wait until every row is indexed, load the collection."""
+        index_params = self.client.prepare_index_params()
+        index_params.add_index(field_name=VECTOR_FIELD, index_type="IVF_PQ", metric_type=METRIC,
+                               params=params.build_params())
+        self._call(f"create index on {name}", self.client.create_index, name, index_params)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.describe_index(name)
+            if info.get("state") == "Failed":
+                raise CollectionError(f"index build failed on {name}: {info.get('index_state_fail_reason', '')}")
+            if info.get("state") == "Finished" and info.get("indexed_rows") == info.get("total_rows"):
+                break
+            if time.monotonic() > deadline:
+                raise CollectionError(f"index on {name} not finished after {timeout_s:.0f} s: {info}")
+            time.sleep(0.5)
+        self._call(f"load {name}", self.client.load_collection, name)
+        return info
+
+    def describe_index(self, name: str) -> dict:
+        return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD)
+
+    def count(self, name: str) -> int:
+        """Rows persisted in a collection (flushed rows; no load needed)."""
+        stats = self._call(f"count rows of {name}", self.client.get_collection_stats, name)
+        return int(stats["row_count"])
+
+    def record(self, name: str) -> dict:
+        """The JSON record stored in a version's description."""
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        try:
+            return json.loads(info.get("description") or "{}")
+        except ValueError:
+            return {}
+
+    def point_alias(self, alias: str, name: str) -> None:
+        """Make ``alias`` serve ``name``: create it, or move it in one step."""
+        if self.alias_target(alias) is None:
+            self._call(f"create alias {alias}", self.client.create_alias, name, alias)
+        else:
+            self._call(f"move alias {alias}", self.client.alter_alias, name, alias)
+
+    def alias_target(self, alias: str) -> str | None:
+        try:
+            return self.client.describe_alias(alias)["collection_name"]
+        except MilvusException:
+            return None
+
+    def drop(self, name: str) -> None:
+        if self.client.has_collection(name):
+            self._call(f"drop {name}", self.client.drop_collection, name)
+
+    # --- search ---------------------------------------------------------------------------
+
+    def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
+        ``[nq, limit]``; rows with fewer hits are padded with id -1 and score -inf."""
+        limit = min(limit, MAX_LIMIT)
+        ids = np.full((len(vectors), limit), -1, dtype=np.int64)
+        scores = np.full((len(vectors), limit), -np.inf, dtype=np.float32)
+        for start in range(0, len(vectors), MAX_LIMIT):
+            hits = self._call(
+                f"search {name}", self.client.search, name, data=vectors[start:start + MAX_LIMIT],
+                limit=limit, anns_field=VECTOR_FIELD,
+                search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
+            )
+            for row, found in enumerate(hits, start):
+                ids[row, :len(found)] = [hit["id"] for hit in found]
+                scores[row, :len(found)] = [hit["distance"] for hit in found]
+        return ids, scores
+
+
+def params_record(params: IvfPqParams) -> dict:
+    return {"index_type": "IVF_PQ", "metric_type": METRIC, "params": asdict(params)}

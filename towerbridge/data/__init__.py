@@ -1,0 +1,1 @@
+"""Datasets: the built-in synthetic log, reading and validating tables, splits."""

@@ -1,0 +1,29 @@
+"""The project's exceptions: each message says what is wrong, where, and what to do.
+
+The CLI prints a `TowerbridgeError` as one line without a traceback and exits
+non-zero; any other exception is a bug and keeps its traceback.
+"""
+
+
+class TowerbridgeError(Exception):
+    """Base class of every error a user can act on."""
+
+
+class DataError(TowerbridgeError):
+    """Input data is missing, malformed or inconsistent."""
+
+
+class ConfigError(TowerbridgeError):
+    """A parameter, option or environment variable has a value we cannot use."""
+
+
+class MilvusUnavailable(TowerbridgeError):
+    """The Milvus server cannot be reached or started."""
+
+
+class CollectionError(TowerbridgeError):
+    """A collection or index is missing, or does not hold what it should."""
+
+
+class ArtifactError(TowerbridgeError):
+    """A model artifact directory is missing, incomplete or corrupt."""

@@ -1,0 +1,199 @@
+"""The pipeline's steps as plain functions: paths and small values in, paths and small values out.
+
+Prefect tasks in ``flows/`` are thin wrappers over these; each can be called and
+tested without Prefect.
+
+    prepare_data   dataset -> prepared directory (items, train, held_out Parquet + summary)
+    train_model    prepared directory -> model artifact directory
+    index_model    model directory -> Milvus collection (new version) behind the alias
+    evaluate_model model + prepared data + collection -> evaluation.json / evaluation.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from milvus.store import DEFAULT_ALIAS, ItemStore, choose_ivf_pq, params_record
+from towerbridge import evaluation as ev
+from towerbridge import settings
+from towerbridge.data import dataset as datasets
+from towerbridge.data.split import leave_last_one_out
+from towerbridge.errors import CollectionError, DataError
+from towers import artifact
+from towers.config import TowerConfig
+from towers.train import train
+from towers.vectors import item_vectors, user_vectors
+
+PROTOCOL = "leave-last-one-out"
+
+
+def prepare_data(dataset: str, data_dir: str | None, out_dir: str) -> str:
+    """Load and validate a dataset, split it, write ``items/train/held_out.parquet``."""
+    data = datasets.load(dataset, data_dir)
+    train_part, held_out = leave_last_one_out(data.interactions)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.write_parquet(data.items, out / "items.parquet")
+    datasets.write_parquet(train_part, out / "train.parquet")
+    datasets.write_parquet(held_out, out / "held_out.parquet")
+    summary = {
+        "dataset": dataset,
+        "source": str(data_dir) if data_dir else "built-in synthetic",
+        "protocol": PROTOCOL,
+        "users": int(data.interactions["user_id"].nunique()),
+        "items": len(data.items),
+        "interactions": len(data.interactions),
+        "train": len(train_part),
+        "held_out": len(held_out),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return str(out)
+
+
+def _read(prepared_dir: str, name: str) -> pd.DataFrame:
+    path = Path(prepared_dir) / f"{name}.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the train flow (which prepares the data) first")
+    return pd.read_parquet(path)
+
+
+def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True) -> str:
+    """Train the towers on the prepared training split; return the model directory."""
+    tower_config = TowerConfig.from_dict(config or {})
+    items = _read(prepared_dir, "items")
+    started = time.perf_counter()
+    trained = train(_read(prepared_dir, "train"), items["item_id"].to_numpy(), tower_config, progress=progress)
+    seconds = time.perf_counter() - started
+    summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
+    directory = Path(models_dir) / settings.new_id()
+    artifact.save(trained, directory, extra={
+        "prepared_dir": str(Path(prepared_dir).resolve()),
+        "data": summary,
+        "train_seconds": round(seconds, 2),
+    })
+    return str(directory)
+
+
+def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True) -> dict:
+    """Embed every item, load the vectors as a new collection version with an IVF_PQ
+    index, and point the alias at it. A failure before the alias moves drops the
+    partial collection and leaves the alias where it was."""
+    manifest = artifact.read_manifest(Path(model_dir))
+    trained = artifact.load(Path(model_dir))
+    item_ids, vectors = item_vectors(trained, progress=progress)
+    items = _read(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
+    params = choose_ivf_pq(len(item_ids), vectors.shape[1])
+    params.check(vectors.shape[1], len(item_ids))
+    record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()),
+              "alias": alias, **params_record(params)}
+    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    try:
+        name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record)
+        try:
+            store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
+                         items["genres"].fillna("").tolist(), progress=progress)
+            info = store.build_index(name, params)
+            store.point_alias(alias, name)
+        except BaseException:
+            store.drop(name)
+            raise
+        return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]),
+                "index": params_record(params)}
+    finally:
+        store.close()
+
+
+def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.Seen:
+    row_of = pd.Series(np.arange(len(users)), index=users)
+    mine = train_part[train_part["user_id"].isin(users)]
+    return ev.Seen.from_pairs(row_of.loc[mine["user_id"]].to_numpy(),
+                              trained.item_index(mine["item_id"].to_numpy()), len(users))
+
+
+def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
+                   ks: tuple[int, ...] = ev.KS) -> dict:
+    """Hit rate at each k through Milvus, beside exact search and a popularity baseline."""
+    manifest = artifact.read_manifest(Path(model_dir))
+    trained = artifact.load(Path(model_dir))
+    prepared = manifest["prepared_dir"]
+    train_part, held_out = _read(prepared, "train"), _read(prepared, "held_out")
+    users = held_out["user_id"].to_numpy()
+    targets = trained.item_index(held_out["item_id"].to_numpy())
+    seen = _seen(train_part, users, trained)
+    queries = user_vectors(trained, users)
+    k = max(ks)
+
+    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    try:
+        record = store.record(collection)
+        if record.get("model_id") != manifest["model_id"]:
+            raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
+                                  f"not {manifest['model_id']!r}; evaluate it with its own model")
+        nprobe = int(record["params"]["nprobe"])
+
+        def search(vectors: np.ndarray, limit: int) -> np.ndarray:
+            ids, _ = store.search(collection, vectors, limit, nprobe)
+            return np.where(ids >= 0, trained.item_index(ids), 0)
+
+        ann_top = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
+    finally:
+        store.close()
+    _, vectors = item_vectors(trained)
+    exact_top = ev.exact_top_k(queries, vectors, seen, k)
+    popular_top = ev.popularity_top_k(trained.item_counts, seen, k)
+    report = {
+        "dataset": manifest["data"]["dataset"],
+        "protocol": PROTOCOL,
+        "users_evaluated": len(users),
+        "model": ev.hit_rates(ann_top, targets, ks),
+        "exact": ev.hit_rates(exact_top, targets, ks),
+        "popularity": ev.hit_rates(popular_top, targets, ks),
+        "index_recall": ev.overlap(ann_top, exact_top, ks),
+        "index": {"index_type": record["index_type"], "metric_type": record["metric_type"],
+                  "params": record["params"]},
+        "collection": collection,
+        "alias": record.get("alias"),
+        "model_id": manifest["model_id"],
+        "model_dir": str(Path(model_dir).resolve()),
+    }
+    write_report(report, Path(report_dir))
+    return report
+
+
+def report_table(report: dict) -> list[dict]:
+    """One row per k: model (through Milvus), exact search, popularity."""
+    ks = sorted(int(key.split("@")[1]) for key in report["model"])
+    return [{"k": k, **{source: round(report[source][f"hit_rate@{k}"], 4)
+                        for source in ("model", "exact", "popularity")}} for k in ks]
+
+
+def report_markdown(report: dict) -> str:
+    rows = report_table(report)
+    lines = [
+        f"# Evaluation: {report['dataset']} ({report['protocol']})",
+        "",
+        f"{report['users_evaluated']} users, collection `{report['collection']}`, "
+        f"IVF_PQ {report['index']['params']}",
+        "",
+        "| k | model (Milvus) | exact search | popularity |",
+        "|---:|---:|---:|---:|",
+        *[f"| {r['k']} | {r['model']:.4f} | {r['exact']:.4f} | {r['popularity']:.4f} |" for r in rows],
+        "",
+        "Index recall of Milvus against exact search: "
+        + ", ".join(f"{key} {value:.3f}" for key, value in report["index_recall"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("evaluation.json", json.dumps(report, indent=2)), ("evaluation.md", report_markdown(report))):
+        partial = directory / (name + ".partial")
+        partial.write_text(text)
+        partial.replace(directory / name)

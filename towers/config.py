@@ -1,0 +1,62 @@
+"""The knobs of the two-tower model and its training, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from towerbridge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Model shape and training settings.
+
+    vector_dim: length of the vectors stored in Milvus. The towers output
+        ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
+        prior on the item side and a constant 1 on the user side, so one inner
+        product gives ``user·item / temperature + prior_weight * log p(item)``.
+    hidden_dims: widths of an optional MLP after the id embedding (empty: none).
+    temperature: divides the logits in the softmax and at serving time.
+    logq_correction: subtract ``log p(item)`` from in-batch logits while training,
+        then add the prior back when ranking (``prior_weight``).
+    """
+
+    vector_dim: int = 32
+    hidden_dims: tuple[int, ...] = ()
+    temperature: float = 0.1
+    logq_correction: bool = True
+    prior_weight: float = 1.0
+    epochs: int = 8
+    batch_size: int = 1024
+    learning_rate: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vector_dim < 2:
+            raise ConfigError(f"vector_dim must be at least 2, got {self.vector_dim}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if any(width < 1 for width in self.hidden_dims):
+            raise ConfigError(f"hidden_dims must be positive widths, got {list(self.hidden_dims)}")
+
+    @property
+    def tower_dim(self) -> int:
+        return self.vector_dim - 1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden_dims": list(self.hidden_dims)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TowerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model settings {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if "hidden_dims" in values:
+            values["hidden_dims"] = tuple(values["hidden_dims"])
+        return cls(**values)
