@@ -43,6 +43,25 @@ def remove_accidental_hits(logits: torch.Tensor, candidate_ids: torch.Tensor) ->
     return logits.masked_fill(same_item, MASKED_LOGIT)
 
 
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """Categorical cross-entropy of ``[batch, n]`` logits against ``[batch]`` label columns.
+
+    sample_weight: ``[batch]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which
+    divides the weighted sum by the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    per_example = F.cross_entropy(logits, labels, reduction="none")
+    if sample_weight is not None:
+        per_example = per_example * sample_weight
+    return per_example.sum() if reduction == "sum" else per_example.mean()
+
+
 def retrieval_loss(
     query_embeddings: torch.Tensor,
     candidate_embeddings: torch.Tensor,
@@ -56,10 +75,8 @@ def retrieval_loss(
 
     query_embeddings, candidate_embeddings: ``[batch, dim]``; row i of both is a
     positive pair, every other candidate in the batch is a negative for row i.
-    sample_weight: ``[batch]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``.
+    candidate_sampling_probability, candidate_ids, sample_weight: ``[batch]``.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     logits = query_embeddings @ candidate_embeddings.T
     logits = apply_temperature(logits, temperature)
     if candidate_sampling_probability is not None:
@@ -67,8 +84,4 @@ def retrieval_loss(
     if candidate_ids is not None:
         logits = remove_accidental_hits(logits, candidate_ids)
     labels = torch.arange(logits.shape[0], device=logits.device)
-    per_example = F.cross_entropy(logits, labels, reduction="none")
-    if sample_weight is not None:
-        per_example = per_example * sample_weight
-    # "mean" divides by the batch size, not the summed weights, as Keras' SUM_OVER_BATCH_SIZE does.
-    return per_example.sum() if reduction == "sum" else per_example.mean()
+    return softmax_cross_entropy(logits, labels, sample_weight, reduction)

@@ -1,0 +1,34 @@
+import pytest
+
+from milvus.store import IvfPqParams, choose_ivf_pq, version_name
+from towerbridge.errors import ConfigError
+
+
+@pytest.mark.parametrize("rows, dim, expected", [
+    # nlist = min(4·sqrt(N), N // 39); m = dim / 2; nbits 8 once N >= 256; nprobe = max(8, nlist / 4) <= nlist
+    (4000, 32, IvfPqParams(nlist=102, m=16, nbits=8, nprobe=25)),
+    (1_000_000, 64, IvfPqParams(nlist=4000, m=32, nbits=8, nprobe=1000)),
+    (500, 32, IvfPqParams(nlist=12, m=16, nbits=8, nprobe=8)),
+    (100, 33, IvfPqParams(nlist=2, m=11, nbits=6, nprobe=2)),
+])
+def test_defaults_follow_the_data(rows, dim, expected):
+    chosen = choose_ivf_pq(rows, dim)
+    assert chosen == expected
+    chosen.check(dim, rows)
+
+
+@pytest.mark.parametrize("params, message", [
+    (IvfPqParams(nlist=16, m=5), "m=5 must divide the vector dimension 32"),
+    (IvfPqParams(nlist=0, m=16), "nlist=0 must be between 1"),
+    (IvfPqParams(nlist=16, m=16, nbits=9), "nbits=9 needs at least 512 rows"),
+    (IvfPqParams(nlist=16, m=16, nprobe=17), "nprobe=17 must be between 1 and nlist=16"),
+])
+def test_bad_params_are_refused_before_building(params, message):
+    with pytest.raises(ConfigError, match=message):
+        params.check(32, 300)
+
+
+def test_version_names_are_valid_collection_names():
+    name = version_name("towerbridge_items", "20261128-061603-8be597")
+    assert name.startswith("towerbridge_items_v") and name.endswith("_8be597")
+    assert name.replace("_", "").isalnum()

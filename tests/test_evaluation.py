@@ -1,0 +1,75 @@
+"""Hit-rate math and top-k helpers against hand-worked examples."""
+
+import numpy as np
+import pytest
+import torch
+
+from towerbridge import evaluation as ev
+
+
+def seen_of(lists):
+    rows = np.concatenate([[r] * len(items) for r, items in enumerate(lists)]).astype(np.int64)
+    items = np.concatenate([np.asarray(items, dtype=np.int64) for items in lists])
+    return ev.Seen.from_pairs(rows, items, len(lists))
+
+
+def test_hit_rates_by_hand():
+    top = np.array([[5, 3, 9], [1, 2, 4], [7, 8, 6], [2, 5, 1]])
+    targets = np.array([3, 4, 1, 2])
+    # @1: only row 3 (2 first) -> 1/4; @2: rows 0, 3 -> 2/4; @3: rows 0, 1, 3 -> 3/4
+    assert ev.hit_rates(top, targets, ks=(1, 2, 3)) == {
+        "hit_rate@1": 0.25, "hit_rate@2": 0.5, "hit_rate@3": 0.75}
+
+
+def test_padding_never_hits():
+    top = np.array([[0, 0], [4, 0]])
+    assert ev.hit_rates(top, np.array([0, 0]) + np.array([3, 4]), ks=(2,)) == {"hit_rate@2": 0.5}
+
+
+def test_top_k_by_scores_excludes_seen_and_padding_column():
+    scores = torch.tensor([[9.0, 0.1, 0.9, 0.5, 0.7], [9.0, 0.4, 0.3, 0.2, 0.1]])
+    seen = seen_of([[2], [1, 2]])
+    top = ev.top_k_by_scores(lambda rows: scores[rows], seen, k=3)
+    # row 0: order 2 (seen), 4, 3, 1 -> [4, 3, 1]; row 1: 1, 2 seen -> [3, 4, then nothing]
+    np.testing.assert_array_equal(top, [[4, 3, 1], [3, 4, 0]])
+
+
+def test_exact_top_k_is_inner_product_order():
+    users = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    items = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], dtype=np.float32)  # indices 1, 2, 3
+    top = ev.exact_top_k(users, items, seen_of([[], [2]]), k=2)
+    np.testing.assert_array_equal(top, [[1, 3], [3, 1]])
+
+
+def test_popularity_top_k_skips_seen():
+    counts = np.array([5, 50, 20, 20])  # indices 1..4; 3 and 4 tie, lower index first
+    top = ev.popularity_top_k(counts, seen_of([[2], []]), k=3)
+    np.testing.assert_array_equal(top, [[3, 4, 1], [2, 3, 4]])
+
+
+def test_drop_seen_keeps_rank_order():
+    candidates = np.array([[4, 2, 7, 1], [3, 0, 0, 0]])
+    rows = np.array([0, 1])
+    out = ev.drop_seen(candidates, rows, seen_of([[2, 7], [5]]), k=3)
+    np.testing.assert_array_equal(out, [[4, 1, 0], [3, 0, 0]])
+
+
+def test_search_top_k_over_fetches_by_seen_count():
+    # A fake ANN that ranks items 1..10 in the same order for everyone, and records limits.
+    limits = []
+
+    def search(vectors, limit):
+        limits.append(limit)
+        return np.tile(np.arange(1, limit + 1), (len(vectors), 1))
+
+    seen = seen_of([[1, 2, 3], [], [5]])
+    out = ev.search_top_k(search, np.zeros((3, 2), np.float32), seen, k=2, max_limit=10, batch=2)
+    np.testing.assert_array_equal(out, [[4, 5], [1, 2], [1, 2]])
+    assert limits == [3, 5]  # batch of the two light users needs k + 1; the heavy one k + 3
+
+
+def test_overlap_is_share_of_exact_top_k():
+    approximate = np.array([[1, 2, 3], [4, 5, 6]])
+    exact = np.array([[1, 3, 9], [7, 8, 9]])
+    assert ev.overlap(approximate, exact, ks=(2, 3)) == {
+        "recall@2": pytest.approx((1 / 2 + 0) / 2), "recall@3": pytest.approx((2 / 3 + 0) / 2)}

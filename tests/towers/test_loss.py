@@ -1,0 +1,85 @@
+"""The retrieval loss against numbers computed by hand (and Keras' documented examples)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from towers.loss import (
+    MASKED_LOGIT,
+    correct_sampling_probability,
+    remove_accidental_hits,
+    retrieval_loss,
+    softmax_cross_entropy,
+)
+
+IDENTITY2 = torch.eye(2)
+
+
+def test_keras_categorical_crossentropy_examples():
+    # tf.keras.losses.CategoricalCrossentropy docs, fed as logits log(y_pred).
+    logits = torch.log(torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]))
+    labels = torch.tensor([1, 2])
+    assert softmax_cross_entropy(logits, labels, reduction="mean").item() == pytest.approx(1.177, abs=5e-4)
+    weighted = softmax_cross_entropy(logits, labels, torch.tensor([0.3, 0.7]), reduction="mean")
+    assert weighted.item() == pytest.approx(0.814, abs=5e-4)
+    assert softmax_cross_entropy(logits, labels, reduction="sum").item() == pytest.approx(2.354, abs=5e-4)
+
+
+def test_two_orthogonal_pairs():
+    # logits [[1, 0], [0, 1]]: each row loses log(1 + e^-1) = 0.313262
+    assert retrieval_loss(IDENTITY2, IDENTITY2).item() == pytest.approx(0.626523, abs=1e-5)
+    assert retrieval_loss(IDENTITY2, IDENTITY2, reduction="mean").item() == pytest.approx(0.313262, abs=1e-5)
+
+
+def test_temperature_sharpens():
+    # temperature 0.5 doubles the logits: each row loses log(1 + e^-2) = 0.126928
+    assert retrieval_loss(IDENTITY2, IDENTITY2, temperature=0.5).item() == pytest.approx(0.253856, abs=1e-5)
+
+
+def test_sampling_probability_correction():
+    # logits - log p with p = [0.5, 0.25]: rows [1.693147, 1.386294] and [0.693147, 2.386294]
+    # losses log(1 + e^-0.306853) = 0.551445 and log(1 + e^-1.693147) = 0.168848
+    probability = torch.tensor([0.5, 0.25])
+    loss = retrieval_loss(IDENTITY2, IDENTITY2, candidate_sampling_probability=probability)
+    assert loss.item() == pytest.approx(0.720292, abs=1e-5)
+    corrected = correct_sampling_probability(IDENTITY2, probability).numpy()
+    np.testing.assert_allclose(corrected, IDENTITY2.numpy() - np.log([0.5, 0.25])[None, :], rtol=1e-6)
+
+
+def test_accidental_hits_are_not_negatives():
+    # ids [7, 7, 9]: rows 0 and 1 share an item, so each masks the other's column.
+    # rows 0, 1: log(1 + e^-1) = 0.313262; row 2: log(1 + 2 e^-1) = 0.551444
+    ids = torch.tensor([7, 7, 9])
+    eye3 = torch.eye(3)
+    assert retrieval_loss(eye3, eye3, candidate_ids=ids).item() == pytest.approx(1.177968, abs=1e-5)
+    masked = remove_accidental_hits(eye3, ids)
+    assert masked[0, 1] == MASKED_LOGIT and masked[1, 0] == MASKED_LOGIT
+    assert masked[0, 0] == 1 and masked[2, 0] == 0  # the positive itself is never masked
+
+
+def test_sample_weight_scales_rows():
+    weight = torch.tensor([2.0, 0.0])
+    assert retrieval_loss(IDENTITY2, IDENTITY2, sample_weight=weight).item() == pytest.approx(
+        2 * math.log(1 + math.exp(-1)), abs=1e-5)
+
+
+def test_matches_direct_numpy_computation():
+    rng = np.random.default_rng(3)
+    query, candidate = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    probability = rng.uniform(0.05, 0.5, 6)
+    weight = rng.uniform(0.5, 2.0, 6)
+    logits = query @ candidate.T / 0.2 - np.log(probability)[None, :]
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = float((-np.diag(log_softmax) * weight).sum())
+    loss = retrieval_loss(torch.tensor(query), torch.tensor(candidate), temperature=0.2,
+                          candidate_sampling_probability=torch.tensor(probability),
+                          sample_weight=torch.tensor(weight))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"reduction": "none"}])
+def test_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        retrieval_loss(IDENTITY2, IDENTITY2, **bad)
