@@ -1,0 +1,46 @@
+"""Shared fixtures: a private TOWERBRIDGE_HOME, a real embedded Milvus, Prefect's test harness.
+
+Prefect reads PREFECT_HOME when it is first imported, so it is pointed at a
+temporary directory here, before any test module imports the flows.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="towerbridge-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+for variable in ("MILVUS_URI", "MILVUS_TOKEN"):
+    os.environ.pop(variable, None)
+
+SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def towerbridge_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("towerbridge-home")
+    os.environ["TOWERBRIDGE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(towerbridge_home):
+    """A real Milvus 2.3 standalone, started once for the session."""
+    from milvus import server
+
+    state, _ = server.start(log=lambda message: None)
+    yield state.uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,54 @@
+"""The towerbridge command as a user runs it: a real process, its output and exit code."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def towerbridge(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_help_explains_commands_and_environment():
+    result = towerbridge("--help")
+    assert result.returncode == 0
+    for text in ("run", "milvus", "TOWERBRIDGE_HOME", "MILVUS_URI", "MILVUS_TOKEN"):
+        assert text in result.stdout
+    assert "--report-dir" in towerbridge("run", "--help").stdout
+
+
+def test_unreachable_milvus_uri_is_one_line_and_non_zero():
+    result = towerbridge("run", env={"MILVUS_URI": "http://127.0.0.1:9", "MILVUS_TOKEN": "s3cret-token"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("towerbridge: error: cannot reach Milvus at http://127.0.0.1:9 after 4 attempts")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "s3cret-token" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["run", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: not a directory"),
+])
+def test_bad_options_are_refused_before_any_work(args, message):
+    result = towerbridge(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"towerbridge: error: {message}"
+
+
+def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
+    # The README's main command, on the session's embedded server (reused, not restarted).
+    result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model" in result.stdout and "popularity" in result.stdout
+    table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0] in ("10", "50", "100")]
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [row[0] for row in table] == ["10", "50", "100"]
+    assert float(table[0][1]) == pytest.approx(report["model"]["hit_rate@10"], abs=1e-4)
+    assert float(table[0][3]) == pytest.approx(report["popularity"]["hit_rate@10"], abs=1e-4)
+    assert "Traceback" not in result.stderr
