@@ -39,6 +39,10 @@ STOP_TIMEOUT_S = 30.0
 SERVER_CONFIG = {
     # Milvus waits up to 30 minutes for a graceful stop by default; ours has nothing that slow to finish.
     "common.gracefulStopTimeout": 10,
+    # Components register with loopback, not "the first unicastable address", so a changed
+    # network (a laptop on another Wi-Fi, a container with a new IP) never strands the data dir.
+    **{f"{component}.ip": "127.0.0.1" for component in (
+        "rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")},
 }
 
 # Runs in the separate interpreter: resolve ports, write config, unpack binaries, exec.
@@ -250,6 +254,8 @@ def embedded(log=print) -> Iterator[str]:
         yield state.uri
     finally:
         if started_here:
+            log("Stopping the embedded Milvus server started for this run "
+                "(`towerbridge milvus start` keeps one running across commands) ...")
             stop()
 
 

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _quiet_prefect_tracebacks()
         report = pipeline(dataset=args.dataset, data_dir=args.data_dir, report_dir=args.report_dir,
                           milvus_uri=uri, alias=args.alias, epochs=args.epochs, seed=args.seed)
-    _print_table(report)
+        _print_table(report)
     return 0
 
 
