@@ -35,6 +35,13 @@ from towerbridge.errors import MilvusUnavailable
 SERVER_VERSION = "2.3.5"
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+# Milvus' defaults; the first free port from each upwards is used.
+DEFAULT_PORTS = {
+    "proxy_port": 19530, "metrics_port": 9091, "etcd_port": 2379, "etcd_peer_port": 2380,
+    "root_coord_port": 53100, "proxy_internal_port": 19529, "query_coord_port": 19531,
+    "query_node_port": 21123, "index_coord_port": 22930, "index_node_port": 21121,
+    "data_coord_port": 13333, "data_node_port": 21124,
+}
 # Settings written into the server's milvus.yaml on top of the package's template.
 SERVER_CONFIG = {
     # Milvus waits up to 30 minutes for a graceful stop by default; ours has nothing that slow to finish.
@@ -45,20 +52,30 @@ SERVER_CONFIG = {
         "rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")},
 }
 
-# Runs in the separate interpreter: resolve ports, write config, unpack binaries, exec.
+# Runs in the separate interpreter: write Milvus' and etcd's config, unpack binaries, exec.
+# All ports come from the parent, including those the package's template does not know
+# (metrics, embedded etcd's peer port), so servers on two data directories can run side by side.
 _BOOTSTRAP = r"""
 import json, os, sys
-target, data_dir, proxy_port, metrics_port, extra = sys.argv[1:6]
-sys.path.insert(0, target)
+launch = json.loads(sys.argv[1])
+sys.path.insert(0, launch["target"])
 import milvus as pkg
-config = pkg.MilvusServerConfig(data_dir=data_dir, proxy_port=int(proxy_port))
-for key, value in json.loads(extra).items():
+ports = launch["ports"]
+config = pkg.MilvusServerConfig(data_dir=launch["data_dir"], **{
+    key: port for key, port in ports.items() if key not in ("metrics_port", "etcd_peer_port")})
+for key, value in launch["config"].items():
     config.set(key, value)
 config.resolve()
 pkg._initialize_data_files(config.base_data_dir)
+etcd_config = os.path.join(config.base_data_dir, "configs", "embedEtcd.yaml")
+client, peer = f"http://127.0.0.1:{ports['etcd_port']}", f"http://127.0.0.1:{ports['etcd_peer_port']}"
+with open(etcd_config, "w") as handle:
+    handle.write(f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+                 f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+                 f"initial-cluster: default={peer}\n")
 exe = os.path.join(config.base_data_dir, "bin", "milvus")
-env = dict(os.environ, DEPLOY_MODE="STANDALONE", METRICS_PORT=metrics_port,
-           MILVUS_RUN_DIR=os.path.join(data_dir, "run"))
+env = dict(os.environ, DEPLOY_MODE="STANDALONE", METRICS_PORT=str(ports["metrics_port"]),
+           ETCD_CONFIG_PATH=etcd_config, MILVUS_RUN_DIR=os.path.join(launch["data_dir"], "run"))
 env["LD_LIBRARY_PATH"] = os.path.dirname(exe) + ":" + env.get("LD_LIBRARY_PATH", "")
 os.chdir(config.base_data_dir)
 os.execve(exe, [exe, "run", "standalone"], env)
@@ -150,14 +167,18 @@ def running() -> ServerState | None:
     return None
 
 
-def _free_port(preferred: int) -> int:
-    for port in [preferred, *range(preferred + 1, preferred + 200)]:
+def _free_port(preferred: int, taken: set[int]) -> int:
+    """The first port from ``preferred`` up that binds and is not in ``taken`` (then taken)."""
+    for port in range(preferred, preferred + 200):
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
-                sock.bind(("127.0.0.1", port))
-                return port
+                sock.bind(("", port))
             except OSError:
                 continue
+        taken.add(port)
+        return port
     raise MilvusUnavailable(f"no free port near {preferred} for the embedded Milvus server")
 
 
@@ -189,16 +210,22 @@ def start(log=print) -> tuple[ServerState, bool]:
         base = data_dir()
         logs = base / "logs"
         logs.mkdir(exist_ok=True)
-        proxy_port = _free_port(19530)
-        metrics_port = _free_port(9091)
+        # Every port is chosen here, distinct and free, preferring the ones this data directory
+        # used last time: components of a server that did not stop cleanly leave sessions in
+        # etcd naming those ports, and they must lead back to this data directory's server.
+        ports_file = base / "ports.json"
+        previous = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        taken: set[int] = set()
+        ports = {name: _free_port(previous.get(name, default), taken) for name, default in DEFAULT_PORTS.items()}
+        ports_file.write_text(json.dumps(ports))
+        launch = {"target": str(target), "data_dir": str(base), "config": SERVER_CONFIG, "ports": ports}
         log(f"Starting the embedded Milvus {SERVER_VERSION} server (data in {base}) ...")
         with open(logs / "milvus-stdout.log", "ab") as out, open(logs / "milvus-stderr.log", "ab") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-S", "-P", "-c", _BOOTSTRAP, str(target), str(base),
-                 str(proxy_port), str(metrics_port), json.dumps(SERVER_CONFIG)],
+                [sys.executable, "-S", "-P", "-c", _BOOTSTRAP, json.dumps(launch)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=base, start_new_session=True,
             )
-        state = ServerState(proc.pid, proxy_port, metrics_port, SERVER_VERSION, time.time())
+        state = ServerState(proc.pid, ports["proxy_port"], ports["metrics_port"], SERVER_VERSION, time.time())
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(state):
             if proc.poll() is not None:
