@@ -34,3 +34,16 @@ def test_status_command_reports_the_running_server(milvus_uri):
 def test_unreachable_uri_fails_after_bounded_retries():
     with pytest.raises(MilvusUnavailable, match=r"cannot reach Milvus at http://127\.0\.0\.1:9 after 2 attempts"):
         connect("http://127.0.0.1:9", attempts=2)
+
+
+def test_a_second_home_gets_its_own_server_and_stops_what_it_started(milvus_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOWERBRIDGE_HOME", str(tmp_path))
+    assert server.running() is None
+    with server.embedded(log=lambda message: None) as uri:
+        assert uri != milvus_uri
+        assert server.running() is not None
+        connect(uri).create_collection("only_in_second_home", dimension=4)
+        assert "only_in_second_home" not in connect(milvus_uri).list_collections()
+    assert server.running() is None  # started here, so stopped here
+    monkeypatch.undo()
+    assert server.running().uri == milvus_uri  # the session's server is untouched
