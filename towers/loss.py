@@ -1,17 +1,19 @@
-"""The in-batch softmax retrieval loss, as in ``tfrs.tasks.Retrieval``.
+"""The retrieval loss, as in ``tfrs.tasks.Retrieval``, as small composable functions.
 
-Read top to bottom: score matrix, temperature, sampling-probability (logQ)
-correction, accidental-hit removal, softmax cross-entropy against the diagonal.
-Each adjustment is a small function of the ``[batch, batch]`` logits.
+Read ``retrieval_loss`` top to bottom: score matrix, temperature, sampling-probability
+(logQ) correction, accidental-hit removal, hard-negative mining, softmax cross-entropy.
+Shapes: B queries, N candidate columns (the B in-batch candidates, then M extra
+negatives sampled from the corpus, so N = B + M). Labels are one-hot ``[B, N]`` with
+row i's positive in column i.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # The value TFRS adds to masked logits: large and negative, but finite so no NaN appears.
 MASKED_LOGIT = torch.finfo(torch.float32).min / 100.0
+_LARGE = torch.finfo(torch.float32).max / 100.0
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,23 +26,33 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def correct_sampling_probability(logits: torch.Tensor, sampling_probability: torch.Tensor) -> torch.Tensor:
     """logQ correction: subtract ``log p_j`` from column j.
 
-    In-batch negatives are sampled in proportion to how often an item appears,
-    so popular items are over-used as negatives; this removes that bias.
-    logits: ``[batch, n_candidates]``; sampling_probability: ``[n_candidates]``.
+    Negatives are sampled in proportion to p (in-batch: how often an item appears), so
+    frequent items are over-used as negatives; this removes that bias.
+    logits: ``[B, N]``; sampling_probability: ``[N]``.
     """
     return logits - torch.log(sampling_probability.clamp_min(1e-12))[None, :]
 
 
-def remove_accidental_hits(logits: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
-    """Mask in-batch negatives that are the row's positive item under another name.
+def remove_accidental_hits(logits: torch.Tensor, labels: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """Mask negatives that are the row's positive item under another column.
 
-    Row i's positive is column i. Any other column j with ``candidate_ids[j] ==
-    candidate_ids[i]`` is not a negative, so its logit is pushed to MASKED_LOGIT.
-    logits: ``[batch, batch]``; candidate_ids: ``[batch]``.
+    A column j that is not row i's label but holds the same candidate id as row i's
+    positive is pushed to MASKED_LOGIT. logits, labels: ``[B, N]``; candidate_ids: ``[N]``.
     """
-    same_item = candidate_ids[:, None] == candidate_ids[None, :]
-    same_item.fill_diagonal_(False)
-    return logits.masked_fill(same_item, MASKED_LOGIT)
+    positive_ids = candidate_ids[labels.argmax(dim=1)]
+    duplicate = (positive_ids[:, None] == candidate_ids[None, :]) & (labels == 0)
+    return logits.masked_fill(duplicate, MASKED_LOGIT)
+
+
+def mine_hard_negatives(logits: torch.Tensor, labels: torch.Tensor,
+                        num_hard_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep, per row, the positive and the ``num_hard_negatives`` highest-scoring negatives.
+
+    Returns ``(logits, labels)`` of shape ``[B, min(num_hard_negatives + 1, N)]``.
+    """
+    keep = min(num_hard_negatives + 1, logits.shape[1])
+    _, columns = torch.topk(logits + labels * _LARGE, keep, dim=1)
+    return logits.gather(1, columns), labels.gather(1, columns)
 
 
 def softmax_cross_entropy(
@@ -49,14 +61,16 @@ def softmax_cross_entropy(
     sample_weight: torch.Tensor | None = None,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Categorical cross-entropy of ``[batch, n]`` logits against ``[batch]`` label columns.
+    """Categorical cross-entropy of ``[B, N]`` logits against one-hot ``[B, N]`` labels.
 
-    sample_weight: ``[batch]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which
+    sample_weight: ``[B]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which
     divides the weighted sum by the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    per_example = F.cross_entropy(logits, labels, reduction="none")
+    log_probability = torch.log_softmax(logits, dim=1)
+    # where a label is 0 the term is 0, even for a logit of -inf (0 · -inf would be NaN)
+    per_example = -torch.where(labels > 0, labels * log_probability, 0.0).sum(dim=1)
     if sample_weight is not None:
         per_example = per_example * sample_weight
     return per_example.sum() if reduction == "sum" else per_example.mean()
@@ -69,19 +83,41 @@ def retrieval_loss(
     candidate_sampling_probability: torch.Tensor | None = None,
     candidate_ids: torch.Tensor | None = None,
     sample_weight: torch.Tensor | None = None,
+    num_hard_negatives: int | None = None,
+    extra_candidate_embeddings: torch.Tensor | None = None,
+    extra_sampling_probability: torch.Tensor | None = None,
+    extra_candidate_ids: torch.Tensor | None = None,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Softmax cross-entropy of each query against all candidates of the batch.
+    """Softmax cross-entropy of each query against every candidate of the batch.
 
-    query_embeddings, candidate_embeddings: ``[batch, dim]``; row i of both is a
-    positive pair, every other candidate in the batch is a negative for row i.
-    candidate_sampling_probability, candidate_ids, sample_weight: ``[batch]``.
+    query_embeddings, candidate_embeddings: ``[B, dim]``; row i of both is a positive pair,
+    the other in-batch candidates are negatives for row i.
+    candidate_sampling_probability, candidate_ids, sample_weight: ``[B]``.
+    extra_candidate_embeddings: ``[M, dim]`` negatives sampled from the corpus (mixed
+    negative sampling), with their own sampling probabilities and ids ``[M]``.
     """
-    logits = query_embeddings @ candidate_embeddings.T
+    candidates, probability, ids = candidate_embeddings, candidate_sampling_probability, candidate_ids
+    if extra_candidate_embeddings is not None:
+        candidates = torch.cat([candidates, extra_candidate_embeddings])
+        if probability is not None:
+            if extra_sampling_probability is None:
+                raise ValueError("extra negatives need extra_sampling_probability when the in-batch ones have one")
+            probability = torch.cat([probability, extra_sampling_probability])
+        if ids is not None:
+            if extra_candidate_ids is None:
+                raise ValueError("extra negatives need extra_candidate_ids when the in-batch ones have ids")
+            ids = torch.cat([ids, extra_candidate_ids])
+
+    logits = query_embeddings @ candidates.T
+    labels = torch.zeros_like(logits)
+    labels[:, : query_embeddings.shape[0]] = torch.eye(query_embeddings.shape[0], dtype=logits.dtype,
+                                                       device=logits.device)
     logits = apply_temperature(logits, temperature)
-    if candidate_sampling_probability is not None:
-        logits = correct_sampling_probability(logits, candidate_sampling_probability)
-    if candidate_ids is not None:
-        logits = remove_accidental_hits(logits, candidate_ids)
-    labels = torch.arange(logits.shape[0], device=logits.device)
+    if probability is not None:
+        logits = correct_sampling_probability(logits, probability)
+    if ids is not None:
+        logits = remove_accidental_hits(logits, labels, ids)
+    if num_hard_negatives is not None:
+        logits, labels = mine_hard_negatives(logits, labels, num_hard_negatives)
     return softmax_cross_entropy(logits, labels, sample_weight, reduction)

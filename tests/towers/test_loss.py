@@ -9,6 +9,7 @@ import torch
 from towers.loss import (
     MASKED_LOGIT,
     correct_sampling_probability,
+    mine_hard_negatives,
     remove_accidental_hits,
     retrieval_loss,
     softmax_cross_entropy,
@@ -20,7 +21,7 @@ IDENTITY2 = torch.eye(2)
 def test_keras_categorical_crossentropy_examples():
     # tf.keras.losses.CategoricalCrossentropy docs, fed as logits log(y_pred).
     logits = torch.log(torch.tensor([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]))
-    labels = torch.tensor([1, 2])
+    labels = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     assert softmax_cross_entropy(logits, labels, reduction="mean").item() == pytest.approx(1.177, abs=5e-4)
     weighted = softmax_cross_entropy(logits, labels, torch.tensor([0.3, 0.7]), reduction="mean")
     assert weighted.item() == pytest.approx(0.814, abs=5e-4)
@@ -54,7 +55,7 @@ def test_accidental_hits_are_not_negatives():
     ids = torch.tensor([7, 7, 9])
     eye3 = torch.eye(3)
     assert retrieval_loss(eye3, eye3, candidate_ids=ids).item() == pytest.approx(1.177968, abs=1e-5)
-    masked = remove_accidental_hits(eye3, ids)
+    masked = remove_accidental_hits(eye3, eye3, ids)
     assert masked[0, 1] == MASKED_LOGIT and masked[1, 0] == MASKED_LOGIT
     assert masked[0, 0] == 1 and masked[2, 0] == 0  # the positive itself is never masked
 
@@ -76,6 +77,68 @@ def test_matches_direct_numpy_computation():
     loss = retrieval_loss(torch.tensor(query), torch.tensor(candidate), temperature=0.2,
                           candidate_sampling_probability=torch.tensor(probability),
                           sample_weight=torch.tensor(weight))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hard_negative_mining_keeps_positive_and_hardest():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
+    labels = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    kept_logits, kept_labels = mine_hard_negatives(logits, labels, num_hard_negatives=1)
+    assert sorted(kept_logits[0].tolist()) == [1.0, 3.0]
+    assert kept_labels[0, kept_logits[0].tolist().index(1.0)] == 1.0 and kept_labels.sum() == 1
+    # cross-entropy over {positive 1, negative 3}: log(1 + e^2) = 2.126928
+    assert softmax_cross_entropy(kept_logits, kept_labels).item() == pytest.approx(2.126928, abs=1e-5)
+
+
+def test_hard_negatives_in_the_retrieval_loss():
+    # identity logits: with one hard negative each row sees {1, 0}: 3 * log(1 + e^-1) = 0.939785,
+    # against all three columns 3 * log(1 + 2e^-1) = 1.654333
+    eye3 = torch.eye(3)
+    assert retrieval_loss(eye3, eye3, num_hard_negatives=1).item() == pytest.approx(0.939785, abs=1e-5)
+    assert retrieval_loss(eye3, eye3).item() == pytest.approx(1.654333, abs=1e-5)
+    assert retrieval_loss(eye3, eye3, num_hard_negatives=10).item() == pytest.approx(1.654333, abs=1e-5)
+
+
+def _numpy_loss(logits, positive_column, masked, weight=None, reduction="sum"):
+    logits = np.where(masked, -1e30, logits)
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    per_row = -log_softmax[np.arange(len(logits)), positive_column] * (1 if weight is None else weight)
+    return per_row.sum() if reduction == "sum" else per_row.mean()
+
+
+def test_mixed_negative_sampling_matches_numpy():
+    rng = np.random.default_rng(5)
+    query, batch, extra = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(3, 3))
+    batch_ids, extra_ids = np.array([10, 11, 12, 10]), np.array([11, 99, 98])
+    batch_p, extra_p = rng.uniform(0.1, 0.4, 4), np.full(3, 0.01)
+    weight = rng.uniform(0.5, 1.5, 4)
+    ids = np.concatenate([batch_ids, extra_ids])
+    logits = query @ np.vstack([batch, extra]).T / 0.5 - np.log(np.concatenate([batch_p, extra_p]))[None, :]
+    masked = (batch_ids[:, None] == ids[None, :]) & ~np.eye(4, 7, dtype=bool)
+    assert masked[1, 4] and masked[0, 3] and masked[3, 0]  # the extra 11 and the repeated 10
+    for reduction in ("sum", "mean"):
+        expected = _numpy_loss(logits, np.arange(4), masked, weight, reduction)
+        loss = retrieval_loss(
+            torch.tensor(query), torch.tensor(batch), temperature=0.5,
+            candidate_sampling_probability=torch.tensor(batch_p), candidate_ids=torch.tensor(batch_ids),
+            sample_weight=torch.tensor(weight), extra_candidate_embeddings=torch.tensor(extra),
+            extra_sampling_probability=torch.tensor(extra_p), extra_candidate_ids=torch.tensor(extra_ids),
+            reduction=reduction)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hard_negatives_match_numpy():
+    rng = np.random.default_rng(9)
+    query, candidate = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    logits = query @ candidate.T
+    # keep the positive and the 2 largest other logits per row
+    masked = np.ones_like(logits, dtype=bool)
+    for row in range(5):
+        others = [c for c in np.argsort(-logits[row]) if c != row][:2]
+        masked[row, [row, *others]] = False
+    expected = _numpy_loss(logits, np.arange(5), masked)
+    loss = retrieval_loss(torch.tensor(query), torch.tensor(candidate), num_hard_negatives=2)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
