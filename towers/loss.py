@@ -61,16 +61,16 @@ def softmax_cross_entropy(
     sample_weight: torch.Tensor | None = None,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Categorical cross-entropy of ``[B, N]`` logits against one-hot ``[B, N]`` labels.
+    """Categorical cross-entropy of ``[B, N]`` logits against one-hot ``[B, N]`` labels (one 1 per row).
 
     sample_weight: ``[B]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which
     divides the weighted sum by the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    log_probability = torch.log_softmax(logits, dim=1)
-    # where a label is 0 the term is 0, even for a logit of -inf (0 · -inf would be NaN)
-    per_example = -torch.where(labels > 0, labels * log_probability, 0.0).sum(dim=1)
+    # one positive per row: pick its log-probability (cheaper than summing labels · log p)
+    positive = labels.argmax(dim=1, keepdim=True)
+    per_example = -torch.log_softmax(logits, dim=1).gather(1, positive).squeeze(1)
     if sample_weight is not None:
         per_example = per_example * sample_weight
     return per_example.sum() if reduction == "sum" else per_example.mean()
