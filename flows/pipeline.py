@@ -19,6 +19,7 @@ from towers.config import TowerConfig
 def pipeline(
     dataset: str = "synthetic",
     data_dir: str | None = None,
+    protocol: str = "leave-last-out",
     report_dir: str | None = None,
     milvus_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
@@ -33,7 +34,8 @@ def pipeline(
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        trained = train(dataset=dataset, data_dir=data_dir, run_dir=str(run_dir), epochs=epochs, seed=seed)
+        trained = train(dataset=dataset, data_dir=data_dir, protocol=protocol, run_dir=str(run_dir),
+                        epochs=epochs, seed=seed)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias)
         report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
                           report_dir=report_dir, milvus_uri=uri)

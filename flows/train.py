@@ -11,8 +11,8 @@ from towers.config import TowerConfig
 
 
 @task(name="prepare-data")
-def prepare_data(dataset: str, data_dir: str | None, out_dir: str) -> str:
-    return steps.prepare_data(dataset, data_dir, out_dir)
+def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str) -> str:
+    return steps.prepare_data(dataset, data_dir, out_dir, protocol)
 
 
 @task(name="train-towers")
@@ -24,18 +24,19 @@ def train_towers(prepared_dir: str, models_dir: str, config: dict) -> str:
 def train(
     dataset: str = "synthetic",
     data_dir: str | None = None,
+    protocol: str = "leave-last-out",
     run_dir: str | None = None,
     epochs: int = TowerConfig.epochs,
     vector_dim: int = TowerConfig.vector_dim,
     temperature: float = TowerConfig.temperature,
     seed: int = TowerConfig.seed,
 ) -> dict:
-    """Prepare ``dataset`` (split leave-last-one-out) and train both towers.
+    """Prepare ``dataset`` (split for ``protocol``: leave-last-out or tfrs) and train both towers.
 
     Returns ``{"prepared_dir", "model_dir"}``.
     """
     config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, seed=seed)
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
-    prepared_dir = prepare_data(dataset, data_dir, str(run / "data"))
+    prepared_dir = prepare_data(dataset, data_dir, str(run / "data"), protocol)
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict())
     return {"prepared_dir": prepared_dir, "model_dir": model_dir}

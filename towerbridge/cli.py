@@ -71,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         _quiet_prefect_tracebacks()
-        report = pipeline(dataset=args.dataset, data_dir=args.data_dir, report_dir=args.report_dir,
+        report = pipeline(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol,
+                          report_dir=args.report_dir,
                           milvus_uri=uri, alias=args.alias, epochs=args.epochs, seed=args.seed)
         _print_table(report)
     return 0
@@ -104,6 +105,8 @@ def cmd_milvus(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from milvus.store import DEFAULT_ALIAS
+    from towerbridge.data.dataset import DATASETS
+    from towerbridge.data.split import PROTOCOLS
     from towers.config import TowerConfig
 
     top = argparse.ArgumentParser(
@@ -116,15 +119,20 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="train, index and evaluate in one go (the main job)",
-        description="Run the pipeline flow: prepare the dataset (leave-last-one-out split), train the "
+        description="Run the pipeline flow: prepare and split the dataset, train the "
                     "two towers, embed every item into a new Milvus collection with an IVF_PQ index "
                     "behind the alias, and report top-k hit rate against a popularity baseline.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--dataset", default="synthetic", choices=["synthetic"],
-                     help="dataset to use (default: the built-in synthetic log)")
-    run.add_argument("--data-dir", help="read interactions.parquet and items.parquet from this directory "
-                                        "instead of generating the synthetic data")
+    run.add_argument("--dataset", default="synthetic", choices=DATASETS,
+                     help="dataset to use (default: the built-in synthetic log); movielens-100k reads "
+                          "u.data, u.item and u.user from --data-dir")
+    run.add_argument("--data-dir", help="where the dataset's files are; for synthetic, a directory with "
+                                        "interactions.parquet and items.parquet (default: generate them)")
+    run.add_argument("--protocol", default="leave-last-out", choices=PROTOCOLS,
+                     help="leave-last-out (default): each user's last interaction is held out and items "
+                          "seen in training are not ranked; tfrs: a random 80/20 split ranked over all "
+                          "items, comparable with the TensorFlow Recommenders tutorials")
     run.add_argument("--report-dir", help="write evaluation.json and evaluation.md here "
                                           "(default: the run's directory under TOWERBRIDGE_HOME/runs)")
     run.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")

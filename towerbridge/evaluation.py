@@ -1,8 +1,8 @@
 """Top-k hit rate against held-out interactions, for the model and its baselines.
 
-Protocol (leave-last-one-out): each user with a held-out item is ranked against
-the whole catalog, minus the items that user saw in training; a hit at k means
-the held-out item is among the first k. Items are vocabulary indices here
+Each evaluated user is ranked against the whole catalog, minus the items that user
+saw in training when the protocol says so (leave-last-out); a hit at k means the
+held-out item is among the first k. Items are vocabulary indices here
 (1..n_items; 0 means "no item", e.g. padding when a search returned fewer rows).
 """
 

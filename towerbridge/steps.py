@@ -23,29 +23,30 @@ from milvus.store import DEFAULT_ALIAS, ItemStore, choose_ivf_pq, params_record
 from towerbridge import evaluation as ev
 from towerbridge import settings
 from towerbridge.data import dataset as datasets
-from towerbridge.data.split import leave_last_one_out
+from towerbridge.data.split import excludes_seen, split
 from towerbridge.errors import CollectionError, DataError
 from towers import artifact
 from towers.config import TowerConfig
 from towers.train import train
 from towers.vectors import item_vectors, user_vectors
 
-PROTOCOL = "leave-last-one-out"
 
-
-def prepare_data(dataset: str, data_dir: str | None, out_dir: str) -> str:
-    """Load and validate a dataset, split it, write ``items/train/held_out.parquet``."""
+def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str = "leave-last-out") -> str:
+    """Load and validate a dataset, split it for ``protocol``, write
+    ``items/train/held_out.parquet`` (and ``users.parquet`` when the dataset has users)."""
     data = datasets.load(dataset, data_dir)
-    train_part, held_out = leave_last_one_out(data.interactions)
+    train_part, held_out = split(data.interactions, protocol)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     datasets.write_parquet(data.items, out / "items.parquet")
+    if data.users is not None:
+        datasets.write_parquet(data.users, out / "users.parquet")
     datasets.write_parquet(train_part, out / "train.parquet")
     datasets.write_parquet(held_out, out / "held_out.parquet")
     summary = {
         "dataset": dataset,
         "source": str(data_dir) if data_dir else "built-in synthetic",
-        "protocol": PROTOCOL,
+        "protocol": protocol,
         "users": int(data.interactions["user_id"].nunique()),
         "items": len(data.items),
         "interactions": len(data.interactions),
@@ -66,9 +67,11 @@ def _read(prepared_dir: str, name: str) -> pd.DataFrame:
 def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True) -> str:
     """Train the towers on the prepared training split; return the model directory."""
     tower_config = TowerConfig.from_dict(config or {})
-    items = _read(prepared_dir, "items")
+    users_file = Path(prepared_dir) / "users.parquet"
+    users = pd.read_parquet(users_file) if users_file.exists() else None
     started = time.perf_counter()
-    trained = train(_read(prepared_dir, "train"), items["item_id"].to_numpy(), tower_config, progress=progress)
+    trained = train(_read(prepared_dir, "train"), _read(prepared_dir, "items"), users, tower_config,
+                    progress=progress)
     seconds = time.perf_counter() - started
     summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
     directory = Path(models_dir) / settings.new_id()
@@ -118,14 +121,24 @@ def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.Seen:
 
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
                    ks: tuple[int, ...] = ev.KS) -> dict:
-    """Hit rate at each k through Milvus, beside exact search and a popularity baseline."""
+    """Hit rate at each k through Milvus, beside exact search and a popularity baseline.
+
+    Each user with held-out interactions is ranked once; every held-out interaction is
+    a hit at k when its item is in that user's top k (per user for leave-last-out,
+    which holds out one item per user; per interaction for tfrs).
+    """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     prepared = manifest["prepared_dir"]
+    protocol = manifest["data"]["protocol"]
     train_part, held_out = _read(prepared, "train"), _read(prepared, "held_out")
-    users = held_out["user_id"].to_numpy()
+    users = np.unique(held_out["user_id"].to_numpy())
+    user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
     targets = trained.item_index(held_out["item_id"].to_numpy())
-    seen = _seen(train_part, users, trained)
+    if excludes_seen(protocol):
+        seen = _seen(train_part, users, trained)
+    else:
+        seen = ev.Seen(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
     queries = user_vectors(trained, users)
     k = max(ks)
 
@@ -149,11 +162,12 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
     popular_top = ev.popularity_top_k(trained.item_counts, seen, k)
     report = {
         "dataset": manifest["data"]["dataset"],
-        "protocol": PROTOCOL,
+        "protocol": protocol,
         "users_evaluated": len(users),
-        "model": ev.hit_rates(ann_top, targets, ks),
-        "exact": ev.hit_rates(exact_top, targets, ks),
-        "popularity": ev.hit_rates(popular_top, targets, ks),
+        "interactions_evaluated": len(targets),
+        "model": ev.hit_rates(ann_top[user_row], targets, ks),
+        "exact": ev.hit_rates(exact_top[user_row], targets, ks),
+        "popularity": ev.hit_rates(popular_top[user_row], targets, ks),
         "index_recall": ev.overlap(ann_top, exact_top, ks),
         "index": {"index_type": record["index_type"], "metric_type": record["metric_type"],
                   "params": record["params"]},

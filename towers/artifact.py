@@ -1,7 +1,8 @@
 """A trained model on disk: a directory with a manifest, weights and vocabularies.
 
-    manifest.json        format, model id, config, training history, data summary
+    manifest.json        format, model id, config, feature spec and encoders, history, data summary
     weights.pt           the state dict (loaded with ``weights_only=True``: no pickle)
+    inputs.npz           encoded features per vocabulary index ("user/<column>", "item/<column>")
     user_vocab.parquet   user_id per vocabulary index (index = row + 1)
     item_vocab.parquet   item_id and training count per vocabulary index
 
@@ -16,17 +17,19 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from towerbridge.errors import ArtifactError
 from towers.config import TowerConfig
+from towers.features import Encoder, FeatureSpec
 from towers.model import TwoTowerModel
 from towers.train import TrainedModel
 
-FORMAT = "towerbridge-model/1"
-FILES = ("manifest.json", "weights.pt", "user_vocab.parquet", "item_vocab.parquet")
+FORMAT = "towerbridge-model/2"
+FILES = ("manifest.json", "weights.pt", "inputs.npz", "user_vocab.parquet", "item_vocab.parquet")
 
 
 def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> Path:
@@ -38,6 +41,9 @@ def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> P
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     torch.save(trained.model.state_dict(), partial / "weights.pt")
+    np.savez(partial / "inputs.npz",
+             **{f"user/{name}": tensor.numpy() for name, tensor in trained.user_inputs.items()},
+             **{f"item/{name}": tensor.numpy() for name, tensor in trained.item_inputs.items()})
     pq.write_table(pa.table({"user_id": trained.user_ids}), partial / "user_vocab.parquet")
     pq.write_table(pa.table({"item_id": trained.item_ids, "train_count": trained.item_counts}),
                    partial / "item_vocab.parquet")
@@ -46,6 +52,9 @@ def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> P
         "model_id": directory.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": trained.config.to_dict(),
+        "features": {"spec": trained.spec.to_dict(),
+                     "user_encoders": [encoder.to_dict() for encoder in trained.user_encoders],
+                     "item_encoders": [encoder.to_dict() for encoder in trained.item_encoders]},
         "n_users": len(trained.user_ids),
         "n_items": len(trained.item_ids),
         "history": trained.history,
@@ -78,15 +87,26 @@ def load(directory: Path) -> TrainedModel:
     directory = Path(directory)
     manifest = read_manifest(directory)
     config = TowerConfig.from_dict(manifest["config"])
+    features = manifest["features"]
+    user_encoders = [Encoder.from_dict(values) for values in features["user_encoders"]]
+    item_encoders = [Encoder.from_dict(values) for values in features["item_encoders"]]
     user_ids = pq.read_table(directory / "user_vocab.parquet").column("user_id").to_numpy()
     item_vocab = pq.read_table(directory / "item_vocab.parquet").to_pandas()
-    model = TwoTowerModel(len(user_ids), len(item_vocab), config)
+    model = TwoTowerModel(user_encoders, item_encoders, len(user_ids), len(item_vocab), config)
     try:
         state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise ArtifactError(f"{directory / 'weights.pt'}: cannot load weights ({str(error).splitlines()[0]})") from None
+        with np.load(directory / "inputs.npz", allow_pickle=False) as arrays:
+            inputs = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
+        raise ArtifactError(f"{directory}: cannot load weights or inputs ({str(error).splitlines()[0]})") from None
     model.eval()
-    return TrainedModel(config, model, user_ids, item_vocab["item_id"].to_numpy(),
-                        item_vocab["train_count"].to_numpy(), manifest.get("history", []))
-
+    return TrainedModel(
+        config=config, spec=FeatureSpec.from_dict(features["spec"]), model=model,
+        user_ids=user_ids, item_ids=item_vocab["item_id"].to_numpy(),
+        item_counts=item_vocab["train_count"].to_numpy(),
+        user_encoders=user_encoders, item_encoders=item_encoders,
+        user_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("user/")},
+        item_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("item/")},
+        history=manifest.get("history", []),
+    )

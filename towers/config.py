@@ -15,17 +15,28 @@ class TowerConfig:
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
         product gives ``user·item / temperature + prior_weight * log p(item)``.
-    hidden_dims: widths of an optional MLP after the id embedding (empty: none).
+    feature_dim: width of each feature's embedding before the towers' MLP.
+    use_features: feed every recognised user and item column (genres, title, age, ...)
+        besides the ids; off: ids only.
+    hidden_dims: widths of the MLP's hidden layers (empty: one linear layer).
     temperature: divides the logits in the softmax and at serving time.
     logq_correction: subtract ``log p(item)`` from in-batch logits while training,
         then add the prior back when ranking (``prior_weight``).
+    num_hard_negatives: keep only this many highest-scoring negatives per row.
+    mixed_negatives: extra negatives per batch drawn uniformly from the catalog.
+    optimizer: ``adam`` or ``adagrad``.
     """
 
     vector_dim: int = 32
+    feature_dim: int = 32
+    use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
     logq_correction: bool = True
     prior_weight: float = 1.0
+    num_hard_negatives: int | None = None
+    mixed_negatives: int = 0
+    optimizer: str = "adam"
     epochs: int = 8
     batch_size: int = 1024
     learning_rate: float = 0.01
@@ -40,6 +51,13 @@ class TowerConfig:
             raise ConfigError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.optimizer not in ("adam", "adagrad"):
+            raise ConfigError(f"optimizer must be 'adam' or 'adagrad', got {self.optimizer!r}")
+        if self.feature_dim < 1 or self.mixed_negatives < 0:
+            raise ConfigError(f"feature_dim must be >= 1 and mixed_negatives >= 0, got {self.feature_dim} "
+                              f"and {self.mixed_negatives}")
+        if self.num_hard_negatives is not None and self.num_hard_negatives < 1:
+            raise ConfigError(f"num_hard_negatives must be at least 1 when set, got {self.num_hard_negatives}")
         if any(width < 1 for width in self.hidden_dims):
             raise ConfigError(f"hidden_dims must be positive widths, got {list(self.hidden_dims)}")
 

@@ -1,4 +1,9 @@
-"""The two towers: id embedding, optional MLP, L2-normalised output."""
+"""The two towers: features in, one L2-normalised vector out.
+
+Each feature becomes a vector (an embedding, a bag of embeddings, or a projected
+number); the vectors are concatenated and mapped by an MLP (``hidden_dims``, then a
+linear layer to ``tower_dim``) and normalised to unit length.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from towers.config import TowerConfig
+from towers.features import Encoder
+
+Inputs = dict[str, torch.Tensor]
 
 
 class Tower(nn.Module):
-    """Maps vocabulary indices (0 is the out-of-vocabulary bucket) to unit vectors."""
+    """Maps a batch of encoded features to ``[batch, tower_dim]`` unit vectors.
 
-    def __init__(self, vocab_size: int, config: TowerConfig) -> None:
+    encoders: one per feature, in the spec's order; the id feature's cardinality is the
+    entity vocabulary size plus one (index 0: unknown, a zero vector).
+    """
+
+    def __init__(self, encoders: list[Encoder], id_cardinality: int, config: TowerConfig) -> None:
         super().__init__()
-        widths = list(config.hidden_dims)
-        self.embedding = nn.Embedding(vocab_size, widths[0] if widths else config.tower_dim)
+        width = config.feature_dim
+        self.inputs = nn.ModuleDict()
+        for encoder in encoders:
+            kind, name = encoder.feature.kind, encoder.feature.column
+            if kind == "numeric":
+                layer: nn.Module = nn.Linear(1, width)
+            elif kind in ("multi_hot", "text"):
+                layer = nn.EmbeddingBag(encoder.cardinality, width, mode="mean", padding_idx=0)
+            else:
+                layer = nn.Embedding(id_cardinality if kind == "id" else encoder.cardinality, width, padding_idx=0)
+            if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)):
+                nn.init.normal_(layer.weight, std=0.1)
+                with torch.no_grad():
+                    layer.weight[0].zero_()
+            self.inputs[name] = layer
         layers: list[nn.Module] = []
-        for width_in, width_out in zip(widths, widths[1:] + [config.tower_dim]):
-            layers += [nn.ReLU(), nn.Linear(width_in, width_out)]
+        previous = width * len(encoders)
+        for hidden in config.hidden_dims:
+            layers += [nn.Linear(previous, hidden), nn.ReLU()]
+            previous = hidden
+        layers.append(nn.Linear(previous, config.tower_dim))
         self.mlp = nn.Sequential(*layers)
-        nn.init.normal_(self.embedding.weight, std=0.1)
 
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices: ``[batch]`` int64 -> ``[batch, tower_dim]`` unit vectors."""
-        return F.normalize(self.mlp(self.embedding(indices)), dim=-1)
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        parts = [layer(inputs[name]) for name, layer in self.inputs.items()]
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
 class TwoTowerModel(nn.Module):
     """A user (query) tower and an item (candidate) tower."""
 
-    def __init__(self, n_users: int, n_items: int, config: TowerConfig) -> None:
+    def __init__(self, user_encoders: list[Encoder], item_encoders: list[Encoder],
+                 n_users: int, n_items: int, config: TowerConfig) -> None:
         super().__init__()
-        self.user_tower = Tower(n_users + 1, config)
-        self.item_tower = Tower(n_items + 1, config)
+        self.user_tower = Tower(user_encoders, n_users + 1, config)
+        self.item_tower = Tower(item_encoders, n_items + 1, config)

@@ -38,7 +38,7 @@ def test_report_file_has_the_promised_shape(run):
     written = json.loads((run["report_dir"] / "evaluation.json").read_text())
     for key in ("dataset", "protocol", "model", "popularity", "index", "collection", "alias"):
         assert key in written
-    assert written["dataset"] == "synthetic" and written["protocol"] == "leave-last-one-out"
+    assert written["dataset"] == "synthetic" and written["protocol"] == "leave-last-out"
     for source in ("model", "popularity", "exact"):
         assert set(written[source]) == {f"hit_rate@{k}" for k in KS}
     assert written["index"]["index_type"] == "IVF_PQ"

@@ -1,7 +1,10 @@
 """Datasets in one canonical shape, read and validated at the boundary.
 
-interactions: ``user_id`` (int64), ``item_id`` (int64), ``timestamp`` (int64 unix seconds)
-items: ``item_id`` (int64, unique), ``title`` (str), ``genres`` (str, ``|``-separated)
+interactions: ``user_id`` (int64), ``item_id`` (int64), ``timestamp`` (int64 unix seconds),
+    optionally ``rating``
+items: ``item_id`` (int64, unique), ``title`` (str), ``genres`` (str, ``|``-separated),
+    optionally more feature columns (``release_date``, ...)
+users: optional; ``user_id`` (int64, unique) and feature columns (``age``, ``gender``, ...)
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from towerbridge import settings
+from towerbridge.data import movielens
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import DataError
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "movielens-100k")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "genres")
 
@@ -28,6 +32,7 @@ class Dataset:
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
+    users: pd.DataFrame | None = None
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -37,7 +42,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     partial.replace(path)
 
 
-def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def read_parquet(path: Path, columns: tuple[str, ...], all_columns: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
@@ -47,7 +52,7 @@ def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     missing = [column for column in columns if column not in schema.names]
     if missing:
         raise DataError(f"{path}: column(s) {missing} missing; found: {schema.names}")
-    return pq.read_table(path, columns=list(columns)).to_pandas()
+    return pq.read_table(path, columns=None if all_columns else list(columns)).to_pandas()
 
 
 def validate(dataset: Dataset, source: str) -> Dataset:
@@ -57,24 +62,30 @@ def validate(dataset: Dataset, source: str) -> Dataset:
         raise DataError(f"{source}: the interactions table is empty")
     if items.empty:
         raise DataError(f"{source}: the items table is empty")
-    for table, name, columns in ((interactions, "interactions", INTERACTION_COLUMNS), (items, "items", ("item_id",))):
-        for column in columns:
-            nulls = int(table[column].isna().sum())
-            if nulls:
-                raise DataError(f"{source}: {nulls} null value(s) in {name}.{column}")
-            if not pd.api.types.is_integer_dtype(table[column]):
-                raise DataError(f"{source}: {name}.{column} must hold integers, found dtype {table[column].dtype}")
-    duplicated = items["item_id"][items["item_id"].duplicated()]
-    if len(duplicated):
-        raise DataError(f"{source}: item_id {duplicated.iloc[0]} appears more than once in items "
-                        f"({len(duplicated)} duplicate ids)")
+    for column in INTERACTION_COLUMNS:
+        nulls = int(interactions[column].isna().sum())
+        if nulls:
+            raise DataError(f"{source}: {nulls} null value(s) in interactions.{column}")
+        if not pd.api.types.is_integer_dtype(interactions[column]):
+            raise DataError(f"{source}: interactions.{column} must hold integers, "
+                            f"found dtype {interactions[column].dtype}")
+    for table, name, key in ((items, "items", "item_id"), (dataset.users, "users", "user_id")):
+        if table is None:
+            continue
+        if key not in table.columns or not pd.api.types.is_integer_dtype(table[key]):
+            raise DataError(f"{source}: the {name} table needs an integer {key} column; found {list(table.columns)}")
+        duplicated = table[key][table[key].duplicated()]
+        if len(duplicated):
+            raise DataError(f"{source}: {key} {duplicated.iloc[0]} appears more than once in {name} "
+                            f"({len(duplicated)} duplicate ids)")
     unknown = ~interactions["item_id"].isin(items["item_id"])
     if unknown.any():
         first = interactions.loc[unknown, "item_id"].unique()[:5].tolist()
         raise DataError(f"{source}: {int(unknown.sum())} interaction(s) reference items absent from the "
                         f"items table, e.g. item_id {first}")
     items = items.assign(title=items["title"].fillna("").astype(str), genres=items["genres"].fillna("").astype(str))
-    return Dataset(dataset.name, interactions.astype({c: "int64" for c in INTERACTION_COLUMNS}), items)
+    return Dataset(dataset.name, interactions.astype({c: "int64" for c in INTERACTION_COLUMNS}), items,
+                   dataset.users)
 
 
 def synthetic(spec: SyntheticSpec | None = None) -> Path:
@@ -90,19 +101,35 @@ def synthetic(spec: SyntheticSpec | None = None) -> Path:
     return directory
 
 
-def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset:
-    """Load a dataset by name. ``synthetic`` without a ``data_dir`` is generated on first use;
-    with a ``data_dir`` it reads ``interactions.parquet`` and ``items.parquet`` from there."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    directory = Path(data_dir) if data_dir else synthetic()
+def _directory(data_dir: str | Path) -> Path:
+    directory = Path(data_dir)
     if not directory.exists():
         raise DataError(f"{directory}: data directory not found")
     if not directory.is_dir():
         raise DataError(f"{directory}: expected a directory, found a file")
+    return directory
+
+
+def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset:
+    """Load a dataset by name.
+
+    synthetic: generated on first use; with a ``data_dir``, read ``interactions.parquet``,
+        ``items.parquet`` and, if present, ``users.parquet`` from there.
+    movielens-100k: ``u.data``, ``u.item`` and ``u.user`` from ``data_dir``.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "movielens-100k":
+        if not data_dir:
+            raise DataError("movielens-100k needs --data-dir, the directory holding u.data, u.item and u.user")
+        interactions, items, users = movielens.load_100k(_directory(data_dir))
+        return validate(Dataset(name, interactions, items, users), str(data_dir))
+    directory = _directory(data_dir) if data_dir else synthetic()
+    users_file = directory / "users.parquet"
     dataset = Dataset(
         name,
         read_parquet(directory / "interactions.parquet", INTERACTION_COLUMNS),
-        read_parquet(directory / "items.parquet", ITEM_COLUMNS),
+        read_parquet(directory / "items.parquet", ITEM_COLUMNS, all_columns=True),
+        read_parquet(users_file, ("user_id",), all_columns=True) if users_file.exists() else None,
     )
     return validate(dataset, str(directory))
