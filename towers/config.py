@@ -33,7 +33,7 @@ class TowerConfig:
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
     logq_correction: bool = True
-    prior_weight: float = 1.0
+    prior_weight: float = 0.85
     num_hard_negatives: int | None = None
     mixed_negatives: int = 0
     optimizer: str = "adam"
