@@ -13,3 +13,26 @@ def test_last_interaction_by_time_is_held_out():
     assert held_out[["user_id", "item_id"]].values.tolist() == [[1, 10], [3, 14]]
     # user 2 has one interaction: training only
     assert sorted(train[["user_id", "item_id"]].values.tolist()) == [[1, 11], [1, 12], [2, 10], [3, 13]]
+
+
+def test_tfrs_split_is_a_seeded_80_20_shuffle():
+    from towerbridge.data.split import split
+
+    interactions = pd.DataFrame({"user_id": range(100), "item_id": range(100), "timestamp": range(100)})
+    train, held_out = split(interactions, "tfrs")
+    again, _ = split(interactions, "tfrs")
+    assert (len(train), len(held_out)) == (80, 20)
+    assert train.equals(again)
+    assert set(train["item_id"]) | set(held_out["item_id"]) == set(range(100))
+    assert not set(train["item_id"]) & set(held_out["item_id"])
+    assert held_out["item_id"].tolist() != list(range(80, 100))  # shuffled, not the tail
+
+
+def test_unknown_protocol():
+    import pytest
+
+    from towerbridge.data.split import split
+    from towerbridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown protocol 'random'; known: leave-last-out, tfrs"):
+        split(pd.DataFrame({"user_id": [1], "item_id": [1], "timestamp": [1]}), "random")

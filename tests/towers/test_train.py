@@ -1,0 +1,76 @@
+"""Training, artifacts and cold start on a small synthetic catalog."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from towerbridge.data.split import leave_last_one_out
+from towerbridge.data.synthetic import SyntheticSpec, generate
+from towers import artifact
+from towers.config import TowerConfig
+from towers.train import train
+from towers.vectors import item_vectors, user_vectors
+
+CONFIG = TowerConfig(epochs=3, batch_size=256, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    interactions, items = generate(SyntheticSpec(n_users=800, n_items=400, n_topics=16, seed=3))
+    return leave_last_one_out(interactions)[0], items
+
+
+def test_same_seed_same_model(data):
+    interactions, items = data
+    first = train(interactions, items, None, CONFIG, progress=False)
+    second = train(interactions, items, None, CONFIG, progress=False)
+    np.testing.assert_array_equal(item_vectors(first)[1], item_vectors(second)[1])
+    assert first.history[-1]["loss_per_example"] < first.history[0]["loss_per_example"]
+
+
+def test_artifact_round_trip_gives_the_same_vectors(data, tmp_path):
+    interactions, items = data
+    trained = train(interactions, items, None, CONFIG, progress=False)
+    directory = artifact.save(trained, tmp_path / "model")
+    loaded = artifact.load(directory)
+    np.testing.assert_array_equal(item_vectors(loaded)[1], item_vectors(trained)[1])
+    users = trained.user_ids[:10]
+    np.testing.assert_array_equal(user_vectors(loaded, users), user_vectors(trained, users))
+    assert loaded.spec == trained.spec and loaded.config == trained.config
+
+
+def test_cold_items_are_embedded_from_their_features(data):
+    interactions, items = data
+    cold = items["item_id"].to_numpy()[::10]  # every tenth item never appears in training
+    warm_log = interactions[~interactions["item_id"].isin(cold)]
+    trained = train(warm_log, items, None, TowerConfig(epochs=6, batch_size=256, seed=1), progress=False)
+    ids, vectors = item_vectors(trained)
+    embeddings = torch.nn.functional.normalize(torch.from_numpy(vectors[:, :-1]), dim=1).numpy()
+    genres = items.set_index("item_id")["genres"].reindex(ids).str.split("|").map(set).to_numpy()
+    is_cold = np.isin(ids, cold)
+    same, other = [], []
+    for row in np.flatnonzero(is_cold):
+        similarity = embeddings[~is_cold] @ embeddings[row]
+        shares_a_genre = np.array([bool(g & genres[row]) for g in genres[~is_cold]])
+        same.append(similarity[shares_a_genre].mean())
+        other.append(similarity[~shares_a_genre].mean())
+    # a cold item sits nearer the warm items that share a genre with it than the rest
+    assert np.mean(same) > np.mean(other) + 0.2
+
+
+def test_unknown_users_and_items_do_not_crash(data):
+    interactions, items = data
+    trained = train(interactions, items, None, CONFIG, progress=False)
+    vectors = user_vectors(trained, np.array([-5, trained.user_ids[0]]))
+    assert np.isfinite(vectors).all() and vectors[0, -1] == 1.0
+    assert trained.item_index(np.array([10**9]))[0] == 0
+
+
+def test_users_table_features_are_used():
+    interactions = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3], "timestamp": [1, 2, 3, 4]})
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["a", "b", "c"], "genres": ["X", "Y", "X|Y"]})
+    users = pd.DataFrame({"user_id": [1, 2], "age": [20, 60], "gender": ["F", "M"]})
+    trained = train(interactions, items, users, TowerConfig(epochs=1, batch_size=4), progress=False)
+    assert [f.column for f in trained.spec.user] == ["user_id", "age", "gender"]
+    np.testing.assert_array_equal(trained.user_inputs["gender"].numpy(), [0, 1, 2])
