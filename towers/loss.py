@@ -3,8 +3,8 @@
 Read ``retrieval_loss`` top to bottom: score matrix, temperature, sampling-probability
 (logQ) correction, accidental-hit removal, hard-negative mining, softmax cross-entropy.
 Shapes: B queries, N candidate columns (the B in-batch candidates, then M extra
-negatives sampled from the corpus, so N = B + M). Labels are one-hot ``[B, N]`` with
-row i's positive in column i.
+negatives sampled from the corpus, so N = B + M). Each row has one positive, given as
+its column (``positive``, ``[B]``): row i's positive is column i.
 """
 
 from __future__ import annotations
@@ -33,44 +33,49 @@ def correct_sampling_probability(logits: torch.Tensor, sampling_probability: tor
     return logits - torch.log(sampling_probability.clamp_min(1e-12))[None, :]
 
 
-def remove_accidental_hits(logits: torch.Tensor, labels: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+def remove_accidental_hits(logits: torch.Tensor, positive: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
     """Mask negatives that are the row's positive item under another column.
 
-    A column j that is not row i's label but holds the same candidate id as row i's
-    positive is pushed to MASKED_LOGIT. logits, labels: ``[B, N]``; candidate_ids: ``[N]``.
+    A column j other than row i's positive that holds the same candidate id is pushed to
+    MASKED_LOGIT. logits: ``[B, N]``; positive: ``[B]`` column of each row's positive;
+    candidate_ids: ``[N]``.
     """
-    positive_ids = candidate_ids[labels.argmax(dim=1)]
-    duplicate = (positive_ids[:, None] == candidate_ids[None, :]) & (labels == 0)
+    rows = torch.arange(len(positive), device=logits.device)
+    duplicate = candidate_ids[positive][:, None] == candidate_ids[None, :]
+    duplicate[rows, positive] = False
     return logits.masked_fill(duplicate, MASKED_LOGIT)
 
 
-def mine_hard_negatives(logits: torch.Tensor, labels: torch.Tensor,
+def mine_hard_negatives(logits: torch.Tensor, positive: torch.Tensor,
                         num_hard_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep, per row, the positive and the ``num_hard_negatives`` highest-scoring negatives.
 
-    Returns ``(logits, labels)`` of shape ``[B, min(num_hard_negatives + 1, N)]``.
+    Returns ``(logits [B, min(num_hard_negatives + 1, N)], positive [B])``, the positive's
+    new column in the kept logits.
     """
     keep = min(num_hard_negatives + 1, logits.shape[1])
-    _, columns = torch.topk(logits + labels * _LARGE, keep, dim=1)
-    return logits.gather(1, columns), labels.gather(1, columns)
+    rows = torch.arange(len(positive), device=logits.device)
+    boosted = logits.detach().clone()
+    boosted[rows, positive] = _LARGE  # the positive is always kept
+    _, columns = torch.topk(boosted, keep, dim=1)
+    return logits.gather(1, columns), (columns == positive[:, None]).int().argmax(dim=1)
 
 
 def softmax_cross_entropy(
     logits: torch.Tensor,
-    labels: torch.Tensor,
+    positive: torch.Tensor,
     sample_weight: torch.Tensor | None = None,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Categorical cross-entropy of ``[B, N]`` logits against one-hot ``[B, N]`` labels (one 1 per row).
+    """Categorical cross-entropy of ``[B, N]`` logits against one positive column per row.
 
-    sample_weight: ``[B]``. reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which
-    divides the weighted sum by the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
+    positive: ``[B]`` column indices (the argmax of one-hot labels). sample_weight: ``[B]``.
+    reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which divides the weighted sum by
+    the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    # one positive per row: pick its log-probability (cheaper than summing labels · log p)
-    positive = labels.argmax(dim=1, keepdim=True)
-    per_example = -torch.log_softmax(logits, dim=1).gather(1, positive).squeeze(1)
+    per_example = -torch.log_softmax(logits, dim=1).gather(1, positive[:, None]).squeeze(1)
     if sample_weight is not None:
         per_example = per_example * sample_weight
     return per_example.sum() if reduction == "sum" else per_example.mean()
@@ -109,15 +114,13 @@ def retrieval_loss(
                 raise ValueError("extra negatives need extra_candidate_ids when the in-batch ones have ids")
             ids = torch.cat([ids, extra_candidate_ids])
 
+    positive = torch.arange(query_embeddings.shape[0], device=query_embeddings.device)  # the diagonal
     logits = query_embeddings @ candidates.T
-    labels = torch.zeros_like(logits)
-    labels[:, : query_embeddings.shape[0]] = torch.eye(query_embeddings.shape[0], dtype=logits.dtype,
-                                                       device=logits.device)
     logits = apply_temperature(logits, temperature)
     if probability is not None:
         logits = correct_sampling_probability(logits, probability)
     if ids is not None:
-        logits = remove_accidental_hits(logits, labels, ids)
+        logits = remove_accidental_hits(logits, positive, ids)
     if num_hard_negatives is not None:
-        logits, labels = mine_hard_negatives(logits, labels, num_hard_negatives)
-    return softmax_cross_entropy(logits, labels, sample_weight, reduction)
+        logits, positive = mine_hard_negatives(logits, positive, num_hard_negatives)
+    return softmax_cross_entropy(logits, positive, sample_weight, reduction)
