@@ -52,3 +52,24 @@ def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     assert float(table[0][1]) == pytest.approx(report["model"]["hit_rate@10"], abs=1e-4)
     assert float(table[0][3]) == pytest.approx(report["popularity"]["hit_rate@10"], abs=1e-4)
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--dataset", "netflix"], "argument --dataset: invalid choice: 'netflix'"),
+    (["run", "--protocol", "random"], "argument --protocol: invalid choice: 'random'"),
+])
+def test_unknown_dataset_or_protocol_lists_the_choices(args, message):
+    result = towerbridge(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "choose from" in result.stderr
+
+
+def test_malformed_movielens_line_is_named_without_traceback(milvus_uri, tmp_path):
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n2\t2\t3\n")
+    (tmp_path / "u.item").write_text("1|A (1995)|01-Jan-1995||x|" + "|".join(["0"] * 19) + "\n")
+    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n")
+    result = towerbridge("run", "--dataset", "movielens-100k", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("towerbridge: error: ")]
+    assert len(errors) == 1 and "u.data, line 2: expected 4 tab-separated fields, found 3" in errors[0]

@@ -37,8 +37,8 @@ def test_latin1_titles(tmp_path):
 
 
 @pytest.mark.parametrize("data, message", [
-    ("1\t1\t5\t881250949\n2\t2\t3\n", r"u.data, line 2: expected 4 '\\t'-separated fields, found 3"),
-    ("1,1,5,881250949\n", r"u.data, line 1: expected 4 '\\t'-separated fields, found 1 \(no '\\t' in the line: "
+    ("1\t1\t5\t881250949\n2\t2\t3\n", r"u.data, line 2: expected 4 tab-separated fields, found 3"),
+    ("1,1,5,881250949\n", r"u.data, line 1: expected 4 tab-separated fields, found 1 \(no tab in the line: "
                           r"wrong delimiter\?\)"),
     ("1\t1\t5\t881250949\nu7\t1\t4\t881250950\n", r"u.data, line 2: field 1 \(user id\) must be an integer, "
                                                   r"found 'u7'"),

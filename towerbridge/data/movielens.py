@@ -37,8 +37,9 @@ def _read_fields(path: Path, separator: str, n_fields: int, encoding: str) -> li
             fields = line.split(separator)
             if len(fields) != n_fields:
                 shown = line if len(line) <= 80 else line[:77] + "..."
-                hint = "" if separator in line else f" (no {separator!r} in the line: wrong delimiter?)"
-                raise DataError(f"{path}, line {number}: expected {n_fields} {separator!r}-separated fields, "
+                name = "tab" if separator == "\t" else repr(separator)
+                hint = "" if separator in line else f" (no {name} in the line: wrong delimiter?)"
+                raise DataError(f"{path}, line {number}: expected {n_fields} {name}-separated fields, "
                                 f"found {len(fields)}{hint}: {shown!r}")
             rows.append((number, fields))
     if not rows:
