@@ -15,9 +15,10 @@ def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str
     return steps.prepare_data(dataset, data_dir, out_dir, protocol)
 
 
-@task(name="train-towers")
-def train_towers(prepared_dir: str, models_dir: str, config: dict) -> str:
-    return steps.train_model(prepared_dir, models_dir, config)
+@task(name="train-towers", retries=1, retry_delay_seconds=5)
+def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_dir: str) -> str:
+    # a retry resumes after the last finished epoch
+    return steps.train_model(prepared_dir, models_dir, config, checkpoint_dir=checkpoint_dir)
 
 
 @flow(name="train", log_prints=True)
@@ -38,5 +39,6 @@ def train(
     config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, seed=seed)
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
     prepared_dir = prepare_data(dataset, data_dir, str(run / "data"), protocol)
-    model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict())
+    model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),
+                             str(run / "checkpoint"))
     return {"prepared_dir": prepared_dir, "model_dir": model_dir}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -64,14 +65,17 @@ def _read(prepared_dir: str, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True) -> str:
-    """Train the towers on the prepared training split; return the model directory."""
+def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True,
+                checkpoint_dir: str | None = None) -> str:
+    """Train the towers on the prepared training split; return the model directory.
+
+    With ``checkpoint_dir``, a run interrupted after some epochs resumes from there."""
     tower_config = TowerConfig.from_dict(config or {})
     users_file = Path(prepared_dir) / "users.parquet"
     users = pd.read_parquet(users_file) if users_file.exists() else None
     started = time.perf_counter()
     trained = train(_read(prepared_dir, "train"), _read(prepared_dir, "items"), users, tower_config,
-                    progress=progress)
+                    progress=progress, checkpoint_dir=checkpoint_dir)
     seconds = time.perf_counter() - started
     summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
     directory = Path(models_dir) / settings.new_id()
@@ -80,6 +84,8 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
         "data": summary,
         "train_seconds": round(seconds, 2),
     })
+    if checkpoint_dir:  # the artifact supersedes it
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return str(directory)
 
 

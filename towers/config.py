@@ -25,6 +25,12 @@ class TowerConfig:
     num_hard_negatives: keep only this many highest-scoring negatives per row.
     mixed_negatives: extra negatives per batch drawn uniformly from the catalog.
     optimizer: ``adam`` or ``adagrad``.
+    epochs: the most epochs to train.
+    early_stopping_patience: stop when the validation hit rate has not improved for this
+        many epochs and keep the best epoch's weights (0: off, train all epochs). The
+        validation set is the last interaction of up to ``validation_users`` sampled users,
+        held out of training; the metric is factorized top-``validation_k`` accuracy.
+    device: ``auto`` (the GPU when present), ``cpu`` or ``cuda``.
     """
 
     vector_dim: int = 32
@@ -38,6 +44,10 @@ class TowerConfig:
     mixed_negatives: int = 0
     optimizer: str = "adam"
     epochs: int = 8
+    early_stopping_patience: int = 0
+    validation_users: int = 1000
+    validation_k: int = 50
+    device: str = "auto"
     batch_size: int = 1024
     learning_rate: float = 0.01
     seed: int = 0
@@ -51,6 +61,10 @@ class TowerConfig:
             raise ConfigError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.early_stopping_patience < 0 or self.validation_users < 1 or self.validation_k < 1:
+            raise ConfigError("early_stopping_patience must be >= 0, validation_users and validation_k >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.optimizer not in ("adam", "adagrad"):
             raise ConfigError(f"optimizer must be 'adam' or 'adagrad', got {self.optimizer!r}")
         if self.feature_dim < 1 or self.mixed_negatives < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from towers.config import TowerConfig
 from towers.features import Encoder, FeatureSpec, check_columns, default_spec
 from towers.loss import retrieval_loss
+from towers.metrics import factorized_top_k
 from towers.model import Inputs, TwoTowerModel
 
 
@@ -116,33 +118,109 @@ def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> torch.optim.O
     return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def validation_split(interactions: pd.DataFrame, config: TowerConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """For early stopping: the last interaction of up to ``validation_users`` sampled users
+    (with at least two interactions) is set aside. Returns ``(train, validation)``."""
+    if not config.early_stopping_patience:
+        return interactions, None
+    ordered = interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    last = ordered[~ordered["user_id"].duplicated(keep="last") & ordered["user_id"].duplicated(keep=False)]
+    chosen = np.random.default_rng(config.seed).permutation(last.index.to_numpy())[:config.validation_users]
+    return interactions.drop(index=chosen), interactions.loc[np.sort(chosen)]
+
+
+@torch.inference_mode()
+def validation_hit_rate(trained: TrainedModel, validation: pd.DataFrame, device: torch.device) -> float:
+    """Factorized top-k accuracy (k = ``validation_k``) of the validation items over the whole
+    catalog, scored as served: ``user·item / temperature + prior``."""
+    config, model = trained.config, trained.model
+    model.eval()
+    items = torch.arange(1, len(trained.item_ids) + 1)
+    item_vectors = model.item_tower(to_device(gather(trained.item_inputs, items), device)) / config.temperature
+    if config.logq_correction:
+        prior = torch.from_numpy(trained.item_log_prior() * config.prior_weight).float().to(device)
+        item_vectors = torch.cat([item_vectors, prior[:, None]], dim=1)
+    users = torch.from_numpy(trained.user_index(validation["user_id"].to_numpy()))
+    queries = model.user_tower(to_device(gather(trained.user_inputs, users), device))
+    if config.logq_correction:
+        queries = torch.cat([queries, torch.ones(len(queries), 1, device=device)], dim=1)
+    positive = torch.from_numpy(trained.item_index(validation["item_id"].to_numpy()) - 1).to(device)
+    model.train()
+    key = f"factorized_top_k/top_{config.validation_k}_categorical_accuracy"
+    return factorized_top_k(queries, item_vectors, positive, ks=(config.validation_k,))[key]
+
+
+def to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+def _save_checkpoint(directory: Path, state: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / "checkpoint.pt.partial"
+    torch.save(state, partial)
+    partial.replace(directory / "checkpoint.pt")
+
+
+def _load_checkpoint(directory: Path | None, config: TowerConfig) -> dict | None:
+    """The checkpoint of an earlier run with the same settings (``epochs`` may differ, to
+    train further), if there is one and it is not past ``epochs``."""
+    if directory is None or not (directory / "checkpoint.pt").exists():
+        return None
+    state = torch.load(directory / "checkpoint.pt", map_location="cpu", weights_only=True)
+    settings = {**config.to_dict(), "epochs": None}
+    same = {**state.get("config", {}), "epochs": None} == settings
+    return state if same and state["epoch"] <= config.epochs else None
+
+
 def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
-          config: TowerConfig, spec: FeatureSpec | None = None, progress: bool = True) -> TrainedModel:
+          config: TowerConfig, spec: FeatureSpec | None = None, progress: bool = True,
+          checkpoint_dir: str | Path | None = None) -> TrainedModel:
     """Train both towers with the in-batch softmax on ``interactions`` (user_id, item_id).
 
     items: the whole catalog (``item_id`` and feature columns), so that items without
     training interactions still get an embedding from their features.
     users: ``user_id`` and feature columns, or None for id-only users.
+    checkpoint_dir: after every epoch the model, optimizer and random state are saved
+    there; a later call with the same config resumes after the last finished epoch.
     """
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    interactions, validation = validation_split(interactions, config)
     trained = prepare(interactions, items, users, config, spec)
+    device = pick_device(config.device)
+    model = trained.model.to(device)
+    user_inputs, item_inputs = to_device(trained.user_inputs, device), to_device(trained.item_inputs, device)
     generator = np.random.default_rng(config.seed)
-    users_index = torch.from_numpy(trained.user_index(interactions["user_id"].to_numpy()))
-    items_index = torch.from_numpy(trained.item_index(interactions["item_id"].to_numpy()))
+    users_index = torch.from_numpy(trained.user_index(interactions["user_id"].to_numpy())).to(device)
+    items_index = torch.from_numpy(trained.item_index(interactions["item_id"].to_numpy())).to(device)
     # In-batch negatives are drawn in proportion to training frequency: that is their sampling probability.
     sampling_probability = torch.from_numpy(
-        np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float()
+        np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float().to(device)
     n_catalog = len(trained.item_ids)
-
-    model = trained.model
     optimizer = make_optimizer(model, config)
+
+    first_epoch, best = 0, {"metric": -1.0, "epoch": 0, "weights": None}
+    resumed = _load_checkpoint(checkpoint_dir, config)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.bit_generator.state = resumed["generator"]
+        trained.history, first_epoch, best = resumed["history"], resumed["epoch"], resumed["best"]
+
     n_examples = len(users_index)
     n_batches = -(-n_examples // config.batch_size)
-    bar = tqdm(total=config.epochs * n_batches, desc="train", unit="batch", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=config.epochs * n_batches, initial=first_epoch * n_batches, desc="train", unit="batch",
+               disable=not progress, dynamic_ncols=True, leave=False)
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
-        order = torch.from_numpy(generator.permutation(n_examples))
+        order = torch.from_numpy(generator.permutation(n_examples)).to(device)
         epoch_loss = 0.0
         for start in range(0, n_examples, config.batch_size):
             batch = order[start:start + config.batch_size]
@@ -152,15 +230,15 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
             extra = {}
             if config.mixed_negatives:
                 # Mixed negative sampling: items drawn uniformly from the whole catalog.
-                sampled = torch.from_numpy(generator.integers(1, n_catalog + 1, config.mixed_negatives))
+                sampled = torch.from_numpy(generator.integers(1, n_catalog + 1, config.mixed_negatives)).to(device)
                 extra = {
-                    "extra_candidate_embeddings": model.item_tower(gather(trained.item_inputs, sampled)),
-                    "extra_sampling_probability": torch.full((len(sampled),), 1.0 / n_catalog),
+                    "extra_candidate_embeddings": model.item_tower(gather(item_inputs, sampled)),
+                    "extra_sampling_probability": torch.full((len(sampled),), 1.0 / n_catalog, device=device),
                     "extra_candidate_ids": sampled,
                 }
             loss = retrieval_loss(
-                model.user_tower(gather(trained.user_inputs, user_batch)),
-                model.item_tower(gather(trained.item_inputs, item_batch)),
+                model.user_tower(gather(user_inputs, user_batch)),
+                model.item_tower(gather(item_inputs, item_batch)),
                 temperature=config.temperature,
                 candidate_sampling_probability=(
                     sampling_probability[item_batch] if config.logq_correction else None),
@@ -174,13 +252,28 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
             epoch_loss += loss.item()
             bar.update(1)
         seconds = time.perf_counter() - started
-        trained.history.append({
-            "epoch": epoch + 1,
-            "loss_per_example": round(epoch_loss / n_examples, 5),
-            "seconds": round(seconds, 3),
-            "examples_per_s": round(n_examples / seconds, 1),
-        })
+        record = {"epoch": epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
+                  "seconds": round(seconds, 3), "examples_per_s": round(n_examples / seconds, 1)}
+        stop = False
+        if validation is not None:
+            metric = validation_hit_rate(trained, validation, device)
+            record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
+            if metric > best["metric"]:
+                best = {"metric": metric, "epoch": epoch + 1,
+                        "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            stop = epoch + 1 - best["epoch"] >= config.early_stopping_patience
+        trained.history.append(record)
         bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss / n_examples:.3f}", ex_s=f"{n_examples / seconds:,.0f}")
+        if checkpoint_dir:
+            _save_checkpoint(checkpoint_dir, {
+                "config": config.to_dict(), "epoch": epoch + 1, "history": trained.history, "best": best,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.bit_generator.state,
+            })
+        if stop:
+            break
     bar.close()
-    model.eval()
+    if best["weights"] is not None:  # early stopping keeps the best epoch's weights
+        model.load_state_dict(best["weights"])
+    trained.model = model.cpu().eval()
     return trained

@@ -74,3 +74,38 @@ def test_users_table_features_are_used():
     trained = train(interactions, items, users, TowerConfig(epochs=1, batch_size=4), progress=False)
     assert [f.column for f in trained.spec.user] == ["user_id", "age", "gender"]
     np.testing.assert_array_equal(trained.user_inputs["gender"].numpy(), [0, 1, 2])
+
+
+def test_checkpoint_resume_continues_exactly(data, tmp_path):
+    interactions, items = data
+    straight = train(interactions, items, None, TowerConfig(epochs=4, batch_size=256, seed=2), progress=False)
+    train(interactions, items, None, TowerConfig(epochs=2, batch_size=256, seed=2), progress=False,
+          checkpoint_dir=tmp_path)  # "interrupted" after two epochs
+    resumed = train(interactions, items, None, TowerConfig(epochs=4, batch_size=256, seed=2), progress=False,
+                    checkpoint_dir=tmp_path)
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose(item_vectors(resumed)[1], item_vectors(straight)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path):
+    interactions, items = data
+    train(interactions, items, None, TowerConfig(epochs=1, batch_size=256, seed=2), progress=False,
+          checkpoint_dir=tmp_path)
+    fresh = train(interactions, items, None, TowerConfig(epochs=1, batch_size=128, seed=2), progress=False,
+                  checkpoint_dir=tmp_path)
+    assert len(fresh.history) == 1 and fresh.config.batch_size == 128
+
+
+def test_early_stopping_keeps_the_best_epoch(data):
+    from towers.train import pick_device, validation_hit_rate, validation_split
+
+    interactions, items = data
+    config = TowerConfig(epochs=30, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=2,
+                         validation_users=300, validation_k=10)
+    trained = train(interactions, items, None, config, progress=False)
+    metrics = [e["validation_hit_rate@10"] for e in trained.history]
+    best_epoch = int(np.argmax(metrics)) + 1
+    assert len(metrics) == best_epoch + 2 < 30  # stopped two epochs after the best one
+    _, validation = validation_split(interactions, config)
+    assert len(validation) == 300
+    assert validation_hit_rate(trained, validation, pick_device("cpu")) == pytest.approx(max(metrics), abs=1e-5)
