@@ -24,6 +24,8 @@ def pipeline(
     milvus_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
     epochs: int = TowerConfig.epochs,
+    use_features: bool = TowerConfig.use_features,
+    early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
 ) -> dict:
     """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
@@ -35,7 +37,8 @@ def pipeline(
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
         trained = train(dataset=dataset, data_dir=data_dir, protocol=protocol, run_dir=str(run_dir),
-                        epochs=epochs, seed=seed)
+                        epochs=epochs, use_features=use_features,
+                        early_stopping_patience=early_stopping_patience, seed=seed)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias)
         report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
                           report_dir=report_dir, milvus_uri=uri)

@@ -30,13 +30,16 @@ def train(
     epochs: int = TowerConfig.epochs,
     vector_dim: int = TowerConfig.vector_dim,
     temperature: float = TowerConfig.temperature,
+    use_features: bool = TowerConfig.use_features,
+    early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
 ) -> dict:
     """Prepare ``dataset`` (split for ``protocol``: leave-last-out or tfrs) and train both towers.
 
     Returns ``{"prepared_dir", "model_dir"}``.
     """
-    config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, seed=seed)
+    config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, use_features=use_features,
+                         early_stopping_patience=early_stopping_patience, seed=seed)
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
     prepared_dir = prepare_data(dataset, data_dir, str(run / "data"), protocol)
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),

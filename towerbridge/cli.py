@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.early_stopping < 0:
+        raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
     with server.endpoint(args.milvus_uri) as uri:
@@ -76,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _quiet_prefect_tracebacks()
         report = pipeline(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol,
                           report_dir=args.report_dir,
-                          milvus_uri=uri, alias=args.alias, epochs=args.epochs, seed=args.seed)
+                          milvus_uri=uri, alias=args.alias, epochs=args.epochs, use_features=not args.ids_only,
+                          early_stopping_patience=args.early_stopping, seed=args.seed)
         _print_table(report)
     return 0
 
@@ -142,6 +145,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias readers query (default: {DEFAULT_ALIAS})")
     run.add_argument("--epochs", type=int, default=TowerConfig.epochs,
                      help=f"training epochs (default: {TowerConfig.epochs})")
+    run.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                     help="stop when a validation split's hit rate has not improved for PATIENCE epochs and "
+                          "keep the best epoch (default: 0, train all --epochs)")
+    run.add_argument("--ids-only", action="store_true",
+                     help="towers read only user and item ids, no other features")
     run.add_argument("--seed", type=int, default=TowerConfig.seed, help="random seed for training")
     run.set_defaults(handler=cmd_run)
 
