@@ -29,7 +29,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 # Columns we recognise when no spec is given: column -> kind.
 KNOWN_USER_COLUMNS = {"age": "bucketized", "gender": "categorical", "occupation": "categorical"}
-KNOWN_ITEM_COLUMNS = {"genres": "multi_hot", "title": "text", "release_date": "time"}
+KNOWN_ITEM_COLUMNS = {"genres": "multi_hot", "title": "text", "release_date": "time", "year": "bucketized"}
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def test_missing_files_and_directory(tmp_path):
     (directory / "u.user").unlink()
     with pytest.raises(DataError, match=r"u.user: file not found"):
         dataset.load("movielens-100k", directory)
-    with pytest.raises(DataError, match="movielens-100k needs --data-dir"):
+    with pytest.raises(DataError, match="movielens-100k needs --data-dir, the directory holding its files "
+                                        r"\(u.data, u.item, u.user\)"):
         dataset.load("movielens-100k")
 
 

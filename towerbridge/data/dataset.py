@@ -22,7 +22,20 @@ from towerbridge.data import movielens
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import DataError
 
-DATASETS = ("synthetic", "movielens-100k")
+# name -> reader of (interactions, items, users) from a directory
+READERS = {
+    "movielens-100k": movielens.load_100k,
+    "movielens-1m": movielens.load_1m,
+    "movielens-10m": movielens.load_1m,
+    "movielens-latest": movielens.load_latest,
+}
+DATASETS = ("synthetic", *READERS)
+MOVIELENS_FILES = {
+    "movielens-100k": "u.data, u.item, u.user",
+    "movielens-1m": "ratings.dat, movies.dat, users.dat",
+    "movielens-10m": "ratings.dat, movies.dat",
+    "movielens-latest": "ratings.csv, movies.csv",
+}
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "genres")
 
@@ -115,14 +128,15 @@ def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset
 
     synthetic: generated on first use; with a ``data_dir``, read ``interactions.parquet``,
         ``items.parquet`` and, if present, ``users.parquet`` from there.
-    movielens-100k: ``u.data``, ``u.item`` and ``u.user`` from ``data_dir``.
+    movielens-*: the files of that MovieLens release, from ``data_dir`` (see movielens.py).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "movielens-100k":
+    if name in READERS:
         if not data_dir:
-            raise DataError("movielens-100k needs --data-dir, the directory holding u.data, u.item and u.user")
-        interactions, items, users = movielens.load_100k(_directory(data_dir))
+            raise DataError(f"{name} needs --data-dir, the directory holding its files "
+                            f"({MOVIELENS_FILES[name]})")
+        interactions, items, users = READERS[name](_directory(data_dir))
         return validate(Dataset(name, interactions, items, users), str(data_dir))
     directory = _directory(data_dir) if data_dir else synthetic()
     users_file = directory / "users.parquet"
