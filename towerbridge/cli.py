@@ -109,6 +109,15 @@ def cmd_milvus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from towerbridge.data import fetch
+
+    directory = fetch.fetch(args.name, force=args.force, warn=lambda message: print(message, file=sys.stderr))
+    print(f"{args.name}: {directory}")
+    print(f"use it with: towerbridge run --dataset {fetch.ARCHIVES[args.name].reader} --data-dir {directory}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from milvus.store import DEFAULT_ALIAS
     from towerbridge.data.dataset import DATASETS
@@ -161,6 +170,18 @@ def parser() -> argparse.ArgumentParser:
     milvus.add_argument("action", choices=["start", "stop", "status"])
     milvus.add_argument("--json", action="store_true", help="status as JSON")
     milvus.set_defaults(handler=cmd_milvus)
+
+    from towerbridge.data.fetch import ARCHIVES
+
+    data = commands.add_parser("data", help="download public datasets",
+                               description="Fetch a MovieLens archive from GroupLens into TOWERBRIDGE_HOME/datasets, "
+                                           "verify its pinned checksum, unpack it atomically; skipped when a "
+                                           "verified copy is already there. TOWERBRIDGE_DATASETS_URL sets a mirror.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_commands.add_parser("fetch", help="download and unpack one archive")
+    fetch.add_argument("name", choices=list(ARCHIVES))
+    fetch.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
+    fetch.set_defaults(handler=cmd_data)
     return top
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from towerbridge import settings
-from towerbridge.data import movielens
+from towerbridge.data import fetch, movielens
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import DataError
 
@@ -133,9 +133,12 @@ def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if name in READERS:
+        data_dir = data_dir or fetch.fetched_dir(name)
         if not data_dir:
+            archives = [archive for archive, info in fetch.ARCHIVES.items() if info.reader == name]
             raise DataError(f"{name} needs --data-dir, the directory holding its files "
-                            f"({MOVIELENS_FILES[name]})")
+                            f"({MOVIELENS_FILES[name]}), or a copy from `towerbridge data fetch "
+                            f"{' | '.join(archives)}`")
         interactions, items, users = READERS[name](_directory(data_dir))
         return validate(Dataset(name, interactions, items, users), str(data_dir))
     directory = _directory(data_dir) if data_dir else synthetic()
