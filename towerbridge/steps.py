@@ -24,35 +24,63 @@ from milvus.store import DEFAULT_ALIAS, ItemStore, choose_ivf_pq, params_record
 from towerbridge import evaluation as ev
 from towerbridge import settings
 from towerbridge.data import dataset as datasets
-from towerbridge.data.split import excludes_seen, split
+from towerbridge.data import generic
+from towerbridge.data.filters import Filters
+from towerbridge.data.filters import apply as apply_filters
+from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
 from towerbridge.errors import CollectionError, DataError
 from towers import artifact
 from towers.config import TowerConfig
+from towers.features import default_spec
 from towers.train import train
 from towers.vectors import item_vectors, user_vectors
 
 
-def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str = "leave-last-out") -> str:
-    """Load and validate a dataset, split it for ``protocol``, write
-    ``items/train/held_out.parquet`` (and ``users.parquet`` when the dataset has users)."""
-    data = datasets.load(dataset, data_dir)
-    train_part, held_out = split(data.interactions, protocol)
+def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str = "leave-last-out",
+                 spec_file: str | None = None, filters: dict | None = None, split_options: dict | None = None,
+                 drop_unknown_items: bool = False) -> str:
+    """Load and validate a dataset, filter it, split it for ``protocol``, and write
+    ``items/train/held_out.parquet`` (and ``users.parquet`` when the dataset has users).
+
+    filters: implicit-feedback options (filters.py), on top of a spec file's [filters].
+    split_options: holdout, test_fraction, cutoff, seed (split.py).
+    summary.json records every count: what the filters removed, unknown items dropped,
+    held-out interactions that cannot be scored and why.
+    """
+    data = datasets.load(dataset, data_dir, spec_file, drop_unknown_items)
+    spec_filters = generic.parse_spec(spec_file).filters if spec_file else {}
+    chosen = Filters.from_dict({**spec_filters, **(filters or {})})
+    interactions, filter_report = apply_filters(data.interactions, chosen)
+    items = data.items
+    if chosen.min_item_interactions > 1:  # rare items leave the catalog, not only the log
+        items = items[items["item_id"].isin(interactions["item_id"])].reset_index(drop=True)
+    train_part, held_out = split(interactions, protocol, SplitOptions(**(split_options or {})))
+    held_out, unscorable = scorable(train_part, held_out, protocol)
+    if held_out.empty:
+        raise DataError(f"{dataset}: no held-out interaction can be scored ({unscorable}); "
+                        "change the protocol or the filters")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    datasets.write_parquet(data.items, out / "items.parquet")
+    datasets.write_parquet(items, out / "items.parquet")
     if data.users is not None:
         datasets.write_parquet(data.users, out / "users.parquet")
     datasets.write_parquet(train_part, out / "train.parquet")
     datasets.write_parquet(held_out, out / "held_out.parquet")
     summary = {
         "dataset": dataset,
-        "source": str(data_dir) if data_dir else "built-in synthetic",
+        "source": str(spec_file or data_dir or "built-in synthetic"),
         "protocol": protocol,
-        "users": int(data.interactions["user_id"].nunique()),
-        "items": len(data.items),
-        "interactions": len(data.interactions),
+        "split": SplitOptions(**(split_options or {})).__dict__,
+        "users": int(interactions["user_id"].nunique()),
+        "items": len(items),
+        "interactions": len(interactions),
         "train": len(train_part),
         "held_out": len(held_out),
+        "filters": {"settings": chosen.to_dict(), "steps": filter_report},
+        "dropped": data.dropped,
+        "unscorable_held_out": unscorable,
+        "feature_kinds": data.feature_kinds,
+        "id_type": "int64" if pd.api.types.is_integer_dtype(items["item_id"]) else "string",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return str(out)
@@ -74,10 +102,13 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
     users_file = Path(prepared_dir) / "users.parquet"
     users = pd.read_parquet(users_file) if users_file.exists() else None
     started = time.perf_counter()
-    trained = train(_read(prepared_dir, "train"), _read(prepared_dir, "items"), users, tower_config,
+    summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
+    items = _read(prepared_dir, "items")
+    spec = default_spec([] if users is None else list(users.columns), list(items.columns),
+                        tower_config.use_features, summary.get("feature_kinds"))
+    trained = train(_read(prepared_dir, "train"), items, users, tower_config, spec=spec,
                     progress=progress, checkpoint_dir=checkpoint_dir)
     seconds = time.perf_counter() - started
-    summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
     directory = Path(models_dir) / settings.new_id()
     artifact.save(trained, directory, extra={
         "prepared_dir": str(Path(prepared_dir).resolve()),

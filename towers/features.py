@@ -60,14 +60,21 @@ class FeatureSpec:
         return cls(tuple(Feature(**f) for f in values["user"]), tuple(Feature(**f) for f in values["item"]))
 
 
-def default_spec(user_columns: list[str], item_columns: list[str], use_features: bool = True) -> FeatureSpec:
-    """Ids, plus every recognised column present (none when ``use_features`` is off)."""
-    user = [Feature("user_id", "id")]
-    item = [Feature("item_id", "id")]
-    if use_features:
-        user += [Feature(column, kind) for column, kind in KNOWN_USER_COLUMNS.items() if column in user_columns]
-        item += [Feature(column, kind) for column, kind in KNOWN_ITEM_COLUMNS.items() if column in item_columns]
-    return FeatureSpec(tuple(user), tuple(item))
+def default_spec(user_columns: list[str], item_columns: list[str], use_features: bool = True,
+                 declared: dict[str, dict[str, str]] | None = None) -> FeatureSpec:
+    """Ids, plus every recognised column present and every column ``declared`` with its
+    kind (``{"user": {column: kind}, "item": {...}}``, from a dataset spec); only ids when
+    ``use_features`` is off."""
+    declared = declared or {}
+    sides = []
+    for side, columns, known in (("user", user_columns, KNOWN_USER_COLUMNS),
+                                 ("item", item_columns, KNOWN_ITEM_COLUMNS)):
+        features = [Feature(f"{side}_id", "id")]
+        if use_features:
+            kinds = {**{c: k for c, k in known.items() if c in columns}, **declared.get(side, {})}
+            features += [Feature(column, kind) for column, kind in kinds.items()]
+        sides.append(tuple(features))
+    return FeatureSpec(*sides)
 
 
 def tokens(text: str) -> list[str]:

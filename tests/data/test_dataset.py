@@ -26,8 +26,12 @@ def test_reads_a_valid_directory(tmp_path):
     ({"user_id": [1], "item": [1], "timestamp": [1]}, GOOD_ITEMS, r"column\(s\) \['item_id'\] missing"),
     ({"user_id": [], "item_id": [], "timestamp": []}, GOOD_ITEMS, "interactions table is empty"),
     ({"user_id": [1, 1], "item_id": [1, 99], "timestamp": [1, 2]}, GOOD_ITEMS,
-     r"1 interaction\(s\) reference items absent from the items table, e.g. item_id \[99\]"),
-    ({"user_id": [1.5], "item_id": [1], "timestamp": [1]}, GOOD_ITEMS, "user_id must hold integers"),
+     r"1 interaction\(s\) reference items absent from the items table \(1 distinct ids\), e.g. item_id \[99\]; "
+     r"pass --drop-unknown-items to drop them"),
+    ({"user_id": [1.5], "item_id": [1], "timestamp": [1]}, GOOD_ITEMS,
+     "interactions.user_id must hold integer or string ids, found dtype float64"),
+    ({"user_id": [1], "item_id": ["a"], "timestamp": [1]}, GOOD_ITEMS,
+     "items.item_id holds int64 but interactions.item_id holds"),
     (GOOD_INTERACTIONS, {"item_id": [1, 1, 2], "title": ["A", "A", "B"], "genres": ["", "", ""]},
      "item_id 1 appears more than once"),
 ])

@@ -42,7 +42,8 @@ def test_latin1_titles(tmp_path):
                           r"wrong delimiter\?\)"),
     ("1\t1\t5\t881250949\nu7\t1\t4\t881250950\n", r"u.data, line 2: field 1 \(user id\) must be an integer, "
                                                   r"found 'u7'"),
-    ("1\t9\t5\t881250949\n", r"1 interaction\(s\) reference items absent from the items table, e.g. item_id \[9\]"),
+    ("1\t9\t5\t881250949\n", r"1 interaction\(s\) reference items absent from the items table \(1 distinct ids\), "
+                             r"e.g. item_id \[9\]"),
     ("", r"u.data: the file is empty"),
 ])
 def test_bad_ratings_name_file_and_line(tmp_path, data, message):

@@ -1,16 +1,16 @@
 """Datasets in one canonical shape, read and validated at the boundary.
 
-interactions: ``user_id`` (int64), ``item_id`` (int64), ``timestamp`` (int64 unix seconds),
-    optionally ``rating``
-items: ``item_id`` (int64, unique), ``title`` (str), ``genres`` (str, ``|``-separated),
-    optionally more feature columns (``release_date``, ...)
-users: optional; ``user_id`` (int64, unique) and feature columns (``age``, ``gender``, ...)
+interactions: ``user_id``, ``item_id`` (integer or string ids), ``timestamp`` (int64 unix
+    seconds), optionally ``rating``
+items: ``item_id`` (unique), ``title`` (str), ``genres`` (str, ``|``-separated), optionally
+    more feature columns (``release_date``, ``year``, ...)
+users: optional; ``user_id`` (unique) and feature columns (``age``, ``gender``, ...)
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from towerbridge import settings
-from towerbridge.data import fetch, movielens
+from towerbridge.data import fetch, generic, movielens
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import DataError
 
@@ -46,6 +46,10 @@ class Dataset:
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame | None = None
+    # feature columns declared in a dataset spec: {"user": {column: kind}, "item": {...}}
+    feature_kinds: dict = field(default_factory=lambda: {"user": {}, "item": {}})
+    # what validation dropped, when asked to (e.g. interactions with unknown items)
+    dropped: dict = field(default_factory=dict)
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -68,8 +72,17 @@ def read_parquet(path: Path, columns: tuple[str, ...], all_columns: bool = False
     return pq.read_table(path, columns=None if all_columns else list(columns)).to_pandas()
 
 
-def validate(dataset: Dataset, source: str) -> Dataset:
-    """Check the invariants every later step relies on; raise DataError naming `source`."""
+def _is_id(column: pd.Series) -> bool:
+    return pd.api.types.is_integer_dtype(column) or pd.api.types.is_string_dtype(column) \
+        or column.dtype == object
+
+
+def validate(dataset: Dataset, source: str, drop_unknown_items: bool = False) -> Dataset:
+    """Check the invariants every later step relies on; raise DataError naming ``source``.
+
+    Ids may be integers or strings (consistently per table). Interactions that name items
+    absent from the items table are an error, or dropped and counted with ``drop_unknown_items``.
+    """
     interactions, items = dataset.interactions, dataset.items
     if interactions.empty:
         raise DataError(f"{source}: the interactions table is empty")
@@ -79,26 +92,41 @@ def validate(dataset: Dataset, source: str) -> Dataset:
         nulls = int(interactions[column].isna().sum())
         if nulls:
             raise DataError(f"{source}: {nulls} null value(s) in interactions.{column}")
-        if not pd.api.types.is_integer_dtype(interactions[column]):
-            raise DataError(f"{source}: interactions.{column} must hold integers, "
+    if not pd.api.types.is_integer_dtype(interactions["timestamp"]):
+        raise DataError(f"{source}: interactions.timestamp must hold unix seconds (integers), "
+                        f"found dtype {interactions['timestamp'].dtype}")
+    for column in ("user_id", "item_id"):
+        if not _is_id(interactions[column]):
+            raise DataError(f"{source}: interactions.{column} must hold integer or string ids, "
                             f"found dtype {interactions[column].dtype}")
     for table, name, key in ((items, "items", "item_id"), (dataset.users, "users", "user_id")):
         if table is None:
             continue
-        if key not in table.columns or not pd.api.types.is_integer_dtype(table[key]):
-            raise DataError(f"{source}: the {name} table needs an integer {key} column; found {list(table.columns)}")
+        if key not in table.columns or not _is_id(table[key]):
+            raise DataError(f"{source}: the {name} table needs a {key} column of integer or string ids; "
+                            f"found {list(table.columns)}")
+        if pd.api.types.is_integer_dtype(table[key]) != pd.api.types.is_integer_dtype(interactions[key]):
+            raise DataError(f"{source}: {name}.{key} holds {table[key].dtype} but interactions.{key} holds "
+                            f"{interactions[key].dtype}; ids must be of one kind")
         duplicated = table[key][table[key].duplicated()]
         if len(duplicated):
             raise DataError(f"{source}: {key} {duplicated.iloc[0]} appears more than once in {name} "
                             f"({len(duplicated)} duplicate ids)")
+    dropped = dict(dataset.dropped)
     unknown = ~interactions["item_id"].isin(items["item_id"])
     if unknown.any():
         first = interactions.loc[unknown, "item_id"].unique()[:5].tolist()
-        raise DataError(f"{source}: {int(unknown.sum())} interaction(s) reference items absent from the "
-                        f"items table, e.g. item_id {first}")
+        message = (f"{int(unknown.sum())} interaction(s) reference items absent from the items table "
+                   f"({interactions.loc[unknown, 'item_id'].nunique()} distinct ids), e.g. item_id {first}")
+        if not drop_unknown_items:
+            raise DataError(f"{source}: {message}; pass --drop-unknown-items to drop them")
+        interactions = interactions[~unknown].reset_index(drop=True)
+        dropped["unknown_items"] = {"interactions": int(unknown.sum()), "examples": [str(x) for x in first]}
+        if interactions.empty:
+            raise DataError(f"{source}: no interactions are left after dropping unknown items ({message})")
     items = items.assign(title=items["title"].fillna("").astype(str), genres=items["genres"].fillna("").astype(str))
-    return Dataset(dataset.name, interactions.astype({c: "int64" for c in INTERACTION_COLUMNS}), items,
-                   dataset.users)
+    return Dataset(dataset.name, interactions.astype({"timestamp": "int64"}), items, dataset.users,
+                   dataset.feature_kinds, dropped)
 
 
 def synthetic(spec: SyntheticSpec | None = None) -> Path:
@@ -123,13 +151,19 @@ def _directory(data_dir: str | Path) -> Path:
     return directory
 
 
-def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset:
-    """Load a dataset by name.
+def load(name: str = "synthetic", data_dir: str | Path | None = None, spec_file: str | Path | None = None,
+         drop_unknown_items: bool = False) -> Dataset:
+    """Load a dataset by name, or from a dataset spec file.
 
     synthetic: generated on first use; with a ``data_dir``, read ``interactions.parquet``,
         ``items.parquet`` and, if present, ``users.parquet`` from there.
-    movielens-*: the files of that MovieLens release, from ``data_dir`` (see movielens.py).
+    movielens-*: the files of that MovieLens release, from ``data_dir`` or a fetched copy.
+    spec_file: a TOML or YAML file describing your own tables (see generic.py).
     """
+    if spec_file:
+        spec = generic.parse_spec(spec_file)
+        interactions, items, users, kinds = generic.load_spec(spec)
+        return validate(Dataset(name, interactions, items, users, kinds), str(spec.source), drop_unknown_items)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if name in READERS:
@@ -140,7 +174,7 @@ def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset
                             f"({MOVIELENS_FILES[name]}), or a copy from `towerbridge data fetch "
                             f"{' | '.join(archives)}`")
         interactions, items, users = READERS[name](_directory(data_dir))
-        return validate(Dataset(name, interactions, items, users), str(data_dir))
+        return validate(Dataset(name, interactions, items, users), str(data_dir), drop_unknown_items)
     directory = _directory(data_dir) if data_dir else synthetic()
     users_file = directory / "users.parquet"
     dataset = Dataset(
@@ -149,4 +183,4 @@ def load(name: str = "synthetic", data_dir: str | Path | None = None) -> Dataset
         read_parquet(directory / "items.parquet", ITEM_COLUMNS, all_columns=True),
         read_parquet(users_file, ("user_id",), all_columns=True) if users_file.exists() else None,
     )
-    return validate(dataset, str(directory))
+    return validate(dataset, str(directory), drop_unknown_items)
