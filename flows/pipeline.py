@@ -20,6 +20,10 @@ def pipeline(
     dataset: str = "synthetic",
     data_dir: str | None = None,
     protocol: str = "leave-last-out",
+    spec_file: str | None = None,
+    filters: dict | None = None,
+    split_options: dict | None = None,
+    drop_unknown_items: bool = False,
     report_dir: str | None = None,
     milvus_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
@@ -36,7 +40,9 @@ def pipeline(
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        trained = train(dataset=dataset, data_dir=data_dir, protocol=protocol, run_dir=str(run_dir),
+        trained = train(dataset=dataset, data_dir=data_dir, protocol=protocol, spec_file=spec_file,
+                        filters=filters, split_options=split_options, drop_unknown_items=drop_unknown_items,
+                        run_dir=str(run_dir),
                         epochs=epochs, use_features=use_features,
                         early_stopping_patience=early_stopping_patience, seed=seed)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias)

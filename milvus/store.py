@@ -35,6 +35,7 @@ MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
 MAX_NLIST = 65536
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
 TEXT_MAX = 1024
+ID_MAX = 512
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
@@ -139,12 +140,17 @@ class ItemStore:
 
     # --- versions -------------------------------------------------------------------------
 
-    def create_version(self, alias: str, model_id: str, dim: int, record: dict) -> str:
-        """Create an empty collection for a new version; return its name."""
+    def create_version(self, alias: str, model_id: str, dim: int, record: dict, id_type: str = "int64") -> str:
+        """Create an empty collection for a new version; return its name.
+
+        id_type: ``int64`` or ``string`` (a VARCHAR primary key), as the catalog's ids are."""
         name = version_name(alias, model_id)
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False,
-                                           description=json.dumps(record, sort_keys=True))
-        schema.add_field("item_id", DataType.INT64, is_primary=True)
+                                           description=json.dumps({**record, "id_type": id_type}, sort_keys=True))
+        if id_type == "string":
+            schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
+        else:
+            schema.add_field("item_id", DataType.INT64, is_primary=True)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("title", DataType.VARCHAR, max_length=TEXT_MAX)
         schema.add_field("genres", DataType.VARCHAR, max_length=TEXT_MAX)
@@ -253,9 +259,10 @@ class ItemStore:
 
     def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
-        ``[nq, limit]``; rows with fewer hits are padded with id -1 and score -inf."""
+        ``[nq, limit]``; rows with fewer hits are padded with score -inf (and id -1, or None
+        for string ids): ``np.isfinite(scores)`` marks the real hits."""
         limit = min(limit, MAX_LIMIT)
-        ids = np.full((len(vectors), limit), -1, dtype=np.int64)
+        found_ids: list[list] = []
         scores = np.full((len(vectors), limit), -np.inf, dtype=np.float32)
         for start in range(0, len(vectors), MAX_LIMIT):
             hits = self._call(
@@ -264,8 +271,12 @@ class ItemStore:
                 search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
             )
             for row, found in enumerate(hits, start):
-                ids[row, :len(found)] = [hit["id"] for hit in found]
+                found_ids.append([hit["id"] for hit in found])
                 scores[row, :len(found)] = [hit["distance"] for hit in found]
+        strings = any(row and isinstance(row[0], str) for row in found_ids)
+        ids = np.full((len(vectors), limit), None if strings else -1, dtype=object if strings else np.int64)
+        for row, values in enumerate(found_ids):
+            ids[row, :len(values)] = values
         return ids, scores
 
 

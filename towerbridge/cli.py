@@ -69,16 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.early_stopping < 0:
         raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
+    data = _data_options(args)
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         _quiet_prefect_tracebacks()
-        report = pipeline(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol,
-                          report_dir=args.report_dir,
-                          milvus_uri=uri, alias=args.alias, epochs=args.epochs, use_features=not args.ids_only,
+        report = pipeline(**data, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
+                          epochs=args.epochs, use_features=not args.ids_only,
                           early_stopping_patience=args.early_stopping, seed=args.seed)
         _print_table(report)
     return 0
@@ -109,6 +107,60 @@ def cmd_milvus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(args: argparse.Namespace) -> dict:
+    """The dataset, filter and split options as the pipeline's parameters, checked first."""
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
+    if args.dataset_spec and not Path(args.dataset_spec).is_file():
+        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+    for option in ("holdout", "min_user_interactions", "min_item_interactions"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    cutoff = None
+    if args.cutoff is not None:
+        cutoff = int(args.cutoff) if args.cutoff.isdigit() else None
+        if cutoff is None:
+            import pandas as pd
+
+            parsed = pd.to_datetime(args.cutoff, utc=True, errors="coerce")
+            if pd.isna(parsed):
+                raise ConfigError(f"--cutoff {args.cutoff!r}: expected unix seconds or a date such as 2024-05-01")
+            cutoff = int(parsed.timestamp())
+    filters = {key: value for key, value in (
+        ("min_rating", args.min_rating), ("deduplicate", args.dedupe),
+        ("min_user_interactions", args.min_user_interactions),
+        ("min_item_interactions", args.min_item_interactions)) if value is not None}
+    split_options = {key: value for key, value in (
+        ("holdout", args.holdout), ("test_fraction", args.test_fraction), ("cutoff", cutoff)) if value is not None}
+    return {"dataset": "custom" if args.dataset_spec else args.dataset, "data_dir": args.data_dir,
+            "spec_file": args.dataset_spec, "protocol": args.protocol, "filters": filters,
+            "split_options": split_options, "drop_unknown_items": args.drop_unknown_items}
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from towerbridge import steps
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = steps.prepare_data(**_data_options(args), out_dir=scratch)
+        summary = json.loads((Path(prepared) / "summary.json").read_text())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['dataset']} from {summary['source']}: {summary['interactions']:,} interactions, "
+          f"{summary['users']:,} users, {summary['items']:,} items")
+    for step in summary["filters"]["steps"]:
+        print(f"  filter {step['step']}: removed {step['removed']:,} of {step['interactions_before']:,}")
+    for what, counts in summary["dropped"].items():
+        print(f"  dropped ({what.replace('_', ' ')}): {counts['interactions']:,} interactions, "
+              f"e.g. {', '.join(counts['examples'])}")
+    print(f"  split {summary['protocol']}: {summary['train']:,} train, {summary['held_out']:,} held out")
+    for reason, count in summary["unscorable_held_out"].items():
+        print(f"  not scorable ({reason}): {count:,} held-out interactions left out")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from towerbridge.data import fetch
 
@@ -118,10 +170,43 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_options(command: argparse.ArgumentParser) -> None:
+    """Where the data comes from, how it is filtered and how it is split (run, data check)."""
+    from towerbridge.data.dataset import DATASETS
+    from towerbridge.data.filters import DEDUPLICATE
+    from towerbridge.data.split import PROTOCOLS
+
+    data = command.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic", choices=DATASETS,
+                      help="dataset to use (default: the built-in synthetic log); movielens-* read their files "
+                           "from --data-dir, or from a copy made by `towerbridge data fetch`")
+    data.add_argument("--data-dir", help="where the dataset's files are; for synthetic, a directory with "
+                                         "interactions.parquet and items.parquet (default: generate them)")
+    data.add_argument("--dataset-spec", metavar="FILE",
+                      help="your own CSV/Parquet tables, described in a TOML or YAML file (README: Your data)")
+    data.add_argument("--drop-unknown-items", action="store_true",
+                      help="drop (and count) interactions whose item is not in the items table, instead of "
+                           "stopping with an error")
+    filters = command.add_argument_group("implicit feedback (each step's counts are reported)")
+    filters.add_argument("--min-rating", type=float, help="keep interactions with rating >= this")
+    filters.add_argument("--dedupe", choices=DEDUPLICATE, help="keep-last: one interaction per user and item, "
+                                                              "the latest (default: keep-all)")
+    filters.add_argument("--min-user-interactions", type=int, metavar="N", help="drop users with fewer")
+    filters.add_argument("--min-item-interactions", type=int, metavar="N", help="drop items with fewer")
+    split = command.add_argument_group("evaluation split")
+    split.add_argument("--protocol", default="leave-last-out", choices=PROTOCOLS,
+                       help="leave-last-out (default): each user's last --holdout interactions are held out and "
+                            "items seen in training are not ranked; tfrs: a random split ranked over all items, "
+                            "comparable with the TensorFlow Recommenders tutorials; time-cutoff: interactions "
+                            "from --cutoff on are held out")
+    split.add_argument("--holdout", type=int, metavar="N", help="leave-last-out: interactions held out per user "
+                                                               "(default 1)")
+    split.add_argument("--test-fraction", type=float, help="tfrs: share of interactions held out (default 0.2)")
+    split.add_argument("--cutoff", metavar="WHEN", help="time-cutoff: unix seconds or a date (2024-05-01)")
+
+
 def parser() -> argparse.ArgumentParser:
     from milvus.store import DEFAULT_ALIAS
-    from towerbridge.data.dataset import DATASETS
-    from towerbridge.data.split import PROTOCOLS
     from towers.config import TowerConfig
 
     top = argparse.ArgumentParser(
@@ -139,15 +224,7 @@ def parser() -> argparse.ArgumentParser:
                     "behind the alias, and report top-k hit rate against a popularity baseline.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--dataset", default="synthetic", choices=DATASETS,
-                     help="dataset to use (default: the built-in synthetic log); movielens-100k reads "
-                          "u.data, u.item and u.user from --data-dir")
-    run.add_argument("--data-dir", help="where the dataset's files are; for synthetic, a directory with "
-                                        "interactions.parquet and items.parquet (default: generate them)")
-    run.add_argument("--protocol", default="leave-last-out", choices=PROTOCOLS,
-                     help="leave-last-out (default): each user's last interaction is held out and items "
-                          "seen in training are not ranked; tfrs: a random 80/20 split ranked over all "
-                          "items, comparable with the TensorFlow Recommenders tutorials")
+    add_data_options(run)
     run.add_argument("--report-dir", help="write evaluation.json and evaluation.md here "
                                           "(default: the run's directory under TOWERBRIDGE_HOME/runs)")
     run.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
@@ -182,6 +259,13 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=list(ARCHIVES))
     fetch.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     fetch.set_defaults(handler=cmd_data)
+    check = data_commands.add_parser(
+        "check", help="load, validate, filter and split a dataset, and report the counts",
+        description="Everything `towerbridge run` does to the data before training, with a report of what "
+                    "each step kept and removed; nothing is written. Use it on new data before a scheduled run.")
+    add_data_options(check)
+    check.add_argument("--json", action="store_true", help="the full summary as JSON")
+    check.set_defaults(handler=cmd_data_check)
     return top
 
 

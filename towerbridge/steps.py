@@ -134,7 +134,8 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
               "alias": alias, **params_record(params)}
     store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
     try:
-        name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record)
+        name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
+                                    manifest["data"].get("id_type", "int64"))
         try:
             store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
                          items["genres"].fillna("").tolist(), progress=progress)
@@ -151,6 +152,16 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
         store.close()
 
 
+def _search_indices(store: ItemStore, name: str, vectors: np.ndarray, limit: int, nprobe: int,
+                    trained) -> np.ndarray:
+    """Milvus' answers as vocabulary indices, ``[n, limit]``, 0 where a row ran short."""
+    ids, scores = store.search(name, vectors, limit, nprobe)
+    found = np.isfinite(scores)
+    index = np.zeros(ids.shape, dtype=np.int64)
+    index[found] = trained.item_index(ids[found])
+    return index
+
+
 def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
                  n_queries: int = 1000, target: float = 0.95) -> tuple[int, float]:
     """Pick nprobe on real queries, the way they are served: a seeded sample of training
@@ -164,8 +175,7 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
 
     def recall_at(nprobe: int) -> float:
         def search(batch: np.ndarray, limit: int) -> np.ndarray:
-            ids, _ = store.search(name, batch, limit, nprobe)
-            return np.where(ids >= 0, trained.item_index(ids), 0)
+            return _search_indices(store, name, batch, limit, nprobe, trained)
 
         approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
@@ -215,8 +225,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         nprobe = int(record.get("nprobe", record["params"]["nprobe"]))
 
         def search(vectors: np.ndarray, limit: int) -> np.ndarray:
-            ids, _ = store.search(collection, vectors, limit, nprobe)
-            return np.where(ids >= 0, trained.item_index(ids), 0)
+            return _search_indices(store, collection, vectors, limit, nprobe, trained)
 
         ann_top = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
     finally:

@@ -41,7 +41,7 @@ def test_collection_holds_every_row_under_ivf_pq(store, built):
     assert {key: int(info[key]) for key in ("nlist", "m", "nbits")} == params.build_params()
     assert info["indexed_rows"] == info["total_rows"] == N
     assert store.count(name) == N
-    assert store.record(name) == {"model_id": "model-abc123"}
+    assert store.record(name) == {"model_id": "model-abc123", "id_type": "int64"}
 
 
 def test_search_agrees_with_brute_force(store, built, vectors):

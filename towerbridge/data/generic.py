@@ -186,16 +186,19 @@ def _seconds(values: pd.Series, spec: TableSpec, column: str) -> pd.Series:
         return values.astype("int64")
     if pd.api.types.is_float_dtype(values) and values.notna().all() and (values % 1 == 0).all():
         return values.astype("int64")
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed") \
-        if not pd.api.types.is_datetime64_any_dtype(values) else values
-    bad = parsed.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values if values.dt.tz is not None else values.dt.tz_localize("UTC")
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    else:  # text: unix seconds where a value is a number, a date-time otherwise
+        numbers = pd.to_numeric(values, errors="coerce")
+        dates = pd.to_datetime(values.where(numbers.isna()), utc=True, errors="coerce", format="mixed")
+        seconds = numbers.where(numbers.notna(), (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
+    bad = seconds.isna().to_numpy()
     if bad.any():
         row = int(bad.argmax())
         raise DataError(f"{spec.path}, {_where(spec, row)}: column {column!r} value {values.iloc[row]!r} is not "
                         "a timestamp (expected unix seconds or a date-time such as 2024-05-01T12:00:00Z)")
-    if parsed.dt.tz is None:
-        parsed = parsed.dt.tz_localize("UTC")
-    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+    return seconds.astype("int64")
 
 
 def load_spec(spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict]:
