@@ -36,3 +36,32 @@ def test_unknown_protocol():
 
     with pytest.raises(ConfigError, match="unknown protocol 'random'; known: leave-last-out, tfrs"):
         split(pd.DataFrame({"user_id": [1], "item_id": [1], "timestamp": [1]}), "random")
+
+
+def test_leave_last_n_out():
+    from towerbridge.data.split import leave_last_one_out
+
+    interactions = pd.DataFrame({"user_id": [1, 1, 1, 1, 2, 2], "item_id": [1, 2, 3, 4, 5, 6],
+                                 "timestamp": [1, 2, 3, 4, 1, 2]})
+    train, held_out = leave_last_one_out(interactions, holdout=2)
+    assert held_out["item_id"].tolist() == [3, 4]  # user 2 has only 2: training only
+    assert sorted(train["item_id"]) == [1, 2, 5, 6]
+
+
+def test_time_cutoff_and_what_cannot_be_scored():
+    import pytest
+
+    from towerbridge.data.split import SplitOptions, scorable, split
+    from towerbridge.errors import DataError
+
+    interactions = pd.DataFrame({"user_id": [1, 1, 1, 2, 3], "item_id": [1, 2, 1, 3, 4],
+                                 "timestamp": [10, 20, 30, 40, 5]})
+    train, held_out = split(interactions, "time-cutoff", SplitOptions(cutoff=25))
+    assert (train["timestamp"] < 25).all() and held_out["timestamp"].tolist() == [30, 40]
+    kept, reasons = scorable(train, held_out, "time-cutoff")
+    # user 1 re-watches item 1 (seen, excluded from ranking); user 2 never trained
+    assert kept.empty
+    assert reasons == {"user has no training interactions": 1,
+                       "item already seen in training (excluded from ranking)": 1}
+    with pytest.raises(DataError, match="cutoff 100 leaves no held-out interactions; timestamps run from 5 to 40"):
+        split(interactions, "time-cutoff", SplitOptions(cutoff=100))
