@@ -31,6 +31,7 @@ _NOUNS = (
     "Mountain", "Circus", "Voyage", "Machine", "Orchard", "Frontier", "Lantern", "Tide",
 )
 _START = pd.Timestamp("2024-01-01", tz="UTC").value // 10**9
+_ROWS_PER_SLICE = 1 << 19
 _SPAN_S = 540 * 86400
 
 
@@ -87,10 +88,17 @@ def generate(spec: SyntheticSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     counts = np.minimum(counts, n_items // 2)
     user_index = np.repeat(np.arange(n_users), counts)
 
-    # Topic per interaction from the user's taste (inverse CDF on each row).
+    # Topic per interaction from the user's taste (inverse CDF on each row), in slices of
+    # rows so the [rows, topics] comparison stays small at 20M interactions.
     taste_cdf = np.cumsum(taste, axis=1)
+    del taste
     draws = rng.random(user_index.size)
-    topic = (draws[:, None] > taste_cdf[user_index]).sum(axis=1).clip(max=n_topics - 1)
+    topic = np.empty(user_index.size, dtype=np.int64)
+    for start in range(0, user_index.size, _ROWS_PER_SLICE):
+        rows = slice(start, start + _ROWS_PER_SLICE)
+        topic[rows] = (draws[rows, None] > taste_cdf[user_index[rows]]).sum(axis=1)
+    np.clip(topic, None, n_topics - 1, out=topic)
+    del draws, taste_cdf
 
     item_index = np.empty(user_index.size, dtype=np.int64)
     uniform = rng.random(user_index.size)
