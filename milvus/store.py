@@ -128,15 +128,20 @@ class ItemStore:
     def close(self) -> None:
         self.client.close()
 
-    def _call(self, what: str, function, *args, **kwargs):
-        """Run one client call; turn a server error into an error that names the call."""
-        try:
-            return function(*args, **kwargs)
-        except MilvusException as error:
-            message = getattr(error, "message", "") or str(error)
-            if getattr(error, "code", None) in (2, 503) or "unavailable" in message.lower():
-                raise MilvusUnavailable(f"Milvus at {redact(self.uri)} failed during {what}: {message}") from None
-            raise CollectionError(f"Milvus refused {what}: {message}") from None
+    def _call(self, what: str, function, *args, attempts: int = 3, **kwargs):
+        """Run one client call, retrying transient failures (server unavailable) with backoff;
+        turn a server error into an error that names the call."""
+        for attempt in range(attempts):
+            try:
+                return function(*args, **kwargs)
+            except MilvusException as error:
+                message = getattr(error, "message", "") or str(error)
+                transient = getattr(error, "code", None) in (2, 503) or "unavailable" in message.lower()
+                if not transient:
+                    raise CollectionError(f"Milvus refused {what}: {message}") from None
+                if attempt + 1 == attempts:
+                    raise MilvusUnavailable(f"Milvus at {redact(self.uri)} failed during {what}: {message}") from None
+                time.sleep(0.5 * 2**attempt)
 
     # --- versions -------------------------------------------------------------------------
 
@@ -163,6 +168,10 @@ class ItemStore:
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors)).any(axis=1).sum())
             raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
+        dim = self.dimension(name)
+        if vectors.shape[1] != dim:
+            raise CollectionError(f"{name} holds {dim}-dimensional vectors, these are {vectors.shape[1]}-dimensional; "
+                                  "nothing was written")
         text_bytes = sum(map(len, titles[:1000])) + sum(map(len, genres[:1000]))
         row_bytes = 8 + 4 * vectors.shape[1] + 64 + text_bytes // max(1, min(1000, len(titles)))
         ids = item_ids.tolist()
@@ -199,6 +208,10 @@ class ItemStore:
             time.sleep(0.5)
         self._call(f"load {name}", self.client.load_collection, name)
         return info
+
+    def dimension(self, name: str) -> int:
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        return int(next(f for f in info["fields"] if f["name"] == VECTOR_FIELD)["params"]["dim"])
 
     def describe_index(self, name: str) -> dict:
         return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD)
@@ -252,8 +265,45 @@ class ItemStore:
             return None
 
     def drop(self, name: str) -> None:
-        if self.client.has_collection(name):
+        if self._call(f"look up {name}", self.client.has_collection, name):
+            self._call(f"release {name}", self.client.release_collection, name)
             self._call(f"drop {name}", self.client.drop_collection, name)
+
+    def versions(self, alias: str) -> list[str]:
+        """Every version collection of ``alias``, oldest first (names sort by build time)."""
+        pattern = re.compile(rf"^{re.escape(alias)}_v\d{{8}}_\d{{6}}_\w+$")
+        return sorted(n for n in self._call("list collections", self.client.list_collections) if pattern.match(n))
+
+    def mark_complete(self, name: str) -> None:
+        """Record that a version is fully built, indexed, loaded and tuned."""
+        self.set_record(name, complete=True, completed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def remove_half_built(self, alias: str) -> list[str]:
+        """Drop versions a crashed build left behind (never marked complete, not served).
+
+        Call it only while holding the build lock of ``alias``: an unfinished version
+        is then never one that another build is still writing."""
+        serving = self.alias_target(alias)
+        dropped = [name for name in self.versions(alias)
+                   if name != serving and not self.record(name).get("complete")]
+        for name in dropped:
+            self.drop(name)
+        return dropped
+
+    def apply_retention(self, alias: str, keep: int) -> list[str]:
+        """Keep the ``keep`` newest complete versions (the served one always among them);
+        release and drop the older ones. Returns the dropped names."""
+        if keep < 1:
+            raise ConfigError(f"keep must be at least 1 version, got {keep}")
+        serving = self.alias_target(alias)
+        complete = [n for n in self.versions(alias) if self.record(n).get("complete")]
+        kept = set(complete[-keep:]) | ({serving} if serving else set())
+        while len(kept) > keep:  # the served one is older than the newest `keep`: drop the oldest of the rest
+            kept.remove(min(kept - {serving}))
+        dropped = [n for n in complete if n not in kept]
+        for name in dropped:
+            self.drop(name)
+        return dropped
 
     # --- search ---------------------------------------------------------------------------
 

@@ -8,10 +8,13 @@ credentials (``user:password`` or an API key) and is never printed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +58,16 @@ def redact(uri: str) -> str:
 def new_id() -> str:
     """A sortable, unique id for runs and models: UTC time plus a random suffix."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+@contextlib.contextmanager
+def lock(name: str) -> Iterator[None]:
+    """An exclusive lock shared by every process using this TOWERBRIDGE_HOME (e.g. one index
+    build per alias at a time)."""
+    path = state_dir("locks") / f"{name}.lock"
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from milvus.store import DEFAULT_ALIAS, ItemStore, choose_ivf_pq, params_record
+from milvus.store import DEFAULT_ALIAS, ItemStore, IvfPqParams, choose_ivf_pq, params_record
 from towerbridge import evaluation as ev
 from towerbridge import settings
 from towerbridge.data import dataset as datasets
@@ -28,7 +29,7 @@ from towerbridge.data import generic
 from towerbridge.data.filters import Filters
 from towerbridge.data.filters import apply as apply_filters
 from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
-from towerbridge.errors import CollectionError, DataError
+from towerbridge.errors import CollectionError, ConfigError, DataError
 from towers import artifact
 from towers.config import TowerConfig
 from towers.features import default_spec
@@ -120,36 +121,53 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
     return str(directory)
 
 
-def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True) -> dict:
+def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True,
+                index_params: dict | None = None, keep_versions: int = 3, target_recall: float = 0.95) -> dict:
     """Embed every item, load the vectors as a new collection version with an IVF_PQ
-    index, and point the alias at it. A failure before the alias moves drops the
-    partial collection and leaves the alias where it was."""
+    index, tune nprobe, point the alias at it, and keep the newest ``keep_versions``.
+
+    index_params: overrides of the chosen ``nlist``, ``m``, ``nbits`` (checked before any
+    write). One build per alias at a time (a lock in TOWERBRIDGE_HOME); versions a crashed
+    build left half-built are dropped first. A failure before the alias moves drops the
+    partial collection and leaves the alias where it was.
+    """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     item_ids, vectors = item_vectors(trained, progress=progress)
     items = _read(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
-    params = choose_ivf_pq(len(item_ids), vectors.shape[1])
+    chosen = choose_ivf_pq(len(item_ids), vectors.shape[1])
+    params = IvfPqParams(**{**asdict(chosen), **(index_params or {})})
+    params = replace(params, nprobe=min(params.nprobe, params.nlist))  # a smaller nlist bounds the default
     params.check(vectors.shape[1], len(item_ids))
-    record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()),
-              "alias": alias, **params_record(params)}
+    if keep_versions < 1:
+        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
+    record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
+              "dataset": manifest["data"]["dataset"], "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              **params_record(params)}
     store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
-    try:
-        name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
-                                    manifest["data"].get("id_type", "int64"))
+    with settings.lock(f"index-{alias}"):
         try:
-            store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
-                         items["genres"].fillna("").tolist(), progress=progress)
-            info = store.build_index(name, params)
-            nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
-                                          _read(manifest["prepared_dir"], "train"))
-            store.point_alias(alias, name)
-        except BaseException:
-            store.drop(name)
-            raise
-        return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]),
-                "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4)}
-    finally:
-        store.close()
+            half_built = store.remove_half_built(alias)
+            name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
+                                        manifest["data"].get("id_type", "int64"))
+            try:
+                store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
+                             items["genres"].fillna("").tolist(), progress=progress)
+                info = store.build_index(name, params)
+                nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
+                                              _read(manifest["prepared_dir"], "train"), target=target_recall)
+                store.mark_complete(name)
+                previous = store.alias_target(alias)
+                store.point_alias(alias, name)
+            except BaseException:
+                store.drop(name)
+                raise
+            dropped = store.apply_retention(alias, keep_versions)
+            return {"collection": name, "alias": alias, "previous": previous, "rows": int(info["indexed_rows"]),
+                    "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4),
+                    "dropped_versions": dropped, "removed_half_built": half_built}
+        finally:
+            store.close()
 
 
 def _search_indices(store: ItemStore, name: str, vectors: np.ndarray, limit: int, nprobe: int,

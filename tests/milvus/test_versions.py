@@ -1,0 +1,111 @@
+"""Versioned collections behind an alias, on the real embedded Milvus: retention, cleanup of
+half-built versions, index parameter checks, and readers that never see a gap."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from milvus.store import ItemStore
+from towerbridge import steps
+from towerbridge.data.dataset import write_parquet
+from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.errors import CollectionError, ConfigError
+from towers.vectors import user_vectors
+
+ALIAS = "versions_test"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("versions")
+    interactions, items = generate(SyntheticSpec(n_users=500, n_items=400, n_topics=12, seed=8))
+    (root / "data").mkdir()
+    write_parquet(interactions, root / "data" / "interactions.parquet")
+    write_parquet(items, root / "data" / "items.parquet")
+    prepared = steps.prepare_data("synthetic", str(root / "data"), str(root / "prepared"))
+    return steps.train_model(prepared, str(root / "models"), {"epochs": 1}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(milvus_uri):
+    store = ItemStore(milvus_uri)
+    yield store
+    store.close()
+
+
+def build(milvus_uri, model_dir, **options):
+    return steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False, **options)
+
+
+def test_retention_keeps_exactly_n_and_the_alias_serves_the_newest(milvus_uri, model_dir, store):
+    built = [build(milvus_uri, model_dir, keep_versions=2) for _ in range(3)]
+    assert store.versions(ALIAS) == sorted(b["collection"] for b in built[1:])
+    assert store.alias_target(ALIAS) == built[-1]["collection"]
+    assert built[-1]["previous"] == built[-2]["collection"]
+    assert built[-1]["dropped_versions"] == [built[0]["collection"]]
+    record = store.record(built[-1]["collection"])
+    assert record["complete"] is True and record["model_dir"] == model_dir and record["nprobe"] >= 1
+
+
+def test_a_half_built_version_is_removed_by_the_next_build(milvus_uri, model_dir, store):
+    orphan = store.create_version(ALIAS, "crashed0", 32, {"model_id": "crashed"})
+    store.insert(orphan, np.arange(3), np.ones((3, 32), np.float32), ["a"] * 3, ["g"] * 3)
+    built = build(milvus_uri, model_dir, keep_versions=2)
+    assert built["removed_half_built"] == [orphan]
+    assert orphan not in store.versions(ALIAS)
+
+
+def test_bad_index_params_are_refused_before_any_write(milvus_uri, model_dir, store):
+    before = (store.versions(ALIAS), store.alias_target(ALIAS))
+    with pytest.raises(ConfigError, match="m=5 must divide the vector dimension 32"):
+        build(milvus_uri, model_dir, index_params={"m": 5})
+    with pytest.raises(ConfigError, match="nlist=100000 must be between 1 and min"):
+        build(milvus_uri, model_dir, index_params={"nlist": 100_000})
+    assert (store.versions(ALIAS), store.alias_target(ALIAS)) == before
+
+
+def test_overridden_params_are_what_milvus_builds(milvus_uri, model_dir, store):
+    built = build(milvus_uri, model_dir, index_params={"nlist": 8, "m": 16, "nbits": 6}, keep_versions=2)
+    index = store.describe_index(built["collection"])
+    assert (index["index_type"], int(index["nlist"]), int(index["m"]), int(index["nbits"])) == ("IVF_PQ", 8, 16, 6)
+
+
+def test_readers_of_the_alias_see_no_failure_while_versions_swap(milvus_uri, model_dir, store):
+    from towers import artifact
+
+    trained = artifact.load(model_dir)
+    queries = user_vectors(trained, trained.user_ids[:20])
+    reader = ItemStore(milvus_uri)
+    results, failures, stop = [], [], threading.Event()
+
+    def read_loop():
+        while not stop.is_set():
+            try:
+                ids, scores = reader.search(ALIAS, queries, limit=10, nprobe=4)
+                results.append(int(np.isfinite(scores).all()))
+            except Exception as error:  # any failure is what this test counts
+                failures.append(repr(error))
+
+    build(milvus_uri, model_dir, keep_versions=2)  # make sure the alias exists first
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        for _ in range(2):
+            build(milvus_uri, model_dir, keep_versions=2)
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+    assert failures == []
+    assert len(results) > 20 and all(results)
+
+
+def test_a_wrong_dimension_is_rejected_before_writing(store):
+    name = store.create_version("dim_test", "model1", 4, {})
+    try:
+        with pytest.raises(CollectionError, match="holds 4-dimensional vectors, these are 8-dimensional"):
+            store.insert(name, np.arange(2), np.ones((2, 8), np.float32), ["a", "b"], ["g", "g"])
+        assert store.count(name) == 0
+    finally:
+        store.drop(name)
