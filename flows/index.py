@@ -10,19 +10,24 @@ from towerbridge import steps
 
 
 @task(name="build-collection", retries=1, retry_delay_seconds=5)
-def build_collection(model_dir: str, uri: str, alias: str) -> dict:
-    return steps.index_model(model_dir, uri, alias)
+def build_collection(model_dir: str, uri: str, alias: str, index_params: dict, keep_versions: int,
+                     target_recall: float) -> dict:
+    return steps.index_model(model_dir, uri, alias, index_params=index_params, keep_versions=keep_versions,
+                             target_recall=target_recall)
 
 
 @flow(name="index")
-def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_ALIAS) -> dict:
-    """Batch-embed all items of the model's catalog into an IVF_PQ collection.
+def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_ALIAS,
+          index_params: dict | None = None, keep_versions: int = 3, target_recall: float = 0.95) -> dict:
+    """Batch-embed all items of the model's catalog into a new IVF_PQ version, tune nprobe to
+    ``target_recall``, move ``alias`` to it, keep the newest ``keep_versions``.
 
-    Returns ``{"collection", "alias", "rows", "index"}``.
+    index_params: ``nlist``, ``m``, ``nbits`` overriding the ones chosen from the data.
+    Returns ``{"collection", "alias", "previous", "rows", "index", "nprobe", ...}``.
     """
     logger = get_run_logger()
     with server.endpoint(milvus_uri, log=logger.info) as uri:
-        built = build_collection(model_dir, uri, alias)
+        built = build_collection(model_dir, uri, alias, index_params or {}, keep_versions, target_recall)
     logger.info("alias %s -> %s (%d rows, IVF_PQ %s)", built["alias"], built["collection"],
                 built["rows"], built["index"]["params"])
     return built

@@ -27,6 +27,8 @@ def pipeline(
     report_dir: str | None = None,
     milvus_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
+    index_params: dict | None = None,
+    keep_versions: int = 3,
     epochs: int = TowerConfig.epochs,
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
@@ -45,7 +47,8 @@ def pipeline(
                         run_dir=str(run_dir),
                         epochs=epochs, use_features=use_features,
                         early_stopping_patience=early_stopping_patience, seed=seed)
-        built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias)
+        built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
+                      keep_versions=keep_versions)
         report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
                           report_dir=report_dir, milvus_uri=uri)
     return {**report, "report_dir": str(Path(report_dir).resolve())}

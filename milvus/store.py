@@ -36,6 +36,8 @@ MAX_NLIST = 65536
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
 TEXT_MAX = 1024
 ID_MAX = 512
+GENRES_MAX = 64  # genres per item
+GENRE_MAX = 128  # characters per genre
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
@@ -159,6 +161,9 @@ class ItemStore:
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("title", DataType.VARCHAR, max_length=TEXT_MAX)
         schema.add_field("genres", DataType.VARCHAR, max_length=TEXT_MAX)
+        # the same genres as an array, for filters such as array_contains(genre_list, "Comedy")
+        schema.add_field("genre_list", DataType.ARRAY, element_type=DataType.VARCHAR,
+                         max_capacity=GENRES_MAX, max_length=GENRE_MAX)
         self._call(f"create collection {name}", self.client.create_collection, name, schema=schema)
         return name
 
@@ -178,7 +183,8 @@ class ItemStore:
         bar = tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False)
         for part in _batches(len(ids), row_bytes):
             rows = [
-                {"item_id": i, VECTOR_FIELD: v, "title": t[:TEXT_MAX], "genres": g[:TEXT_MAX]}
+                {"item_id": i, VECTOR_FIELD: v, "title": t[:TEXT_MAX], "genres": g[:TEXT_MAX],
+                 "genre_list": [x[:GENRE_MAX] for x in g.split("|") if x][:GENRES_MAX]}
                 for i, v, t, g in zip(ids[part], vectors[part], titles[part], genres[part])
             ]
             self._call(f"insert into {name}", self.client.insert, name, rows)
@@ -307,6 +313,53 @@ class ItemStore:
 
     # --- search ---------------------------------------------------------------------------
 
+    def resolve(self, name: str) -> str:
+        """The collection behind an alias, or the collection itself; CollectionError otherwise."""
+        target = self.alias_target(name)
+        if target:
+            return target
+        if self._call(f"look up {name}", self.client.has_collection, name):
+            return name
+        known = self._call("list collections", self.client.list_collections)
+        raise CollectionError(f"no collection or alias named {name!r} on {redact(self.uri)}; "
+                              f"collections: {', '.join(sorted(known)) or 'none'}")
+
+    def field_names(self, name: str) -> list[str]:
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        return [field["name"] for field in info["fields"]]
+
+    def check_filter(self, name: str, expression: str) -> None:
+        """Raise ConfigError when Milvus cannot parse ``expression`` on this collection."""
+        try:
+            self.client.query(name, filter=expression, output_fields=["item_id"], limit=1)
+        except MilvusException as error:
+            message = getattr(error, "message", "") or str(error)
+            raise ConfigError(f"invalid filter {expression!r}: {message}") from None
+
+    def rows(self, name: str, expression: str, fields: list[str], limit: int | None = None,
+             batch_size: int = 1000) -> list[dict]:
+        """Rows matching ``expression``, read with a query iterator (no size limit of one request)."""
+        iterator = self._call(f"query {name}", self.client.query_iterator, name, filter=expression,
+                              output_fields=fields, batch_size=batch_size, limit=-1 if limit is None else limit)
+        found: list[dict] = []
+        try:
+            while True:
+                batch = self._call(f"query {name}", iterator.next)
+                if not batch:
+                    return found
+                found.extend(dict(row) for row in batch)
+        finally:
+            iterator.close()
+
+    def search_rows(self, name: str, vector: np.ndarray, limit: int, nprobe: int, expression: str = "",
+                    fields: tuple[str, ...] = ("title", "genres")) -> list[dict]:
+        """One query's hits, best first, as ``{"item_id", "score", <fields>}``."""
+        hits = self._call(f"search {name}", self.client.search, name, data=[vector], limit=min(limit, MAX_LIMIT),
+                          filter=expression, anns_field=VECTOR_FIELD, output_fields=list(fields),
+                          search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}})
+        return [{"item_id": hit["id"], "score": float(hit["distance"]),
+                 **{field: hit["entity"].get(field) for field in fields}} for hit in hits[0]]
+
     def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
         ``[nq, limit]``; rows with fewer hits are padded with score -inf (and id -1, or None
@@ -328,6 +381,13 @@ class ItemStore:
         for row, values in enumerate(found_ids):
             ids[row, :len(values)] = values
         return ids, scores
+
+
+def id_filter(ids: list, id_type: str) -> str:
+    """A filter expression matching these ids, with every value typed and quoted safely."""
+    if id_type == "string":
+        return f"item_id in [{', '.join(json.dumps(str(value)) for value in ids)}]"
+    return f"item_id in [{', '.join(str(int(value)) for value in ids)}]"
 
 
 def params_record(params: IvfPqParams) -> dict:

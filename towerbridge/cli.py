@@ -75,10 +75,95 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         _quiet_prefect_tracebacks()
+        index_params = {key: value for key, value in (("nlist", args.nlist), ("m", args.m), ("nbits", args.nbits))
+                        if value is not None}
         report = pipeline(**data, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
+                          index_params=index_params, keep_versions=args.keep_versions,
                           epochs=args.epochs, use_features=not args.ids_only,
                           early_stopping_patience=args.early_stopping, seed=args.seed)
         _print_table(report)
+    return 0
+
+
+def _print_rows(rows: list[dict], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("(no results)")
+        return
+    shown = [[f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+             for row in rows]
+    widths = [min(48, max(len(c), *(len(r[i]) for r in shown))) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in shown:
+        print("  ".join((v if len(v) <= w else v[:w - 1] + "…").ljust(w) for v, w in zip(row, widths)))
+
+
+def _with_store(args: argparse.Namespace, work):
+    from milvus import server
+    from milvus.store import ItemStore
+
+    with server.endpoint(args.milvus_uri) as uri:
+        store = ItemStore(uri, settings.MilvusTarget.from_env().token)
+        try:
+            return work(store)
+        finally:
+            store.close()
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= 16384:
+        raise ConfigError(f"-k must be between 1 and 16384 (Milvus' limit), got {k}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    _check_k(args.k)
+    rows = _with_store(args, lambda store: analyst.recommend(
+        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen))
+    _print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
+                ["rank", "item_id", "score", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    _check_k(args.k)
+    rows = _with_store(args, lambda store: analyst.similar(
+        store, args.collection or args.alias, args.item, args.k, args.filter or ""))
+    _print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
+                ["rank", "item_id", "score", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
+    rows = _with_store(args, lambda store: analyst.query(store, args.collection or args.alias, args.filter,
+                                                         fields, args.limit))
+    _print_rows(rows, fields or ["item_id", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    rows = _with_store(args, lambda store: analyst.versions(store, args.alias))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [{**row, "serving": "*" if row["serving"] else "",
+              "index": f"{row['index_type']} nlist={row['params']['nlist']} m={row['params']['m']} "
+                       f"nbits={row['params']['nbits']}" if row["params"] else "",
+              "complete": "yes" if row["complete"] else "NO"} for row in rows]
+    _print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "model_id", "created_at", "complete"],
+                False)
     return 0
 
 
@@ -229,6 +314,13 @@ def parser() -> argparse.ArgumentParser:
                                           "(default: the run's directory under TOWERBRIDGE_HOME/runs)")
     run.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
     run.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias readers query (default: {DEFAULT_ALIAS})")
+    index = run.add_argument_group("index (default: chosen from the data)")
+    index.add_argument("--nlist", type=int, help="IVF lists (default about 4·sqrt(items), at most items/39)")
+    index.add_argument("--m", type=int, help="PQ sub-quantizers; must divide the vector dimension (default: the "
+                                             "dimension, one code per coordinate)")
+    index.add_argument("--nbits", type=int, help="bits per PQ code (default 8)")
+    index.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                       help="collection versions to keep; older ones are dropped (default 3)")
     run.add_argument("--epochs", type=int, default=TowerConfig.epochs,
                      help=f"training epochs (default: {TowerConfig.epochs})")
     run.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
@@ -247,6 +339,48 @@ def parser() -> argparse.ArgumentParser:
     milvus.add_argument("action", choices=["start", "stop", "status"])
     milvus.add_argument("--json", action="store_true", help="status as JSON")
     milvus.set_defaults(handler=cmd_milvus)
+
+    def add_target(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to read (default: {DEFAULT_ALIAS})")
+        command.add_argument("--collection", help="a specific version's collection instead of the alias")
+        command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+        command.add_argument("--json", action="store_true", help="print JSON (a list of results)")
+
+    recommend = commands.add_parser("recommend", help="top-k items for a user",
+                                    description="Recommend items for a user with the model that built the "
+                                                "version, leaving out items the user already had.")
+    recommend.add_argument("--user", required=True, help="user id")
+    recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument("--filter", help="Milvus filter expression, e.g. 'genres like \"%%Comedy%%\"'")
+    recommend.add_argument("--include-seen", action="store_true", help="keep items the user already had")
+    add_target(recommend)
+    recommend.set_defaults(handler=cmd_recommend)
+
+    similar = commands.add_parser("similar", help="items similar to an item",
+                                  description="Items nearest to an item by their trained embeddings.")
+    similar.add_argument("--item", required=True, help="item id")
+    similar.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    similar.add_argument("--filter", help="Milvus filter expression")
+    add_target(similar)
+    similar.set_defaults(handler=cmd_similar)
+
+    query = commands.add_parser("query", help="rows matching a filter",
+                                description="Rows of the collection matching a Milvus filter expression, "
+                                            "read with a query iterator.")
+    query.add_argument("--filter", required=True,
+                       help="Milvus filter expression, e.g. 'item_id in [1, 2]' or 'genres like \"%%Drama%%\"'")
+    query.add_argument("--fields", help="comma-separated fields (default: item_id,title,genres)")
+    query.add_argument("--limit", type=int, default=100, help="most rows to return (default 100)")
+    add_target(query)
+    query.set_defaults(handler=cmd_query)
+
+    collections = commands.add_parser("collections", help="versions behind the alias",
+                                      description="Every version of the alias: which one serves, rows, index "
+                                                  "and parameters, tuned nprobe, model, creation time.")
+    collections.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias (default: {DEFAULT_ALIAS})")
+    collections.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+    collections.add_argument("--json", action="store_true", help="print JSON")
+    collections.set_defaults(handler=cmd_collections)
 
     from towerbridge.data.fetch import ARCHIVES
 

@@ -17,4 +17,6 @@ def test_movielens_through_milvus_beats_popularity(milvus_uri, prefect_harness, 
     assert report["interactions_evaluated"] == interactions and report["users_evaluated"] == users
     for k in (10, 100):
         assert report["model"][f"hit_rate@{k}"] > report["popularity"][f"hit_rate@{k}"]
-    assert report["index_recall"]["recall@100"] > 0.8
+    # nprobe is tuned after the build: recall of Milvus against exact search on these embeddings
+    assert report["index"]["tuning"]["recall"] >= 0.95
+    assert report["index_recall"]["recall@100"] >= 0.95

@@ -1,0 +1,146 @@
+"""Analysts' queries (recommend, similar, query, collections) against the real embedded Milvus,
+checked against brute force over the same vectors, through the functions and the command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from milvus.store import ItemStore
+from towerbridge import analyst, steps
+from towerbridge.data.dataset import write_parquet
+from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.errors import CollectionError, ConfigError, DataError
+from towers import artifact
+from towers.vectors import item_vectors, user_vectors
+
+ALIAS = "analyst_test"
+
+
+@pytest.fixture(scope="module")
+def built(milvus_uri, tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyst")
+    interactions, items = generate(SyntheticSpec(n_users=800, n_items=700, n_topics=16, seed=21))
+    (root / "data").mkdir()
+    write_parquet(interactions, root / "data" / "interactions.parquet")
+    write_parquet(items, root / "data" / "items.parquet")
+    prepared = steps.prepare_data("synthetic", str(root / "data"), str(root / "prepared"))
+    model_dir = steps.train_model(prepared, str(root / "models"), {"epochs": 3}, progress=False)
+    result = steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False)
+    store = ItemStore(milvus_uri)
+    yield {"store": store, "model": artifact.load(model_dir), "items": items, "collection": result["collection"],
+           "train": pd.read_parquet(f"{prepared}/train.parquet")}
+    store.close()
+
+
+def test_recommend_matches_brute_force_and_leaves_out_seen_items(built):
+    model, train, store = built["model"], built["train"], built["store"]
+    ids, vectors = item_vectors(model)
+    overlaps = []
+    for user in model.user_ids[:40]:
+        seen = set(train.loc[train["user_id"] == user, "item_id"])
+        scores = user_vectors(model, np.array([user]))[0] @ vectors.T
+        exact = [i for i in ids[np.argsort(-scores)] if i not in seen][:10]
+        got = analyst.recommend(store, ALIAS, str(user), k=10)
+        assert len(got) == 10 and not seen & {row["item_id"] for row in got}
+        assert all(a["score"] >= b["score"] for a, b in zip(got, got[1:]))
+        overlaps.append(len(set(exact) & {row["item_id"] for row in got}) / 10)
+    assert np.mean(overlaps) >= 0.95  # the index was tuned to recall 0.95 at 100
+    with_seen = analyst.recommend(store, ALIAS, str(model.user_ids[0]), k=5, include_seen=True)
+    assert len(with_seen) == 5
+
+
+def test_recommend_with_a_filter_keeps_only_matching_items(built):
+    got = analyst.recommend(built["store"], ALIAS, str(built["model"].user_ids[3]), k=5,
+                            expression='array_contains(genre_list, "Drama")')
+    assert got and all("Drama" in row["genres"].split("|") for row in got)
+
+
+def test_similar_matches_brute_force_over_embeddings(built):
+    model, store = built["model"], built["store"]
+    ids, vectors = item_vectors(model)
+    embeddings = vectors[:, :-1]
+    overlaps = []
+    for row in range(0, 200, 10):
+        scores = embeddings @ embeddings[row]
+        exact = [i for i in ids[np.argsort(-scores)] if i != ids[row]][:10]
+        got = analyst.similar(store, ALIAS, str(ids[row]), k=10)
+        assert ids[row] not in {r["item_id"] for r in got}
+        overlaps.append(len(set(exact) & {r["item_id"] for r in got}) / 10)
+    assert np.mean(overlaps) >= 0.9
+
+
+def test_query_returns_exactly_the_matching_rows(built):
+    items = built["items"]
+    rows = analyst.query(built["store"], ALIAS, 'array_contains(genre_list, "Western")', limit=None)
+    expected = items[items["genres"].str.split("|").map(lambda g: "Western" in g)]
+    assert sorted(r["item_id"] for r in rows) == sorted(expected["item_id"])
+    every = built["store"].rows(built["collection"], "item_id >= 0", ["item_id"], batch_size=100)
+    assert sorted(r["item_id"] for r in every) == list(range(1, 701))  # seven batches, nothing lost or repeated
+    by_id = analyst.query(built["store"], ALIAS, "item_id in [1, 2, 3]", fields=["item_id", "title"])
+    assert {r["item_id"]: r["title"] for r in by_id} == items.set_index("item_id").loc[[1, 2, 3], "title"].to_dict()
+
+
+def test_collections_lists_the_served_version(built):
+    listed = analyst.versions(built["store"], ALIAS)
+    serving = [v for v in listed if v["serving"]]
+    assert len(serving) == 1 and serving[0]["collection"] == built["collection"]
+    assert serving[0]["rows"] == 700 and serving[0]["index_type"] == "IVF_PQ" and serving[0]["complete"]
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda s: analyst.recommend(s, ALIAS, "999999"), DataError, "user 999999 is not known to model"),
+    (lambda s: analyst.recommend(s, ALIAS, "abc"), DataError, "user id 'abc': this collection's ids are integers"),
+    (lambda s: analyst.similar(s, ALIAS, "999999"), DataError, "item 999999 is not in collection"),
+    (lambda s: analyst.query(s, ALIAS, "item_id >>> 3"), ConfigError, "invalid filter 'item_id >>> 3'"),
+    (lambda s: analyst.query(s, ALIAS, "item_id > 3", fields=["colour"]), ConfigError, r"unknown field\(s\)"),
+    (lambda s: analyst.recommend(s, "no_such_alias", "1"), CollectionError,
+     "no collection or alias named 'no_such_alias'"),
+])
+def test_bad_questions_are_explained(built, call, error, message):
+    with pytest.raises(error, match=message):
+        call(built["store"])
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_the_commands_print_json(built):
+    user, item = str(built["model"].user_ids[5]), "7"
+    recommended = json.loads(cli("recommend", "--user", user, "-k", "3", "--alias", ALIAS, "--json").stdout)
+    assert [r["rank"] for r in recommended] == [1, 2, 3] and {"item_id", "score", "title", "genres"} <= set(
+        recommended[0])
+    assert recommended == [{"rank": i + 1, **r} for i, r in
+                           enumerate(analyst.recommend(built["store"], ALIAS, user, k=3))]
+    similar = json.loads(cli("similar", "--item", item, "-k", "4", "--alias", ALIAS, "--json").stdout)
+    assert len(similar) == 4 and all(r["item_id"] != 7 for r in similar)
+    rows = json.loads(cli("query", "--filter", "item_id in [5, 6]", "--alias", ALIAS, "--json").stdout)
+    assert sorted(r["item_id"] for r in rows) == [5, 6]
+    listed = json.loads(cli("collections", "--alias", ALIAS, "--json").stdout)
+    assert listed[0]["serving"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["recommend", "--user", "999999", "--alias", ALIAS], "user 999999 is not known to model"),
+    (["similar", "--item", "999999", "--alias", ALIAS], "item 999999 is not in collection"),
+    (["query", "--filter", "item_id >>> 3", "--alias", ALIAS], "invalid filter 'item_id >>> 3'"),
+    (["recommend", "--user", "1", "--collection", "nope_v1"], "no collection or alias named 'nope_v1'"),
+    (["recommend", "--user", "1", "-k", "0"], "-k must be between 1 and 16384"),
+])
+def test_command_errors_are_one_line(built, args, message):
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_unreachable_milvus_for_a_query():
+    result = cli("collections", env={"MILVUS_URI": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("towerbridge: error: cannot reach Milvus at http://127.0.0.1:9")

@@ -1,0 +1,127 @@
+"""Ad-hoc questions to the item collection, as analysts ask them.
+
+Every function takes a name that is an alias (the served version) or a version's
+collection name, and uses the model that built that version (recorded with it), so the
+user tower always matches the item vectors it is compared with.
+
+    recommend    top-k items for a user (items the user already had are left out)
+    similar      items nearest to an item, by their trained embeddings
+    query        rows matching a filter expression
+    versions     every version of an alias, with what serves, sizes, index and model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
+from towerbridge.errors import CollectionError, ConfigError, DataError
+from towers import artifact
+from towers.vectors import user_vectors
+
+RESULT_FIELDS = ("title", "genres")
+
+
+def _combine(*expressions: str) -> str:
+    parts = [f"({e})" for e in expressions if e]
+    return " and ".join(parts)
+
+
+def _typed_id(value: str, record: dict, what: str):
+    """An id from the command line as the collection stores it."""
+    if record.get("id_type") == "string":
+        return str(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{what} id {value!r}: this collection's ids are integers") from None
+
+
+def _version(store: ItemStore, name: str) -> tuple[str, dict]:
+    collection = store.resolve(name)
+    record = store.record(collection)
+    if not record.get("model_dir"):
+        raise CollectionError(f"{collection} was not built by towerbridge (no model recorded with it)")
+    return collection, record
+
+
+def _nprobe(record: dict) -> int:
+    return int(record.get("nprobe", record["params"]["nprobe"]))
+
+
+def recommend(store: ItemStore, name: str, user: str, k: int = 10, expression: str = "",
+              include_seen: bool = False) -> list[dict]:
+    """The user's top ``k`` items by the model of the version behind ``name``."""
+    collection, record = _version(store, name)
+    if expression:
+        store.check_filter(collection, expression)
+    model_dir = Path(record["model_dir"])
+    trained = artifact.load(model_dir)
+    user_id = _typed_id(user, record, "user")
+    if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
+        raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection {collection}); "
+                        f"it was trained on {len(trained.user_ids):,} users")
+    seen: set = set()
+    if not include_seen:
+        manifest = artifact.read_manifest(model_dir)
+        train = pd.read_parquet(Path(manifest["prepared_dir"]) / "train.parquet", columns=["user_id", "item_id"])
+        seen = set(train.loc[train["user_id"] == user_id, "item_id"].tolist())
+    query = user_vectors(trained, np.array([user_id], dtype=trained.user_ids.dtype))[0]
+    hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), _nprobe(record), expression,
+                             RESULT_FIELDS)
+    return [hit for hit in hits if hit["item_id"] not in seen][:k]
+
+
+def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str = "") -> list[dict]:
+    """The ``k`` items whose trained embeddings are nearest the item's (the popularity prior
+    that rides in the last dimension is left out of the comparison)."""
+    collection, record = _version(store, name)
+    if expression:
+        store.check_filter(collection, expression)
+    item_id = _typed_id(item, record, "item")
+    rows = store.rows(collection, id_filter([item_id], record.get("id_type", "int64")), [VECTOR_FIELD])
+    if not rows:
+        raise DataError(f"item {item_id!r} is not in collection {collection}")
+    query = np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
+    query[-1] = 0.0
+    hits = store.search_rows(collection, query, k + 1, _nprobe(record), expression, RESULT_FIELDS)
+    return [hit for hit in hits if hit["item_id"] != item_id][:k]
+
+
+def query(store: ItemStore, name: str, expression: str, fields: list[str] | None = None,
+          limit: int | None = 100) -> list[dict]:
+    """Rows matching ``expression`` (a Milvus boolean expression), ``fields`` of each."""
+    collection = store.resolve(name)
+    known = store.field_names(collection)
+    fields = fields or ["item_id", *RESULT_FIELDS]
+    unknown = [f for f in fields if f not in known]
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown}; {collection} has {', '.join(known)}")
+    if not expression:
+        raise ConfigError("a filter expression is needed, e.g. 'genres like \"%Comedy%\"' or 'item_id in [1, 2]'")
+    store.check_filter(collection, expression)
+    return store.rows(collection, expression, fields, limit)
+
+
+def versions(store: ItemStore, alias: str) -> list[dict]:
+    """Every version of ``alias``, newest first."""
+    serving = store.alias_target(alias)
+    listed = []
+    for name in reversed(store.versions(alias)):
+        record = store.record(name)
+        listed.append({
+            "collection": name,
+            "serving": name == serving,
+            "complete": bool(record.get("complete")),
+            "rows": store.count(name),
+            "index_type": record.get("index_type"),
+            "params": record.get("params"),
+            "nprobe": record.get("nprobe"),
+            "model_id": record.get("model_id"),
+            "dataset": record.get("dataset"),
+            "created_at": record.get("created_at"),
+        })
+    return listed
