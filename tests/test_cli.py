@@ -34,6 +34,8 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
 @pytest.mark.parametrize("args, message", [
     (["run", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["run", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: not a directory"),
+    (["run", "--m", "5"], "--m 5 must divide the vector dimension 32"),
+    (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
     result = towerbridge(*args)

@@ -64,12 +64,21 @@ def _quiet_prefect_tracebacks() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from milvus import server
     from milvus.store import connect
+    from towers.config import TowerConfig
 
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.early_stopping < 0:
         raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
     data = _data_options(args)
+    if args.keep_versions < 1:
+        raise ConfigError(f"--keep-versions must be at least 1, got {args.keep_versions}")
+    if args.m is not None and (args.m < 1 or TowerConfig.vector_dim % args.m):
+        raise ConfigError(f"--m {args.m} must divide the vector dimension {TowerConfig.vector_dim}")
+    if args.nbits is not None and not 1 <= args.nbits <= 16:
+        raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
+    if args.nlist is not None and args.nlist < 1:
+        raise ConfigError(f"--nlist must be at least 1, got {args.nlist}")
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
