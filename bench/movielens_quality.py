@@ -57,10 +57,10 @@ def seed_spread(data_dir: str, protocol: str, seeds: int) -> list[dict]:
         trained = train(train_part, data.items, data.users, TowerConfig(seed=seed), progress=False)
         if excludes_seen(protocol):
             row_of = pd.Series(np.arange(len(users)), index=users)
-            seen = ev.Seen.from_pairs(row_of.loc[train_part["user_id"]].to_numpy(),
+            seen = ev.ItemSets.from_pairs(row_of.loc[train_part["user_id"]].to_numpy(),
                                       trained.item_index(train_part["item_id"].to_numpy()), len(users))
         else:
-            seen = ev.Seen(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+            seen = ev.ItemSets(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
         top = ev.exact_top_k(user_vectors(trained, users), item_vectors(trained)[1], seen, 100)
         rates = ev.hit_rates(top[user_row], trained.item_index(held_out["item_id"].to_numpy()), (10, 100))
         rows.append({"seed": seed, **rates})

@@ -10,7 +10,7 @@ from towerbridge import evaluation as ev
 def seen_of(lists):
     rows = np.concatenate([[r] * len(items) for r, items in enumerate(lists)]).astype(np.int64)
     items = np.concatenate([np.asarray(items, dtype=np.int64) for items in lists])
-    return ev.Seen.from_pairs(rows, items, len(lists))
+    return ev.ItemSets.from_pairs(rows, items, len(lists))
 
 
 def test_hit_rates_by_hand():
@@ -73,3 +73,34 @@ def test_overlap_is_share_of_exact_top_k():
     exact = np.array([[1, 3, 9], [7, 8, 9]])
     assert ev.overlap(approximate, exact, ks=(2, 3)) == {
         "recall@2": pytest.approx((1 / 2 + 0) / 2), "recall@3": pytest.approx((2 / 3 + 0) / 2)}
+
+
+def test_ranking_metrics_by_hand():
+    top = np.array([[3, 1, 2], [4, 5, 6], [7, 8, 9]])
+    relevant = seen_of([[1, 2], [6], [10]])  # query 0 has two held-out items
+    counts = np.arange(1, 11)  # item i was trained on i times
+    got = ev.ranking_metrics(top, relevant, ks=(1, 2, 3), item_counts=counts)
+    assert got["hit_rate@1"] == 0 and got["hit_rate@2"] == pytest.approx(1 / 3)
+    assert got["hit_rate@3"] == pytest.approx(2 / 3)
+    assert got["recall@2"] == pytest.approx((1 / 2) / 3) and got["recall@3"] == pytest.approx(2 / 3)
+    # query 0: DCG 1/log2(3) + 1/log2(4) = 1.130930 over IDCG 1 + 1/log2(3) = 1.630930; query 1: 0.5 / 1
+    assert got["ndcg@3"] == pytest.approx((1.130930 / 1.630930 + 0.5) / 3, abs=1e-6)
+    assert got["mrr@1"] == 0 and got["mrr@3"] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    assert got["coverage@1"] == pytest.approx(0.3) and got["coverage@3"] == pytest.approx(0.9)
+    assert got["mean_popularity@1"] == pytest.approx((3 + 4 + 7) / 3)
+
+
+def test_k_larger_than_the_catalog():
+    top = np.array([[2, 1, 0, 0]])  # two items exist; the ranking ran short
+    got = ev.ranking_metrics(top, seen_of([[1]]), ks=(4,), item_counts=np.array([5, 1]))
+    assert got["hit_rate@4"] == 1 and got["coverage@4"] == 1.0
+    assert got["ndcg@4"] == pytest.approx(1 / np.log2(3)) and got["mrr@4"] == pytest.approx(0.5)
+    assert got["mean_popularity@4"] == pytest.approx(3.0)  # padding is not an item
+
+
+def test_several_held_out_items_count_once_for_hit_rate_and_each_for_recall():
+    top = np.array([[1, 2, 3, 4]])
+    got = ev.ranking_metrics(top, seen_of([[1, 2, 9]]), ks=(2, 4), item_counts=np.ones(9))
+    assert got["hit_rate@2"] == 1 and got["recall@2"] == pytest.approx(2 / 3)
+    # DCG 1 + 1/log2(3) over IDCG of three relevant: 1 + 1/log2(3) + 1/2
+    assert got["ndcg@4"] == pytest.approx((1 + 1 / np.log2(3)) / (1 + 1 / np.log2(3) + 0.5))

@@ -19,15 +19,16 @@ CHUNK = 2048
 
 
 @dataclass
-class Seen:
-    """Training items per evaluated user, as CSR: row r's items are
-    ``indices[indptr[r]:indptr[r + 1]]`` (vocabulary indices)."""
+class ItemSets:
+    """A set of items per row (the items a user saw in training, or the held-out items a
+    ranking should find), as CSR: row r's items are ``indices[indptr[r]:indptr[r + 1]]``
+    (vocabulary indices)."""
 
     indptr: np.ndarray
     indices: np.ndarray
 
     @classmethod
-    def from_pairs(cls, rows: np.ndarray, items: np.ndarray, n_rows: int) -> Seen:
+    def from_pairs(cls, rows: np.ndarray, items: np.ndarray, n_rows: int) -> ItemSets:
         order = np.lexsort((items, rows))
         counts = np.bincount(rows, minlength=n_rows)
         return cls(np.concatenate([[0], np.cumsum(counts)]), items[order].astype(np.int64))
@@ -36,9 +37,56 @@ class Seen:
         return np.diff(self.indptr)
 
     def keys(self, rows: np.ndarray, width: int) -> np.ndarray:
-        """``row * width + item`` for every seen pair of the given rows (sorted)."""
-        parts = [r * width + self.indices[self.indptr[r]:self.indptr[r + 1]] for r in rows]
-        return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        """``position * width + item`` for every pair of the given rows (sorted), where
+        position is the row's place in ``rows``."""
+        lengths = self.counts()[rows]
+        starts = self.indptr[rows]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        items = self.indices[np.repeat(starts, lengths) + offsets]
+        return np.sort(np.repeat(np.arange(len(rows)), lengths) * width + items)
+
+    @classmethod
+    def empty(cls, n_rows: int) -> ItemSets:
+        return cls(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
+METRICS = ("hit_rate", "recall", "ndcg", "mrr", "coverage", "mean_popularity")
+
+
+def ranking_metrics(top: np.ndarray, relevant: ItemSets, ks: tuple[int, ...], item_counts: np.ndarray) -> dict:
+    """Every metric at every k for rankings ``top`` (``[n_queries, >= max(ks)]`` vocabulary
+    indices, 0 = no item) against each query's ``relevant`` items.
+
+    hit_rate@k         share of queries with at least one relevant item in the top k
+    recall@k           relevant items found in the top k / relevant items, averaged
+    ndcg@k             DCG of the top k (gain 1 per relevant item, discount log2(rank + 1))
+                       over the best possible DCG for that query, averaged
+    mrr@k              1 / rank of the first relevant item in the top k (0 if none), averaged
+    coverage@k         distinct items recommended in any top k / catalog size
+    mean_popularity@k  mean training interactions of the recommended items (padding excluded)
+    """
+    n_queries, width = len(top), int(max(top.max(initial=0), relevant.indices.max(initial=0))) + 1
+    hits = np.isin(np.arange(n_queries)[:, None] * width + top, relevant.keys(np.arange(n_queries), width))
+    hits &= top > 0
+    n_relevant = relevant.counts()
+    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    counts = np.concatenate([[0], item_counts]).astype(np.float64)
+    result = {}
+    for k in ks:
+        top_k, hits_k = top[:, :k], hits[:, :k]
+        ideal = np.cumsum(discounts)[np.clip(n_relevant, 1, hits_k.shape[1]) - 1]
+        found_first = (first >= 0) & (first < k)
+        real = top_k > 0
+        result.update({
+            f"hit_rate@{k}": float(hits_k.any(axis=1).mean()),
+            f"recall@{k}": float((hits_k.sum(axis=1) / np.maximum(n_relevant, 1)).mean()),
+            f"ndcg@{k}": float(((hits_k * discounts[:hits_k.shape[1]]).sum(axis=1) / ideal).mean()),
+            f"mrr@{k}": float((found_first / np.maximum(first + 1, 1)).mean()),
+            f"coverage@{k}": float(len(np.unique(top_k[real])) / len(item_counts)),
+            f"mean_popularity@{k}": float(counts[top_k[real]].mean()) if real.any() else 0.0,
+        })
+    return result
 
 
 def hit_rates(top: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
@@ -64,7 +112,7 @@ def _chunks(n: int, size: int = CHUNK) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + size, n))
 
 
-def top_k_by_scores(score_rows: Callable[[np.ndarray], torch.Tensor], seen: Seen, k: int) -> np.ndarray:
+def top_k_by_scores(score_rows: Callable[[np.ndarray], torch.Tensor], seen: ItemSets, k: int) -> np.ndarray:
     """Exact top-k per row of a dense score matrix, seen items excluded.
 
     score_rows(rows) returns ``[len(rows), n_items + 1]`` scores (column 0 is ignored).
@@ -86,21 +134,21 @@ def top_k_by_scores(score_rows: Callable[[np.ndarray], torch.Tensor], seen: Seen
     return out
 
 
-def exact_top_k(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: Seen, k: int) -> np.ndarray:
+def exact_top_k(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:
     """Brute-force inner-product top-k; item_vectors row j is vocabulary index j + 1."""
     items = torch.from_numpy(np.vstack([np.zeros((1, item_vectors.shape[1]), np.float32), item_vectors]))
     users = torch.from_numpy(user_vectors)
     return top_k_by_scores(lambda rows: users[rows] @ items.T, seen, k)
 
 
-def popularity_top_k(item_counts: np.ndarray, seen: Seen, k: int) -> np.ndarray:
+def popularity_top_k(item_counts: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:
     """Most-trained-on items first; ties broken towards the lower index."""
     counts = np.concatenate([[0], item_counts]).astype(np.float64)
     scores = torch.from_numpy(counts - np.arange(len(counts)) * 1e-9)  # stable tie-break
     return top_k_by_scores(lambda rows: scores.expand(len(rows), -1), seen, k)
 
 
-def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: Seen, k: int) -> np.ndarray:
+def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:
     """Keep, per row, the first k candidates that row has not seen (0 pads short rows).
 
     candidates: ``[len(rows), L]`` vocabulary indices in rank order, 0 for "none".
@@ -117,7 +165,7 @@ def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: Seen, k: int) -> n
 
 
 def search_top_k(search: Callable[[np.ndarray, int], np.ndarray], user_vectors: np.ndarray,
-                 seen: Seen, k: int, max_limit: int, batch: int = 1024) -> np.ndarray:
+                 seen: ItemSets, k: int, max_limit: int, batch: int = 1024) -> np.ndarray:
     """Top-k through an ANN search, seen items excluded on the client.
 
     search(vectors, limit) returns ``[len(vectors), limit]`` vocabulary indices (0 pads).

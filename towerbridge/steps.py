@@ -204,10 +204,10 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     return nprobe, recall
 
 
-def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.Seen:
+def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
     row_of = pd.Series(np.arange(len(users)), index=users)
     mine = train_part[train_part["user_id"].isin(users)]
-    return ev.Seen.from_pairs(row_of.loc[mine["user_id"]].to_numpy(),
+    return ev.ItemSets.from_pairs(row_of.loc[mine["user_id"]].to_numpy(),
                               trained.item_index(mine["item_id"].to_numpy()), len(users))
 
 
@@ -230,7 +230,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
     if excludes_seen(protocol):
         seen = _seen(train_part, users, trained)
     else:
-        seen = ev.Seen(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        seen = ev.ItemSets(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
     queries = user_vectors(trained, users)
     k = max(ks)
 
