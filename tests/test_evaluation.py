@@ -54,6 +54,14 @@ def test_drop_seen_keeps_rank_order():
     np.testing.assert_array_equal(out, [[4, 1, 0], [3, 0, 0]])
 
 
+def test_drop_seen_uses_each_rows_own_history_for_a_subset_of_rows():
+    # Rows 2 and 0 in that order (as search_top_k passes them): each keeps its own exclusions.
+    seen = seen_of([[4], [9], [1, 3]])
+    candidates = np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
+    out = ev.drop_seen(candidates, np.array([2, 0]), seen, k=2)
+    np.testing.assert_array_equal(out, [[2, 4], [1, 2]])
+
+
 def test_search_top_k_over_fetches_by_seen_count():
     # A fake ANN that ranks items 1..10 in the same order for everyone, and records limits.
     limits = []

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 KS = (10, 50, 100)
+REPORT_KS = (1, 5, 10, 20, 50, 100)
 CHUNK = 2048
 
 
@@ -148,13 +149,19 @@ def popularity_top_k(item_counts: np.ndarray, seen: ItemSets, k: int) -> np.ndar
     return top_k_by_scores(lambda rows: scores.expand(len(rows), -1), seen, k)
 
 
+def random_top_k(n_items: int, seen: ItemSets, k: int, seed: int = 0) -> np.ndarray:
+    """A random ranking per row (seeded), seen items excluded: the floor any model must beat."""
+    generator = torch.Generator().manual_seed(seed)
+    return top_k_by_scores(lambda rows: torch.rand(len(rows), n_items + 1, generator=generator), seen, k)
+
+
 def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:
     """Keep, per row, the first k candidates that row has not seen (0 pads short rows).
 
     candidates: ``[len(rows), L]`` vocabulary indices in rank order, 0 for "none".
     """
     width = int(max(candidates.max(initial=0), seen.indices.max(initial=0))) + 1
-    keys = rows[:, None] * width + candidates
+    keys = np.arange(len(rows))[:, None] * width + candidates
     drop = np.isin(keys, seen.keys(rows, width)) | (candidates <= 0)
     order = np.argsort(drop, axis=1, kind="stable")  # kept candidates first, rank order preserved
     kept = np.take_along_axis(candidates, order, axis=1)
