@@ -7,23 +7,31 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from milvus import server
 from towerbridge import steps
+from towerbridge.report import report_markdown, report_table
 
 
 @task(name="evaluate-collection", retries=1, retry_delay_seconds=5)
-def evaluate_collection(model_dir: str, uri: str, collection: str, report_dir: str) -> dict:
-    return steps.evaluate_model(model_dir, uri, collection, report_dir)
+def evaluate_collection(model_dir: str, uri: str, collection: str, report_dir: str, ks: list[int],
+                        eval_users: int | None, seed: int) -> dict:
+    return steps.evaluate_model(model_dir, uri, collection, report_dir, ks=tuple(ks), eval_users=eval_users,
+                                seed=seed)
 
 
 @flow(name="evaluate")
-def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str | None = None) -> dict:
-    """Hit rate at k = 10, 50, 100 through Milvus, with exact search and popularity beside it.
+def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str | None = None,
+             ks: list[int] | None = None, eval_users: int | None = None, seed: int = 0) -> dict:
+    """Hit rate, recall, NDCG, MRR, coverage and mean popularity at each k (default
+    1, 5, 10, 20, 50, 100) through Milvus, with exact search, popularity and random beside it.
 
-    Writes ``evaluation.json`` and ``evaluation.md`` to ``report_dir`` and publishes the
-    table as Prefect artifacts. Returns the report.
+    eval_users: evaluate a seeded sample of that many users (default: all of them).
+    Writes ``evaluation.json``, ``evaluation.md`` and ``hit_rate.png`` to ``report_dir`` and
+    publishes the table and the summary as Prefect artifacts. Returns the report.
     """
+    ks = steps.check_ks(ks)
+    steps.check_eval_users(eval_users)
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        report = evaluate_collection(model_dir, uri, collection, report_dir)
-    create_table_artifact(key="evaluation", table=steps.report_table(report),
+        report = evaluate_collection(model_dir, uri, collection, report_dir, list(ks), eval_users, seed)
+    create_table_artifact(key="evaluation", table=report_table(report),
                           description=f"Hit rate on {report['dataset']} ({report['protocol']})")
-    create_markdown_artifact(key="evaluation-report", markdown=steps.report_markdown(report))
+    create_markdown_artifact(key="evaluation-report", markdown=report_markdown(report, plot=None))
     return report

@@ -11,7 +11,7 @@ from flows.index import index
 from flows.train import train
 from milvus import server
 from milvus.store import DEFAULT_ALIAS
-from towerbridge import settings
+from towerbridge import settings, steps
 from towers.config import TowerConfig
 
 
@@ -33,12 +33,16 @@ def pipeline(
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
+    ks: list[int] | None = None,
+    eval_users: int | None = None,
 ) -> dict:
     """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
 
     Returns the evaluation report; it is also written to ``report_dir`` (default:
-    the run's directory under TOWERBRIDGE_HOME/runs).
+    the run's directory under TOWERBRIDGE_HOME/runs). ks and eval_users: see the evaluate flow.
     """
+    steps.check_ks(ks)
+    steps.check_eval_users(eval_users)
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
@@ -50,5 +54,5 @@ def pipeline(
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
                       keep_versions=keep_versions)
         report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
-                          report_dir=report_dir, milvus_uri=uri)
+                          report_dir=report_dir, milvus_uri=uri, ks=ks, eval_users=eval_users)
     return {**report, "report_dir": str(Path(report_dir).resolve())}

@@ -374,8 +374,10 @@ class ItemStore:
                 search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
             )
             for row, found in enumerate(hits, start):
-                found_ids.append([hit["id"] for hit in found])
-                scores[row, :len(found)] = [hit["distance"] for hit in found]
+                # The hit lists carry their primary keys and scores as columns: read those
+                # rather than one dict per hit.
+                found_ids.append(list(found.ids))
+                scores[row, :len(found.ids)] = found.distances
         strings = any(row and isinstance(row[0], str) for row in found_ids)
         ids = np.full((len(vectors), limit), None if strings else -1, dtype=object if strings else np.int64)
         for row, values in enumerate(found_ids):

@@ -36,6 +36,8 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
     (["run", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: not a directory"),
     (["run", "--m", "5"], "--m 5 must divide the vector dimension 32"),
     (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
+    (["run", "--eval-users", "0"], "eval_users (--eval-users) must be at least 1, got 0"),
+    (["run", "--ks", "10,0"], "every k must be between 1 and 16384 (Milvus' search limit), got [0, 10]"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
     result = towerbridge(*args)
@@ -45,11 +47,13 @@ def test_bad_options_are_refused_before_any_work(args, message):
 
 def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     # The README's main command, on the session's embedded server (reused, not restarted).
-    result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path))
+    result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path), "--ks", "100,10,50",
+                         "--eval-users", "500")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model" in result.stdout and "popularity" in result.stdout
-    table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0] in ("10", "50", "100")]
+    table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["users_evaluated"] == 500 and report["ks"] == [10, 50, 100]
     assert [row[0] for row in table] == ["10", "50", "100"]
     assert float(table[0][1]) == pytest.approx(report["model"]["hit_rate@10"], abs=1e-4)
     assert float(table[0][3]) == pytest.approx(report["popularity"]["hit_rate@10"], abs=1e-4)

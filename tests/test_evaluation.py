@@ -76,6 +76,21 @@ def test_search_top_k_over_fetches_by_seen_count():
     assert limits == [3, 5]  # batch of the two light users needs k + 1; the heavy one k + 3
 
 
+def test_search_top_k_keeps_each_request_within_its_result_budget():
+    requests = []
+
+    def search(vectors, limit):
+        requests.append((len(vectors), limit))
+        return np.tile(np.arange(1, limit + 1), (len(vectors), 1))
+
+    seen = seen_of([[1, 2, 3], [], [], [4]])
+    out = ev.search_top_k(search, np.zeros((4, 2), np.float32), seen, k=2, max_limit=10, max_results=6)
+    np.testing.assert_array_equal(out, [[4, 5], [1, 2], [1, 2], [1, 2]])
+    # Sorted by seen count: two users with limit 2 fit (4 results); adding the third (limit 3)
+    # would make 9 > 6, so it goes alone, as does the heavy user (limit 5).
+    assert requests == [(2, 2), (1, 3), (1, 5)]
+
+
 def test_overlap_is_share_of_exact_top_k():
     approximate = np.array([[1, 2, 3], [4, 5, 6]])
     exact = np.array([[1, 3, 9], [7, 8, 9]])

@@ -28,20 +28,25 @@ environment:
 
 
 def _print_table(report: dict) -> None:
-    from towerbridge.steps import report_table
+    from towerbridge.report import report_table
 
     print()
     print(f"{report['dataset']} ({report['protocol']}), {report['users_evaluated']} users, "
           f"collection {report['collection']}")
-    print(f"{'k':>5}  {'model':>8}  {'exact':>8}  {'popularity':>10}")
+    print(f"hit rate {'k':>4}  {'model':>8}  {'exact':>8}  {'popularity':>10}  {'random':>8}")
     for row in report_table(report):
-        print(f"{row['k']:>5}  {row['model']:>8.4f}  {row['exact']:>8.4f}  {row['popularity']:>10.4f}")
+        print(f"{'':>8} {row['k']:>4}  {row['model']:>8.4f}  {row['exact']:>8.4f}  {row['popularity']:>10.4f}"
+              f"  {row['random']:>8.4f}")
+    model = report["model"]
+    at = 10 if "ndcg@10" in model else max(report["ks"])
+    print(f"model @{at}: recall {model[f'recall@{at}']:.4f}, NDCG {model[f'ndcg@{at}']:.4f}, "
+          f"MRR {model[f'mrr@{at}']:.4f}, coverage {model[f'coverage@{at}']:.3f}")
     recall = ", ".join(f"{key} {value:.3f}" for key, value in report["index_recall"].items())
     print(f"index recall vs exact search: {recall}")
     training = report["training"]
     print(f"training: {training['seconds']:.1f} s, {training['epochs']} epochs, "
           f"{training['examples_per_s']:,.0f} examples/s")
-    print(f"report: {report['report_dir']}/evaluation.json")
+    print(f"report: {report['report_dir']}/ (evaluation.json, evaluation.md, hit_rate.png)")
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -79,6 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
     if args.nlist is not None and args.nlist < 1:
         raise ConfigError(f"--nlist must be at least 1, got {args.nlist}")
+    from towerbridge.steps import check_eval_users, check_ks
+
+    check_ks(args.ks)
+    check_eval_users(args.eval_users)
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
@@ -89,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = pipeline(**data, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
                           index_params=index_params, keep_versions=args.keep_versions,
                           epochs=args.epochs, use_features=not args.ids_only,
-                          early_stopping_patience=args.early_stopping, seed=args.seed)
+                          early_stopping_patience=args.early_stopping, seed=args.seed,
+                          ks=args.ks, eval_users=args.eval_users)
         _print_table(report)
     return 0
 
@@ -119,6 +129,14 @@ def _with_store(args: argparse.Namespace, work):
             return work(store)
         finally:
             store.close()
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        message = f"expected comma-separated whole numbers such as 1,10,100, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _check_k(k: int) -> None:
@@ -338,6 +356,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ids-only", action="store_true",
                      help="towers read only user and item ids, no other features")
     run.add_argument("--seed", type=int, default=TowerConfig.seed, help="random seed for training")
+    evaluation = run.add_argument_group("evaluation")
+    evaluation.add_argument("--ks", type=_ks, metavar="K,K,...",
+                            help="top-k cut-offs to report (default: 1,5,10,20,50,100)")
+    evaluation.add_argument("--eval-users", type=int, metavar="N",
+                            help="evaluate a seeded random sample of N users (default: every user with "
+                                 "held-out interactions)")
     run.set_defaults(handler=cmd_run)
 
     milvus = commands.add_parser(

@@ -172,18 +172,26 @@ def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: ItemSets, k: int) 
 
 
 def search_top_k(search: Callable[[np.ndarray, int], np.ndarray], user_vectors: np.ndarray,
-                 seen: ItemSets, k: int, max_limit: int, batch: int = 1024) -> np.ndarray:
+                 seen: ItemSets, k: int, max_limit: int, batch: int = 16384,
+                 max_results: int = 65536) -> np.ndarray:
     """Top-k through an ANN search, seen items excluded on the client.
 
     search(vectors, limit) returns ``[len(vectors), limit]`` vocabulary indices (0 pads).
-    Each user needs ``k + n_seen`` results, so users are sorted by how much they have
-    seen and searched in batches that share one limit (capped at ``max_limit``).
+    Each user needs ``k + n_seen`` results, so users are sorted by how much they have seen
+    and searched in requests that share one limit (capped at ``max_limit``), each with at
+    most ``batch`` users and, past its first user, at most ``max_results`` results in all:
+    light users are not made to fetch as much as the heaviest user of a large batch.
     """
     n_seen = seen.counts()
     order = np.argsort(n_seen, kind="stable")
+    limits = np.minimum(max_limit, k + n_seen[order])  # non-decreasing along order
     out = np.zeros((len(order), k), dtype=np.int64)
-    for start in range(0, len(order), batch):
-        rows = order[start:start + batch]
-        limit = int(min(max_limit, k + n_seen[rows].max()))
-        out[rows] = drop_seen(search(user_vectors[rows], limit), rows, seen, k)
+    start = 0
+    while start < len(order):
+        # Users start..stop-1 share limits[stop - 1]; grow while the request stays in budget.
+        fits = np.arange(1, len(order) - start + 1) * limits[start:] <= max_results
+        stop = start + max(1, min(batch, int(np.argmin(fits)) if not fits.all() else len(fits)))
+        rows = order[start:stop]
+        out[rows] = drop_seen(search(user_vectors[rows], int(limits[stop - 1])), rows, seen, k)
+        start = stop
     return out

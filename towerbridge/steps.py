@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from milvus.store import DEFAULT_ALIAS, ItemStore, IvfPqParams, choose_ivf_pq, params_record
+from milvus.store import DEFAULT_ALIAS, MAX_LIMIT, ItemStore, IvfPqParams, choose_ivf_pq, params_record
 from towerbridge import evaluation as ev
 from towerbridge import settings
 from towerbridge.data import dataset as datasets
@@ -30,6 +30,7 @@ from towerbridge.data.filters import Filters
 from towerbridge.data.filters import apply as apply_filters
 from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
 from towerbridge.errors import CollectionError, ConfigError, DataError
+from towerbridge.report import write_report
 from towers import artifact
 from towers.config import TowerConfig
 from towers.features import default_spec
@@ -211,26 +212,44 @@ def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
                               trained.item_index(mine["item_id"].to_numpy()), len(users))
 
 
-def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
-                   ks: tuple[int, ...] = ev.KS) -> dict:
-    """Hit rate at each k through Milvus, beside exact search and a popularity baseline.
+def check_ks(ks) -> tuple[int, ...]:
+    """The cut-offs to report, sorted; each between 1 and Milvus' search limit."""
+    if ks is None:
+        return ev.REPORT_KS
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1 or ks[-1] > MAX_LIMIT:
+        raise ConfigError(f"every k must be between 1 and {MAX_LIMIT} (Milvus' search limit), got {list(ks)}")
+    return ks
 
-    Each user with held-out interactions is ranked once; every held-out interaction is
-    a hit at k when its item is in that user's top k (per user for leave-last-out,
-    which holds out one item per user; per interaction for tfrs).
+
+def check_eval_users(eval_users: int | None) -> None:
+    if eval_users is not None and eval_users < 1:
+        raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")
+
+
+def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
+                   ks: tuple[int, ...] = ev.REPORT_KS, eval_users: int | None = None, seed: int = 0) -> dict:
+    """Every metric at every k through Milvus, beside exact search, popularity and random.
+
+    Each user with held-out interactions is ranked once. Queries are users for protocols
+    that exclude seen items (all of a user's held-out items are relevant to one ranking),
+    and interactions for tfrs (each held-out interaction is its own query, as in TFRS).
+    eval_users: evaluate a seeded sample of that many users instead of all of them.
     """
+    ks = check_ks(ks)
+    check_eval_users(eval_users)
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     prepared = manifest["prepared_dir"]
     protocol = manifest["data"]["protocol"]
     train_part, held_out = _read(prepared, "train"), _read(prepared, "held_out")
     users = np.unique(held_out["user_id"].to_numpy())
+    if eval_users is not None and eval_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
+        held_out = held_out[held_out["user_id"].isin(users)].reset_index(drop=True)
     user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
     targets = trained.item_index(held_out["item_id"].to_numpy())
-    if excludes_seen(protocol):
-        seen = _seen(train_part, users, trained)
-    else:
-        seen = ev.ItemSets(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    seen = _seen(train_part, users, trained) if excludes_seen(protocol) else ev.ItemSets.empty(len(users))
     queries = user_vectors(trained, users)
     k = max(ks)
 
@@ -245,21 +264,38 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         def search(vectors: np.ndarray, limit: int) -> np.ndarray:
             return _search_indices(store, collection, vectors, limit, nprobe, trained)
 
-        ann_top = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
+        started = time.perf_counter()
+        rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
+        milvus_seconds = time.perf_counter() - started
     finally:
         store.close()
     _, vectors = item_vectors(trained)
-    exact_top = ev.exact_top_k(queries, vectors, seen, k)
-    popular_top = ev.popularity_top_k(trained.item_counts, seen, k)
+    started = time.perf_counter()
+    rankings["exact"] = ev.exact_top_k(queries, vectors, seen, k)
+    exact_seconds = time.perf_counter() - started
+    rankings["popularity"] = ev.popularity_top_k(trained.item_counts, seen, k)
+    rankings["random"] = ev.random_top_k(len(trained.item_ids), seen, k, seed)
+
+    if excludes_seen(protocol):  # one query per user, all of the user's held-out items relevant
+        query_unit, rows = "user", np.arange(len(users))
+        relevant = ev.ItemSets.from_pairs(user_row, targets, len(users))
+    else:  # one query per held-out interaction
+        query_unit, rows = "interaction", user_row
+        relevant = ev.ItemSets.from_pairs(np.arange(len(targets)), targets, len(targets))
+    metrics = {source: ev.ranking_metrics(top[rows], relevant, ks, trained.item_counts)
+               for source, top in rankings.items()}
     report = {
         "dataset": manifest["data"]["dataset"],
         "protocol": protocol,
+        "ks": list(ks),
         "users_evaluated": len(users),
         "interactions_evaluated": len(targets),
-        "model": ev.hit_rates(ann_top[user_row], targets, ks),
-        "exact": ev.hit_rates(exact_top[user_row], targets, ks),
-        "popularity": ev.hit_rates(popular_top[user_row], targets, ks),
-        "index_recall": ev.overlap(ann_top, exact_top, ks),
+        "queries": len(rows),
+        "query_unit": query_unit,
+        **metrics,
+        "ann_gap": {key: round(metrics["model"][key] - metrics["exact"][key], 6)
+                    for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
+        "index_recall": ev.overlap(rankings["model"], rankings["exact"], ks),
         "index": {"index_type": record["index_type"], "metric_type": record["metric_type"],
                   "params": {**record["params"], "nprobe": nprobe}, "tuning": record.get("tuning")},
         "collection": collection,
@@ -273,39 +309,12 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
                                     / max(1, len(manifest["history"])), 1),
             "train_interactions": manifest["data"]["train"],
         },
+        "timing": {
+            "milvus_seconds": round(milvus_seconds, 3),
+            "milvus_users_per_s": round(len(users) / max(milvus_seconds, 1e-9), 1),
+            "exact_seconds": round(exact_seconds, 3),
+            "exact_users_per_s": round(len(users) / max(exact_seconds, 1e-9), 1),
+        },
     }
     write_report(report, Path(report_dir))
     return report
-
-
-def report_table(report: dict) -> list[dict]:
-    """One row per k: model (through Milvus), exact search, popularity."""
-    ks = sorted(int(key.split("@")[1]) for key in report["model"])
-    return [{"k": k, **{source: round(report[source][f"hit_rate@{k}"], 4)
-                        for source in ("model", "exact", "popularity")}} for k in ks]
-
-
-def report_markdown(report: dict) -> str:
-    rows = report_table(report)
-    lines = [
-        f"# Evaluation: {report['dataset']} ({report['protocol']})",
-        "",
-        f"{report['users_evaluated']} users, collection `{report['collection']}`, "
-        f"IVF_PQ {report['index']['params']}",
-        "",
-        "| k | model (Milvus) | exact search | popularity |",
-        "|---:|---:|---:|---:|",
-        *[f"| {r['k']} | {r['model']:.4f} | {r['exact']:.4f} | {r['popularity']:.4f} |" for r in rows],
-        "",
-        "Index recall of Milvus against exact search: "
-        + ", ".join(f"{key} {value:.3f}" for key, value in report["index_recall"].items()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in (("evaluation.json", json.dumps(report, indent=2)), ("evaluation.md", report_markdown(report))):
-        partial = directory / (name + ".partial")
-        partial.write_text(text)
-        partial.replace(directory / name)

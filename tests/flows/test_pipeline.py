@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from pymilvus import MilvusClient
 
+from flows.evaluate import evaluate
 from flows.pipeline import pipeline
+from towerbridge.evaluation import METRICS, REPORT_KS
 from towers import artifact
 from towers.vectors import item_vectors, user_vectors
 
@@ -39,10 +41,61 @@ def test_report_file_has_the_promised_shape(run):
     for key in ("dataset", "protocol", "model", "popularity", "index", "collection", "alias"):
         assert key in written
     assert written["dataset"] == "synthetic" and written["protocol"] == "leave-last-out"
-    for source in ("model", "popularity", "exact"):
-        assert set(written[source]) == {f"hit_rate@{k}" for k in KS}
+    assert written["ks"] == list(REPORT_KS) == [1, 5, 10, 20, 50, 100]
+    for source in ("model", "exact", "popularity", "random"):
+        assert set(written[source]) == {f"{metric}@{k}" for metric in METRICS for k in REPORT_KS}
+    assert set(written["index_recall"]) == {f"recall@{k}" for k in REPORT_KS}
     assert written["index"]["index_type"] == "IVF_PQ"
-    assert (run["report_dir"] / "evaluation.md").read_text().startswith("# Evaluation: synthetic")
+    assert written["users_evaluated"] == written["queries"] == len(run["held_out"])
+    markdown = (run["report_dir"] / "evaluation.md").read_text()
+    assert markdown.startswith("# Evaluation: synthetic") and "![hit rate against k](hit_rate.png)" in markdown
+    assert not list(run["report_dir"].glob("*.partial"))
+
+
+def test_ann_gap_is_within_what_the_index_recall_allows(run):
+    # One held-out item per user: a user's hit at k can only differ between Milvus and exact
+    # search if their top k differ, and such a user misses at least 1 of k exact items, so
+    # the share of users that differ is at most k * (1 - index recall@k).
+    report = run["report"]
+    for k in REPORT_KS:
+        gap = report["ann_gap"][f"hit_rate@{k}"]
+        assert gap == pytest.approx(report["model"][f"hit_rate@{k}"] - report["exact"][f"hit_rate@{k}"], abs=1e-6)
+        assert abs(gap) <= k * (1 - report["index_recall"][f"recall@{k}"]) + 1e-9, k
+        assert 0 < report["index_recall"][f"recall@{k}"] <= 1
+
+
+def test_random_baseline_is_chance(run):
+    # Expected hit rate of a uniform ranking of a user's unseen items: k / unseen, per user.
+    report, train = run["report"], run["train"]
+    unseen = len(run["items"]) - train.groupby("user_id")["item_id"].nunique().reindex(
+        run["held_out"]["user_id"]).fillna(0).to_numpy()
+    for k in (10, 100):
+        p = np.minimum(1, k / unseen)
+        spread = 4 * np.sqrt((p * (1 - p)).sum()) / len(p)
+        assert abs(report["random"][f"hit_rate@{k}"] - p.mean()) <= spread
+    assert report["model"]["hit_rate@10"] > 5 * report["random"]["hit_rate@10"]
+
+
+def test_plot_is_a_png_with_every_source(run):
+    import matplotlib.image
+
+    image = matplotlib.image.imread(run["report_dir"] / "hit_rate.png")
+    assert image.shape[0] > 300 and image.shape[1] > 500  # a readable size, not a thumbnail
+    assert image[..., :3].std() > 0.05  # something is drawn on it
+
+
+def test_evaluating_a_sample_of_users_is_seeded(run, milvus_uri, tmp_path):
+    report, model_dir = run["report"], run["report"]["model_dir"]
+    first = evaluate(model_dir=model_dir, collection=report["collection"], report_dir=str(tmp_path / "a"),
+                     milvus_uri=milvus_uri, eval_users=300, ks=[10])
+    again = evaluate(model_dir=model_dir, collection=report["collection"], report_dir=str(tmp_path / "b"),
+                     milvus_uri=milvus_uri, eval_users=300, ks=[10])
+    assert first["users_evaluated"] == 300 < report["users_evaluated"]
+    assert first["ks"] == [10] and set(first["model"]) == {f"{metric}@10" for metric in METRICS}
+    assert first["model"] == again["model"] and first["random"] == again["random"]
+    # A sample estimates the full number: within 4 standard errors of it.
+    p = report["exact"]["hit_rate@10"]
+    assert abs(first["exact"]["hit_rate@10"] - p) <= 4 * np.sqrt(p * (1 - p) / 300)
 
 
 def test_collection_holds_every_item_under_ivf_pq(run):
@@ -115,14 +168,29 @@ def test_model_beats_popularity(run):
 
 def test_flow_runs_and_artifacts_are_recorded(run):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-        names = {client.read_flow(r.flow_id).name: r.state.type.value for r in runs}
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation"])))
-    for flow in ("pipeline", "train", "index", "evaluate"):
-        assert names.get(flow) == "COMPLETED"
+        mine = [r for r in client.read_flow_runs() if r.parameters.get("report_dir") == str(run["report_dir"])
+                and client.read_flow(r.flow_id).name == "pipeline"]
+        assert len(mine) == 1 and mine[0].state.type.value == "COMPLETED"
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[mine[0].id])))
+        names = {client.read_flow(r.flow_id).name: r for r in children}
+        assert {name: r.state.type.value for name, r in names.items()} == {
+            "train": "COMPLETED", "index": "COMPLETED", "evaluate": "COMPLETED"}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["evaluation"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[names["evaluate"].id])))
+    assert len(artifacts) == 1
     table = artifacts[0].data
     table = json.loads(table) if isinstance(table, str) else table
-    assert [row["k"] for row in table] == list(KS)
+    assert [row["k"] for row in table] == list(REPORT_KS)
+    assert set(table[0]) == {"k", "model", "exact", "popularity", "random"}
+    assert table[2]["model"] == round(run["report"]["model"]["hit_rate@10"], 4)
