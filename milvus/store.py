@@ -265,9 +265,11 @@ class ItemStore:
             self._call(f"move alias {alias}", self.client.alter_alias, name, alias)
 
     def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` serves; None when there is no such alias (an unreachable
+        server is an error, not "no alias")."""
         try:
-            return self.client.describe_alias(alias)["collection_name"]
-        except MilvusException:
+            return self._call(f"describe alias {alias}", self.client.describe_alias, alias)["collection_name"]
+        except CollectionError:
             return None
 
     def drop(self, name: str) -> None:

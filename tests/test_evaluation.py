@@ -29,9 +29,24 @@ def test_padding_never_hits():
 def test_top_k_by_scores_excludes_seen_and_padding_column():
     scores = torch.tensor([[9.0, 0.1, 0.9, 0.5, 0.7], [9.0, 0.4, 0.3, 0.2, 0.1]])
     seen = seen_of([[2], [1, 2]])
-    top = ev.top_k_by_scores(lambda rows: scores[rows], seen, k=3)
+    top = ev.top_k_by_scores(lambda rows: scores[rows], seen, k=3, n_columns=5)
     # row 0: order 2 (seen), 4, 3, 1 -> [4, 3, 1]; row 1: 1, 2 seen -> [3, 4, then nothing]
     np.testing.assert_array_equal(top, [[4, 3, 1], [3, 4, 0]])
+
+
+def test_exact_top_k_is_the_same_in_memory_bounded_chunks(monkeypatch):
+    rng = np.random.default_rng(3)
+    users, items = rng.standard_normal((7, 4), np.float32), rng.standard_normal((9, 4), np.float32)
+    seen = seen_of([[1], [], [2, 3], [9], [], [4, 5, 6], [7]])
+    whole = ev.exact_top_k(users, items, seen, k=4)
+    chunk_sizes = []
+    monkeypatch.setattr(ev, "SCORE_BUDGET", 25)  # 10 columns (9 items + padding): 2 rows at a time
+    monkeypatch.setattr(ev, "_chunks", lambda n, size: chunk_sizes.append(size) or ev_chunks(n, size))
+    np.testing.assert_array_equal(ev.exact_top_k(users, items, seen, k=4), whole)
+    assert chunk_sizes == [2]
+
+
+ev_chunks = ev._chunks
 
 
 def test_exact_top_k_is_inner_product_order():

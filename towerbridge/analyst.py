@@ -123,5 +123,7 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "model_id": record.get("model_id"),
             "dataset": record.get("dataset"),
             "created_at": record.get("created_at"),
+            "served_since": record.get("served_since"),
+            "hit_rate@10": ((record.get("evaluation") or {}).get("model") or {}).get("hit_rate@10"),
         })
     return listed

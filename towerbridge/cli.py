@@ -1,6 +1,7 @@
 """The ``towerbridge`` command.
 
     towerbridge run                 the whole pipeline on the built-in dataset and embedded Milvus
+    towerbridge rebuild             the nightly rebuild, once; `towerbridge serve` runs it on a schedule
     towerbridge milvus start|stop|status
 
 Errors a user can act on are printed as one line, without a traceback, with exit code 1.
@@ -66,16 +67,10 @@ def _quiet_prefect_tracebacks() -> None:
             handler.addFilter(_NoTracebackForUserErrors())
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from milvus import server
-    from milvus.store import connect
+def _index_params(args: argparse.Namespace) -> dict:
+    """--nlist/--m/--nbits and --keep-versions, checked before any work."""
     from towers.config import TowerConfig
 
-    if args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.early_stopping < 0:
-        raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
-    data = _data_options(args)
     if args.keep_versions < 1:
         raise ConfigError(f"--keep-versions must be at least 1, got {args.keep_versions}")
     if args.m is not None and (args.m < 1 or TowerConfig.vector_dim % args.m):
@@ -84,23 +79,120 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
     if args.nlist is not None and args.nlist < 1:
         raise ConfigError(f"--nlist must be at least 1, got {args.nlist}")
-    from towerbridge.steps import check_eval_users, check_ks
+    return {key: value for key, value in (("nlist", args.nlist), ("m", args.m), ("nbits", args.nbits))
+            if value is not None}
 
-    check_ks(args.ks)
+
+def _training_options(args: argparse.Namespace) -> dict:
+    from towerbridge.steps import check_eval_users
+
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     check_eval_users(args.eval_users)
+    return {"epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
+            "eval_users": args.eval_users}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from milvus import server
+    from milvus.store import connect
+    from towerbridge.steps import check_ks
+
+    if args.early_stopping < 0:
+        raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
+    training = _training_options(args)
+    data = _data_options(args)
+    index_params = _index_params(args)
+    check_ks(args.ks)
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         _quiet_prefect_tracebacks()
-        index_params = {key: value for key, value in (("nlist", args.nlist), ("m", args.m), ("nbits", args.nbits))
-                        if value is not None}
-        report = pipeline(**data, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
+        report = pipeline(**data, **training, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
                           index_params=index_params, keep_versions=args.keep_versions,
-                          epochs=args.epochs, use_features=not args.ids_only,
-                          early_stopping_patience=args.early_stopping, seed=args.seed,
-                          ks=args.ks, eval_users=args.eval_users)
+                          early_stopping_patience=args.early_stopping, ks=args.ks)
         _print_table(report)
+    return 0
+
+
+def _rebuild_parameters(args: argparse.Namespace) -> dict:
+    """The rebuild flow's parameters from the command line, checked before any work."""
+    if not 0 < args.target_recall <= 1:
+        raise ConfigError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance must be 0 or more, got {args.tolerance}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    known = ("hit_rate", "recall", "ndcg", "mrr")
+    for metric in metrics:
+        name, _, k = metric.partition("@")
+        if name not in known or not k.isdigit() or int(k) not in (1, 5, 10, 20, 50, 100):
+            raise ConfigError(f"--metrics: {metric!r} is not one of {', '.join(known)} at k 1, 5, 10, 20, 50 "
+                              "or 100 (e.g. hit_rate@10)")
+    return {**_data_options(args), **_training_options(args), "reuse_model": args.reuse_model,
+            "alias": args.alias, "index_params": _index_params(args), "keep_versions": args.keep_versions,
+            "target_recall": args.target_recall, "metrics": metrics, "tolerance": args.tolerance}
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from milvus import server
+    from milvus.store import connect
+
+    parameters = _rebuild_parameters(args)
+    with server.endpoint(args.milvus_uri) as uri:
+        connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
+        from flows.rebuild import rebuild
+
+        _quiet_prefect_tracebacks()
+        state = rebuild(**parameters, milvus_uri=uri, return_state=True)
+    directory = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id)
+    summary_file = directory / "rebuild.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if summary.get("decision"):
+        print()
+        for check in summary["decision"]["checks"]:
+            print(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['check']}: {check['detail']}")
+    if state.is_completed():
+        print(f"rebuild of {args.alias}: {summary['serving_after']} now serves "
+              f"(before: {summary.get('serving_before') or 'nothing'})")
+        if summary.get("dropped_versions"):
+            print(f"retention dropped: {', '.join(summary['dropped_versions'])}")
+        print(f"report: {directory}/rebuild.md")
+        return 0
+    error = state.result(raise_on_failure=False)
+    print(f"towerbridge: rebuild of {args.alias} {summary.get('outcome', 'failed')}: {error}", file=sys.stderr)
+    if summary:
+        print(f"serving: {summary.get('serving_after') or 'nothing'} (unchanged); report: {directory}/rebuild.md",
+              file=sys.stderr)
+    return 3 if summary.get("outcome") == "rejected" else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import zoneinfo
+
+    from prefect.settings import get_current_settings
+
+    try:
+        zoneinfo.ZoneInfo(args.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {args.timezone!r}: not an IANA time zone such as UTC or "
+                          "Europe/London") from None
+    parameters = _rebuild_parameters(args)
+    if args.milvus_uri:
+        parameters["milvus_uri"] = args.milvus_uri
+    if not get_current_settings().api.url:
+        raise ConfigError("schedules need a running Prefect server: start one with `prefect server start`, "
+                          "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Run nightly)")
+    from prefect import serve
+
+    from flows.rebuild import nightly
+
+    try:
+        deployment = nightly(cron=args.cron, timezone=args.timezone, parameters=parameters)
+    except ValueError as error:
+        raise ConfigError(f"--cron {args.cron!r}: {error}") from None
+    print(f"serving deployment rebuild/nightly: {args.cron} ({args.timezone}), one run at a time; Ctrl-C stops")
+    serve(deployment, print_starting_message=False)
     return 0
 
 
@@ -188,9 +280,10 @@ def cmd_collections(args: argparse.Namespace) -> int:
     table = [{**row, "serving": "*" if row["serving"] else "",
               "index": f"{row['index_type']} nlist={row['params']['nlist']} m={row['params']['m']} "
                        f"nbits={row['params']['nbits']}" if row["params"] else "",
-              "complete": "yes" if row["complete"] else "NO"} for row in rows]
-    _print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "model_id", "created_at", "complete"],
-                False)
+              "complete": "yes" if row["complete"] else "NO",
+              "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}"} for row in rows]
+    _print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "HR@10", "model_id", "created_at",
+                        "complete"], False)
     return 0
 
 
@@ -317,6 +410,43 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     split.add_argument("--cutoff", metavar="WHEN", help="time-cutoff: unix seconds or a date (2024-05-01)")
 
 
+def add_build_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
+    """Milvus, index, training and evaluation options (run, rebuild, serve)."""
+    command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+    command.add_argument("--alias", default=default_alias, help=f"alias readers query (default: {default_alias})")
+    index = command.add_argument_group("index (default: chosen from the data)")
+    index.add_argument("--nlist", type=int, help="IVF lists (default about 4·sqrt(items), at most items/39)")
+    index.add_argument("--m", type=int, help="PQ sub-quantizers; must divide the vector dimension (default: the "
+                                             "dimension, one code per coordinate)")
+    index.add_argument("--nbits", type=int, help="bits per PQ code (default 8)")
+    index.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                       help="collection versions to keep; older ones are dropped (default 3)")
+    training = command.add_argument_group("training and evaluation")
+    training.add_argument("--epochs", type=int, default=config.epochs,
+                          help=f"training epochs (default: {config.epochs})")
+    training.add_argument("--ids-only", action="store_true",
+                          help="towers read only user and item ids, no other features")
+    training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
+    training.add_argument("--eval-users", type=int, metavar="N",
+                          help="evaluate a seeded random sample of N users (default: every user with "
+                               "held-out interactions)")
+
+
+def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
+    add_data_options(command)
+    add_build_options(command, default_alias, config)
+    checks = command.add_argument_group("validation (the candidate serves only if every check passes)")
+    checks.add_argument("--reuse-model", action="store_true",
+                        help="skip training: re-index the latest model under TOWERBRIDGE_HOME/models")
+    checks.add_argument("--target-recall", type=float, default=0.95,
+                        help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
+                             "(default 0.95)")
+    checks.add_argument("--metrics", default="hit_rate@10,ndcg@10",
+                        help="metrics compared with the serving version's (default: hit_rate@10,ndcg@10)")
+    checks.add_argument("--tolerance", type=float, default=0.005,
+                        help="how much worse than the serving version a metric may be (absolute, default 0.005)")
+
+
 def parser() -> argparse.ArgumentParser:
     from milvus.store import DEFAULT_ALIAS
     from towers.config import TowerConfig
@@ -337,32 +467,39 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_options(run)
-    run.add_argument("--report-dir", help="write evaluation.json and evaluation.md here "
+    run.add_argument("--report-dir", help="write evaluation.json, evaluation.md and hit_rate.png here "
                                           "(default: the run's directory under TOWERBRIDGE_HOME/runs)")
-    run.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
-    run.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias readers query (default: {DEFAULT_ALIAS})")
-    index = run.add_argument_group("index (default: chosen from the data)")
-    index.add_argument("--nlist", type=int, help="IVF lists (default about 4·sqrt(items), at most items/39)")
-    index.add_argument("--m", type=int, help="PQ sub-quantizers; must divide the vector dimension (default: the "
-                                             "dimension, one code per coordinate)")
-    index.add_argument("--nbits", type=int, help="bits per PQ code (default 8)")
-    index.add_argument("--keep-versions", type=int, default=3, metavar="N",
-                       help="collection versions to keep; older ones are dropped (default 3)")
-    run.add_argument("--epochs", type=int, default=TowerConfig.epochs,
-                     help=f"training epochs (default: {TowerConfig.epochs})")
+    add_build_options(run, DEFAULT_ALIAS, TowerConfig)
     run.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                      help="stop when a validation split's hit rate has not improved for PATIENCE epochs and "
                           "keep the best epoch (default: 0, train all --epochs)")
-    run.add_argument("--ids-only", action="store_true",
-                     help="towers read only user and item ids, no other features")
-    run.add_argument("--seed", type=int, default=TowerConfig.seed, help="random seed for training")
-    evaluation = run.add_argument_group("evaluation")
-    evaluation.add_argument("--ks", type=_ks, metavar="K,K,...",
-                            help="top-k cut-offs to report (default: 1,5,10,20,50,100)")
-    evaluation.add_argument("--eval-users", type=int, metavar="N",
-                            help="evaluate a seeded random sample of N users (default: every user with "
-                                 "held-out interactions)")
+    run.add_argument("--ks", type=_ks, metavar="K,K,...",
+                     help="top-k cut-offs to report (default: 1,5,10,20,50,100)")
     run.set_defaults(handler=cmd_run)
+
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild the collection once, swapping only a validated version (the nightly job)",
+        description="Run the rebuild flow once: load the latest data, retrain (or --reuse-model), embed every "
+                    "item into a new IVF_PQ version, validate it (row count, index recall, metrics against the "
+                    "serving version), then swap the alias and drop old versions. A failure or a rejected "
+                    "candidate leaves the serving version as it was. Exit status: 0 swapped, 1 failed, "
+                    "3 rejected by validation.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_rebuild_options(rebuild, DEFAULT_ALIAS, TowerConfig)
+    rebuild.set_defaults(handler=cmd_rebuild)
+
+    serve = commands.add_parser(
+        "serve", help="serve the nightly rebuild deployment on its schedule (needs a Prefect server)",
+        description="Register the `rebuild/nightly` deployment (cron in an explicit time zone, concurrency "
+                    "limit 1) with the Prefect server at PREFECT_API_URL and run its scheduled rebuilds in "
+                    "this process until stopped. The rebuild options below become the deployment's parameters.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--cron", default="0 2 * * *", help="when to rebuild (default: '0 2 * * *', 02:00)")
+    serve.add_argument("--timezone", default="UTC", help="time zone of --cron (default: UTC)")
+    add_rebuild_options(serve, DEFAULT_ALIAS, TowerConfig)
+    serve.set_defaults(handler=cmd_serve)
 
     milvus = commands.add_parser(
         "milvus", help="start, stop or inspect the embedded Milvus server",

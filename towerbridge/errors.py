@@ -27,3 +27,11 @@ class CollectionError(TowerbridgeError):
 
 class ArtifactError(TowerbridgeError):
     """A model artifact directory is missing, incomplete or corrupt."""
+
+
+class LockTimeout(TowerbridgeError):
+    """Another process held a lock (e.g. a rebuild of the same alias) for too long."""
+
+
+class RebuildRejected(TowerbridgeError):
+    """A rebuilt candidate failed validation; the serving version was left as it was."""

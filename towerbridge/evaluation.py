@@ -113,16 +113,22 @@ def _chunks(n: int, size: int = CHUNK) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + size, n))
 
 
-def top_k_by_scores(score_rows: Callable[[np.ndarray], torch.Tensor], seen: ItemSets, k: int) -> np.ndarray:
+SCORE_BUDGET = 1 << 28  # scores held at once (1 GiB of float32), whatever the catalog size
+
+
+def top_k_by_scores(score_rows: Callable[[np.ndarray], torch.Tensor], seen: ItemSets, k: int,
+                    n_columns: int) -> np.ndarray:
     """Exact top-k per row of a dense score matrix, seen items excluded.
 
-    score_rows(rows) returns ``[len(rows), n_items + 1]`` scores (column 0 is ignored).
-    Computed in chunks of rows so memory stays bounded. Returns ``[n_rows, k]`` indices.
+    score_rows(rows) returns ``[len(rows), n_columns]`` scores, column j for vocabulary
+    index j (column 0 is ignored). Rows are scored in chunks of at most ``CHUNK`` and at
+    most ``SCORE_BUDGET / n_columns``, so memory stays bounded for any catalog (100k users
+    against 1M items are scored 268 rows at a time). Returns ``[n_rows, k]`` indices.
     """
     n_rows = len(seen.indptr) - 1
     out = np.zeros((n_rows, k), dtype=np.int64)
-    for rows in _chunks(n_rows):
-        scores = score_rows(rows).clone()
+    for rows in _chunks(n_rows, max(1, min(CHUNK, SCORE_BUDGET // n_columns))):
+        scores = score_rows(rows).contiguous()  # a copy only for views (popularity's expand)
         scores[:, 0] = -torch.inf
         starts, stops = seen.indptr[rows], seen.indptr[rows + 1]
         local = np.repeat(np.arange(len(rows)), stops - starts)
@@ -139,20 +145,21 @@ def exact_top_k(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: ItemSe
     """Brute-force inner-product top-k; item_vectors row j is vocabulary index j + 1."""
     items = torch.from_numpy(np.vstack([np.zeros((1, item_vectors.shape[1]), np.float32), item_vectors]))
     users = torch.from_numpy(user_vectors)
-    return top_k_by_scores(lambda rows: users[rows] @ items.T, seen, k)
+    return top_k_by_scores(lambda rows: users[rows] @ items.T, seen, k, len(items))
 
 
 def popularity_top_k(item_counts: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:
     """Most-trained-on items first; ties broken towards the lower index."""
     counts = np.concatenate([[0], item_counts]).astype(np.float64)
     scores = torch.from_numpy(counts - np.arange(len(counts)) * 1e-9)  # stable tie-break
-    return top_k_by_scores(lambda rows: scores.expand(len(rows), -1), seen, k)
+    return top_k_by_scores(lambda rows: scores.expand(len(rows), -1), seen, k, len(scores))
 
 
 def random_top_k(n_items: int, seen: ItemSets, k: int, seed: int = 0) -> np.ndarray:
     """A random ranking per row (seeded), seen items excluded: the floor any model must beat."""
     generator = torch.Generator().manual_seed(seed)
-    return top_k_by_scores(lambda rows: torch.rand(len(rows), n_items + 1, generator=generator), seen, k)
+    return top_k_by_scores(lambda rows: torch.rand(len(rows), n_items + 1, generator=generator), seen, k,
+                           n_items + 1)
 
 
 def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: ItemSets, k: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from towerbridge.errors import LockTimeout
+
 
 def home() -> Path:
     """The root directory of all towerbridge state, created on first use."""
@@ -61,13 +63,34 @@ def new_id() -> str:
 
 
 @contextlib.contextmanager
-def lock(name: str) -> Iterator[None]:
+def lock(name: str, timeout_s: float | None = None, log=None) -> Iterator[None]:
     """An exclusive lock shared by every process using this TOWERBRIDGE_HOME (e.g. one index
-    build per alias at a time)."""
+    build per alias at a time). Waits for a holder to finish: forever by default, or up to
+    ``timeout_s`` seconds, then raises LockTimeout naming the holder. ``log`` hears once
+    that it is waiting."""
     path = state_dir("locks") / f"{name}.lock"
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a+") as handle:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeout(f"{name}: still held by {holder} after {timeout_s:.0f} s ({path})") from None
+                if log and not told:
+                    log(f"waiting for {name}, held by {holder} ...")
+                    told = True
+                time.sleep(0.5)
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            handle.flush()
             yield
         finally:
+            handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)

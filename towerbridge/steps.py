@@ -30,6 +30,7 @@ from towerbridge.data.filters import Filters
 from towerbridge.data.filters import apply as apply_filters
 from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
 from towerbridge.errors import CollectionError, ConfigError, DataError
+from towerbridge.rebuild import evaluation_record
 from towerbridge.report import write_report
 from towers import artifact
 from towers.config import TowerConfig
@@ -132,6 +133,34 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     build left half-built are dropped first. A failure before the alias moves drops the
     partial collection and leaves the alias where it was.
     """
+    if keep_versions < 1:
+        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
+    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    with settings.lock(f"index-{alias}"):
+        try:
+            half_built = store.remove_half_built(alias)
+            built = build_version(store, model_dir, alias, progress, index_params, target_recall)
+            try:
+                previous = store.alias_target(alias)
+                store.point_alias(alias, built["collection"])
+            except BaseException:
+                store.drop(built["collection"])
+                raise
+            dropped = store.apply_retention(alias, keep_versions)
+            return {**built, "previous": previous, "dropped_versions": dropped, "removed_half_built": half_built}
+        finally:
+            store.close()
+
+
+def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool = True,
+                  index_params: dict | None = None, target_recall: float = 0.95, complete: bool = True) -> dict:
+    """A new version of ``alias`` (every item embedded, IVF_PQ built, loaded, nprobe tuned),
+    not yet serving. Call it holding the alias' build lock. On any failure the partial
+    collection is dropped before the error propagates. ``complete=False`` leaves it unmarked
+    (the rebuild marks it after validation): until then the next build removes it as half-built.
+
+    Returns ``{"collection", "alias", "rows", "items", "index", "nprobe", "index_recall@100"}``.
+    """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     item_ids, vectors = item_vectors(trained, progress=progress)
@@ -140,35 +169,25 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     params = IvfPqParams(**{**asdict(chosen), **(index_params or {})})
     params = replace(params, nprobe=min(params.nprobe, params.nlist))  # a smaller nlist bounds the default
     params.check(vectors.shape[1], len(item_ids))
-    if keep_versions < 1:
-        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
     record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
               "dataset": manifest["data"]["dataset"], "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **params_record(params)}
-    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
-    with settings.lock(f"index-{alias}"):
-        try:
-            half_built = store.remove_half_built(alias)
-            name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
-                                        manifest["data"].get("id_type", "int64"))
-            try:
-                store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
-                             items["genres"].fillna("").tolist(), progress=progress)
-                info = store.build_index(name, params)
-                nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
-                                              _read(manifest["prepared_dir"], "train"), target=target_recall)
-                store.mark_complete(name)
-                previous = store.alias_target(alias)
-                store.point_alias(alias, name)
-            except BaseException:
-                store.drop(name)
-                raise
-            dropped = store.apply_retention(alias, keep_versions)
-            return {"collection": name, "alias": alias, "previous": previous, "rows": int(info["indexed_rows"]),
-                    "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4),
-                    "dropped_versions": dropped, "removed_half_built": half_built}
-        finally:
-            store.close()
+    name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
+                                manifest["data"].get("id_type", "int64"))
+    try:
+        store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
+                     items["genres"].fillna("").tolist(), progress=progress)
+        info = store.build_index(name, params)
+        nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
+                                      _read(manifest["prepared_dir"], "train"), target=target_recall)
+        if complete:
+            store.mark_complete(name)
+    except BaseException:
+        store.drop(name)
+        raise
+    return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]), "items": len(item_ids),
+            "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4),
+            "model_id": manifest["model_id"], "model_dir": record["model_dir"]}
 
 
 def _search_indices(store: ItemStore, name: str, vectors: np.ndarray, limit: int, nprobe: int,
@@ -317,4 +336,9 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         },
     }
     write_report(report, Path(report_dir))
+    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    try:  # the next rebuild compares its candidate with this
+        store.set_record(collection, evaluation=evaluation_record(report))
+    finally:
+        store.close()
     return report

@@ -1,0 +1,290 @@
+"""The nightly rebuild: retrain (or reuse the latest model), build a new version, validate it,
+swap the alias, apply retention; never leave serving broken.
+
+Before the swap, any failure drops the candidate and leaves the alias untouched. The swap
+and the check after it run in a Prefect transaction: if the check fails, the swap's
+rollback hook points the alias back at the version it served before. A lock per alias in
+TOWERBRIDGE_HOME keeps two rebuilds from interleaving (the deployment also has a
+concurrency limit of 1). Each rebuild writes rebuild.json and rebuild.md (and, when it
+fails, the error) to TOWERBRIDGE_HOME/rebuilds/<flow run id>/ and publishes the Markdown
+as a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run as current_run
+from prefect.schedules import Cron
+from prefect.tasks import exponential_backoff
+from prefect.transactions import get_transaction, transaction
+
+from flows.evaluate import evaluate
+from flows.train import train
+from milvus import server
+from milvus.store import DEFAULT_ALIAS, ItemStore
+from towerbridge import rebuild as decide
+from towerbridge import settings, steps
+from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
+from towers import artifact
+from towers.config import TowerConfig
+from towers.vectors import user_vectors
+
+TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
+DEFAULT_CRON = "0 2 * * *"
+DEFAULT_TIMEZONE = "UTC"
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what a retry can fix: an unreachable server, I/O; never bad input."""
+    return isinstance(state.result(raise_on_failure=False), TRANSIENT)
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "retry_condition_fn": _transient}
+
+
+def _store(uri: str) -> ItemStore:
+    return ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+
+
+@task(name="inspect-serving", **RETRY, timeout_seconds=300)
+def inspect_serving(uri: str, alias: str) -> dict:
+    store = _store(uri)
+    try:
+        half_built = store.remove_half_built(alias)
+        serving = store.alias_target(alias)
+        return {"serving": serving, "record": store.record(serving) if serving else None, "removed": half_built}
+    finally:
+        store.close()
+
+
+@task(name="build-candidate", **RETRY, timeout_seconds=4 * 3600)
+def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, target_recall: float) -> dict:
+    store = _store(uri)
+    try:  # a retry starts over: the failed attempt dropped its partial collection (or the next rebuild will)
+        return steps.build_version(store, model_dir, alias, index_params=index_params, target_recall=target_recall,
+                                   complete=False)
+    finally:
+        store.close()
+
+
+@task(name="drop-candidate", **RETRY, timeout_seconds=300)
+def drop_candidate(uri: str, alias: str, collection: str) -> bool:
+    """Drop the candidate unless it is what the alias serves; True if dropped."""
+    store = _store(uri)
+    try:
+        if store.alias_target(alias) == collection:
+            return False
+        store.drop(collection)
+        return True
+    finally:
+        store.close()
+
+
+@task(name="swap-alias", **RETRY, timeout_seconds=300)
+def swap_alias(uri: str, alias: str, collection: str) -> str | None:
+    """Mark the validated ``collection`` complete and point ``alias`` at it; return what it
+    served before (kept for the rollback)."""
+    store = _store(uri)
+    try:
+        previous = store.alias_target(alias)
+        get_transaction().set("restore", {"uri": uri, "alias": alias, "previous": previous})
+        store.mark_complete(collection)
+        store.point_alias(alias, collection)
+        return previous
+    finally:
+        store.close()
+
+
+@swap_alias.on_rollback
+def _restore_alias(txn) -> None:
+    """Put the alias back on the version it served before the swap (or remove it, if it is new)."""
+    restore = txn.get("restore")
+    store = _store(restore["uri"])
+    try:
+        if restore["previous"]:
+            store.point_alias(restore["alias"], restore["previous"])
+        else:
+            store.client.drop_alias(restore["alias"])
+    finally:
+        store.close()
+
+
+@task(name="verify-serving", **RETRY, timeout_seconds=300)
+def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int = 10) -> None:
+    """After the swap, the alias must answer as the candidate: it resolves to it, and a search
+    through the alias for real users returns k items each."""
+    store = _store(uri)
+    try:
+        target = store.alias_target(alias)
+        if target != collection:
+            raise RuntimeError(f"after the swap, alias {alias} serves {target}, not {collection}")
+        trained = artifact.load(Path(model_dir))
+        users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:16])
+        record = store.record(collection)
+        ids, scores = store.search(alias, user_vectors(trained, users), k, int(record.get("nprobe", 1)))
+        short = int((~np.isfinite(scores)).any(axis=1).sum())
+        if short:
+            raise RuntimeError(f"alias {alias}: {short} of {len(users)} test searches returned fewer than {k} items")
+        store.set_record(collection, served_since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    finally:
+        store.close()
+
+
+@task(name="apply-retention", **RETRY, timeout_seconds=600)
+def apply_retention(uri: str, alias: str, keep_versions: int) -> list[str]:
+    store = _store(uri)
+    try:
+        return store.apply_retention(alias, keep_versions)
+    finally:
+        store.close()
+
+
+def rebuild_dir() -> Path:
+    return settings.state_dir("rebuilds") / str(current_run.id or settings.new_id())
+
+
+def _record_failure(flow, flow_run, state) -> None:
+    """on_failure: one clear line in the log, and failure.md beside the rebuild's report."""
+    directory = settings.state_dir("rebuilds") / str(flow_run.id)
+    summary_file = directory / "rebuild.md"
+    message = state.message or "failed"
+    flow_run_logger(flow_run, flow).error(
+        "rebuild of %s FAILED; serving is unchanged unless the report says otherwise: %s (report: %s)",
+        flow_run.parameters.get("alias", DEFAULT_ALIAS), message, summary_file if summary_file.exists() else directory)
+
+
+@flow(name="rebuild", on_failure=[_record_failure], timeout_seconds=6 * 3600)
+def rebuild(
+    dataset: str = "synthetic",
+    data_dir: str | None = None,
+    spec_file: str | None = None,
+    protocol: str = "leave-last-out",
+    filters: dict | None = None,
+    split_options: dict | None = None,
+    drop_unknown_items: bool = False,
+    reuse_model: bool = False,
+    alias: str = DEFAULT_ALIAS,
+    milvus_uri: str | None = None,
+    index_params: dict | None = None,
+    keep_versions: int = 3,
+    target_recall: float = 0.95,
+    metrics: list[str] | None = None,
+    tolerance: float = decide.DEFAULT_TOLERANCE,
+    eval_users: int | None = None,
+    epochs: int = TowerConfig.epochs,
+    use_features: bool = TowerConfig.use_features,
+    seed: int = TowerConfig.seed,
+    lock_timeout_s: float = 3600.0,
+    retries: int = 2,
+) -> dict:
+    """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
+    passes validation: every item indexed, index recall >= ``target_recall``, and
+    ``metrics`` (default hit_rate@10, ndcg@10) not worse than the serving version's beyond
+    ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
+    ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
+
+    Returns the rebuild summary (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
+    Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
+    """
+    logger = get_run_logger()
+    metrics = tuple(metrics or decide.DEFAULT_METRICS)
+    if not 0 < target_recall <= 1:
+        raise ConfigError(f"target_recall must be in (0, 1], got {target_recall}")
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
+    if keep_versions < 1:
+        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
+    steps.check_eval_users(eval_users)
+    if retries < 0:
+        raise ConfigError(f"retries must be 0 or more, got {retries}")
+    inspect, build, swap, retain = (t.with_options(retries=retries) for t in (
+        inspect_serving, build_candidate, swap_alias, apply_retention))
+    # A failed check rolls the swap back at once, so retrying it could only fail again.
+    verify = verify_serving.with_options(retries=0)
+    directory = rebuild_dir()
+    started = time.perf_counter()
+    summary: dict = {"alias": alias, "outcome": "failed", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())}
+    built = None
+    try:
+        with server.endpoint(milvus_uri, log=logger.info) as uri, \
+                settings.lock(f"index-{alias}", timeout_s=lock_timeout_s, log=logger.info):
+            serving = inspect(uri, alias)
+            summary.update(serving_before=serving["serving"], serving_after=serving["serving"],
+                           removed_half_built=serving["removed"],
+                           serving_evaluation=decide.serving_evaluation(serving["record"] or {}))
+            if reuse_model:
+                model_dir = decide.latest_model()
+                logger.info("reusing the latest model %s", model_dir)
+            else:
+                model_dir = train(dataset=dataset, data_dir=data_dir, spec_file=spec_file, protocol=protocol,
+                                  filters=filters, split_options=split_options,
+                                  drop_unknown_items=drop_unknown_items, run_dir=str(directory / "run"),
+                                  epochs=epochs, use_features=use_features, seed=seed)["model_dir"]
+            summary["model_dir"] = model_dir
+            built = build(model_dir, uri, alias, index_params or {}, target_recall)
+            summary["built"] = built
+            try:
+                report = evaluate(model_dir=model_dir, collection=built["collection"],
+                                  report_dir=str(directory / "report"), milvus_uri=uri, eval_users=eval_users)
+                summary["report"] = {key: report[key] for key in ("dataset", "protocol", "users_evaluated", "model",
+                                                                  "ann_gap", "index_recall")}
+                decision = decide.validate(built, report, serving["serving"], serving["record"], target_recall,
+                                           metrics, tolerance)
+                summary["decision"] = decide.decision_dict(decision)
+                if not decision.passed:
+                    raise RebuildRejected(f"candidate {built['collection']} rejected, "
+                                                 f"{serving['serving'] or 'nothing'} still serves: {decision.reason}")
+                with transaction():
+                    swap(uri, alias, built["collection"])
+                    verify(uri, alias, built["collection"], model_dir)
+            except BaseException:
+                try:
+                    summary["candidate_dropped"] = drop_candidate.with_options(retries=0)(uri, alias,
+                                                                                        built["collection"])
+                except Exception as error:  # e.g. Milvus is down: the next rebuild removes it as half-built
+                    summary.setdefault("warnings", []).append(f"candidate {built['collection']} not dropped "
+                                                              f"({error}); the next rebuild removes it")
+                raise
+            summary.update(serving_after=built["collection"], outcome="swapped")
+            try:
+                summary["dropped_versions"] = retain(uri, alias, keep_versions)
+            except Exception as error:  # the new version serves; old versions linger until the next rebuild
+                summary.setdefault("warnings", []).append(f"retention failed, old versions kept: {error}")
+    except BaseException as error:
+        if isinstance(error, RebuildRejected):
+            summary["outcome"] = "rejected"
+        summary["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
+        raise
+    finally:
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["report_dir"] = str(directory)
+        decide.write_summary(summary, directory)
+        try:
+            create_markdown_artifact(key=f"rebuild-{_artifact_key(alias)}", markdown=decide.markdown(summary),
+                                     description=f"rebuild of {alias}: {summary['outcome']}")
+        except Exception as error:  # the files on disk are the record; the artifact is a convenience
+            logger.warning("could not publish the rebuild artifact: %s", error)
+    logger.info("rebuild of %s: %s now serves (%s)", alias, summary["serving_after"], summary["decision"]["reason"])
+    return summary
+
+
+def _artifact_key(alias: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in alias.lower())
+
+
+def nightly(cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, parameters: dict | None = None,
+            name: str = "nightly"):
+    """The scheduled deployment of the rebuild: cron in an explicit timezone, one run at a time."""
+    return rebuild.to_deployment(name=name, schedule=Cron(cron, timezone=timezone), concurrency_limit=1,
+                                 parameters=parameters or {}, tags=["towerbridge", "nightly"],
+                                 description=f"Nightly rebuild of the item collection ({cron}, {timezone}).")

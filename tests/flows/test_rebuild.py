@@ -1,0 +1,187 @@
+"""The nightly rebuild on the real embedded Milvus under Prefect's test harness: versions and
+the alias, rejected and rolled-back candidates, Milvus going away mid-rebuild, readers
+during a rebuild, and the scheduled deployment."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from prefect import task
+
+import flows.rebuild as rebuild_flow
+from milvus import server
+from milvus.store import ItemStore
+from towerbridge import settings
+from towerbridge.data.dataset import write_parquet
+from towerbridge.data.synthetic import SyntheticSpec, generate
+
+ALIAS = "rebuild_test"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rebuild-data")
+    interactions, items = generate(SyntheticSpec(n_users=900, n_items=1200, n_topics=12, seed=31))
+    write_parquet(interactions, root / "interactions.parquet")
+    write_parquet(items, root / "items.parquet")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def store(milvus_uri):
+    store = ItemStore(milvus_uri)
+    yield store
+    store.close()
+
+
+def run(uri, data_dir, alias=ALIAS, **options):
+    options = {"epochs": 2, "tolerance": 0.03, **options}
+    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=alias, milvus_uri=uri,
+                                 return_state=True, **options)
+    summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
+    return state, json.loads(summary_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def two_rebuilds(milvus_uri, prefect_harness, data_dir):
+    return [run(milvus_uri, data_dir) for _ in range(2)]
+
+
+def test_two_rebuilds_make_two_versions_and_the_alias_moves_to_the_second(two_rebuilds, store):
+    (first_state, first), (second_state, second) = two_rebuilds
+    assert first_state.is_completed() and second_state.is_completed()
+    assert first["outcome"] == second["outcome"] == "swapped"
+    assert (first["serving_before"], first["serving_after"]) == (None, first["built"]["collection"])
+    assert (second["serving_before"], second["serving_after"]) == (first["serving_after"],
+                                                                  second["built"]["collection"])
+    assert store.versions(ALIAS) == [first["serving_after"], second["serving_after"]]
+    assert store.alias_target(ALIAS) == second["serving_after"]
+    assert "no version serves yet" in first["decision"]["checks"][2]["detail"]
+    compared = second["decision"]["checks"][2]
+    assert compared["passed"] and compared["detail"].startswith("candidate is not worse beyond 0.03: hit_rate@10")
+    record = store.record(second["serving_after"])
+    assert record["complete"] and record["served_since"] and record["evaluation"]["model"]["hit_rate@10"] > 0
+    assert second["serving_evaluation"] == store.record(first["serving_after"])["evaluation"]
+    text = (settings.state_dir("rebuilds") / str(second_state.state_details.flow_run_id) / "rebuild.md").read_text()
+    assert text.startswith(f"# Rebuild of `{ALIAS}`: swapped") and "| hit_rate@10 |" in text
+
+
+def test_each_rebuild_leaves_a_markdown_artifact(two_rebuilds):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    (_, _), (state, _) = two_rebuilds
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    markdown = [a for a in artifacts if a.key == "rebuild-rebuild-test"]
+    assert len(markdown) == 1 and "swapped" in markdown[0].data
+
+
+def test_a_rejected_candidate_leaves_the_alias_and_no_orphan(two_rebuilds, milvus_uri, data_dir, store):
+    before = (store.versions(ALIAS), store.alias_target(ALIAS))
+    # 4 one-bit codes per vector: no nprobe brings recall near the target, so validation fails
+    # (the catalog has over 1,024 items: Milvus 2.3 searches smaller segments exactly, index or not).
+    state, summary = run(milvus_uri, data_dir, index_params={"m": 4, "nbits": 1}, reuse_model=True)
+    assert state.is_failed() and summary["outcome"] == "rejected"
+    assert "index recall: recall@100 against exact search" in summary["decision"]["reason"]
+    assert summary["candidate_dropped"] is True
+    assert (store.versions(ALIAS), store.alias_target(ALIAS)) == before
+
+
+def test_a_failure_after_the_swap_puts_the_alias_back(two_rebuilds, milvus_uri, data_dir, store, monkeypatch):
+    before = (store.versions(ALIAS), store.alias_target(ALIAS))
+
+    @task(name="verify-serving")
+    def failing_check(uri, alias, collection, model_dir):
+        assert ItemStore(uri).alias_target(alias) == collection  # the swap did happen
+        raise RuntimeError("injected failure after the swap")
+
+    monkeypatch.setattr(rebuild_flow, "verify_serving", failing_check)
+    state, summary = run(milvus_uri, data_dir, reuse_model=True)
+    assert state.is_failed() and "injected failure after the swap" in summary["error"]
+    assert summary["candidate_dropped"] is True
+    assert (store.versions(ALIAS), store.alias_target(ALIAS)) == before
+
+
+def test_readers_of_the_alias_see_no_failure_during_a_rebuild(two_rebuilds, milvus_uri, data_dir, store):
+    before = store.alias_target(ALIAS)
+    vectors = np.random.default_rng(0).standard_normal((4, store.dimension(before))).astype(np.float32)
+    done, answers, failures = threading.Event(), [], []
+
+    def analyst():
+        reader = ItemStore(milvus_uri)
+        while not done.is_set():
+            try:
+                ids, scores = reader.search(ALIAS, vectors, 10, 8)
+                answers.append(int(np.isfinite(scores).all(axis=1).sum()))
+            except Exception as error:  # any failure at all is what this test is about
+                failures.append(repr(error))
+        reader.close()
+
+    thread = threading.Thread(target=analyst)
+    thread.start()
+    try:
+        state, summary = run(milvus_uri, data_dir, reuse_model=True)
+    finally:
+        done.set()
+        thread.join()
+    assert state.is_completed() and summary["serving_after"] != before
+    assert failures == []
+    assert len(answers) > 20 and all(full == len(vectors) for full in answers)
+
+
+def test_stopping_milvus_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds(
+        prefect_harness, towerbridge_home, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOWERBRIDGE_HOME", str(tmp_path))  # a server of its own, to stop
+    (tmp_path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")  # installed once per session
+    state, _ = server.start(log=lambda message: None)
+    try:
+        first_state, first = run(state.uri, data_dir, alias="stop_test")
+        assert first_state.is_completed()
+        watcher = ItemStore(state.uri)
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(
+            result=run(state.uri, data_dir, alias="stop_test", retries=0, reuse_model=True)))
+        thread.start()
+        deadline = time.monotonic() + 300
+        while len(candidates := [v for v in watcher.versions("stop_test") if v != first["serving_after"]]) < 1:
+            assert time.monotonic() < deadline and thread.is_alive(), "the candidate never appeared"
+            time.sleep(0.1)
+        watcher.close()
+        server.stop()  # the candidate exists and is being filled: Milvus goes away under it
+        thread.join(600)
+        failed_state, failed = outcome["result"]
+        assert failed_state.is_failed() and failed["outcome"] == "failed"
+        assert "Milvus" in failed["error"] and "Traceback" not in failed["error"]
+
+        state, _ = server.start(log=lambda message: None)
+        after = ItemStore(state.uri)
+        assert after.alias_target("stop_test") == first["serving_after"]  # serving survived
+        next_state, following = run(state.uri, data_dir, alias="stop_test", reuse_model=True)
+        assert next_state.is_completed() and following["outcome"] == "swapped"
+        assert following["removed_half_built"] == candidates
+        assert after.alias_target("stop_test") == following["serving_after"]
+        assert after.versions("stop_test") == [first["serving_after"], following["serving_after"]]
+        after.close()
+    finally:
+        server.stop()
+        monkeypatch.undo()
+
+
+def test_the_nightly_deployment_has_its_schedule_time_zone_and_limit(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    rebuild_flow.nightly(cron="30 3 * * *", timezone="Europe/London",
+                         parameters={"dataset": "movielens-100k", "alias": "nightly_test"}).apply()
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("rebuild/nightly")
+    schedule = deployment.schedules[0].schedule
+    assert (schedule.cron, schedule.timezone) == ("30 3 * * *", "Europe/London")
+    assert deployment.schedules[0].active
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.parameters == {"dataset": "movielens-100k", "alias": "nightly_test"}
+    default = rebuild_flow.nightly(name="nightly-default")
+    assert (default.schedules[0].schedule.cron, default.schedules[0].schedule.timezone) == ("0 2 * * *", "UTC")

@@ -1,0 +1,106 @@
+"""`towerbridge rebuild` and `towerbridge serve` as a user runs them: real processes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from towerbridge.data.dataset import write_parquet
+from towerbridge.data.synthetic import SyntheticSpec, generate
+
+ALIAS = "rebuild_cli_test"
+
+
+def towerbridge(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rebuild-cli-data")
+    interactions, items = generate(SyntheticSpec(n_users=800, n_items=1100, n_topics=12, seed=41))
+    write_parquet(interactions, root / "interactions.parquet")
+    write_parquet(items, root / "items.parquet")
+    return str(root)
+
+
+def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, data_dir):
+    options = ("--data-dir", data_dir, "--alias", ALIAS, "--epochs", "2", "--tolerance", "0.03")
+    first = towerbridge("rebuild", *options)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = towerbridge("rebuild", *options)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "ok   metrics vs serving: candidate is not worse beyond 0.03" in second.stdout
+    served = [line for line in (first.stdout + second.stdout).splitlines() if " now serves " in line]
+    assert len(served) == 2
+    first_version, second_version = (line.split(": ", 1)[1].split()[0] for line in served)
+    assert f"(before: {first_version})" in served[1]
+
+    listed = json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout)
+    assert [row["collection"] for row in listed] == [second_version, first_version]  # newest first
+    assert [row["serving"] for row in listed] == [True, False]
+    assert all(row["complete"] and row["hit_rate@10"] > 0 for row in listed)
+    table = towerbridge("collections", "--alias", ALIAS).stdout
+    assert second_version in table and first_version in table
+
+
+def test_a_rejected_rebuild_exits_3_and_says_what_still_serves(milvus_uri, data_dir):
+    before = json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout)
+    result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--reuse-model", "--m", "4",
+                         "--nbits", "1")
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "FAIL index recall" in result.stdout
+    assert f"rebuild of {ALIAS} rejected" in result.stderr and "(unchanged)" in result.stderr
+    assert json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rebuild", "--metrics", "hit_rate@7"], "--metrics: 'hit_rate@7' is not one of hit_rate, recall, ndcg, mrr"),
+    (["rebuild", "--tolerance", "-0.1"], "--tolerance must be 0 or more, got -0.1"),
+    (["rebuild", "--target-recall", "1.5"], "--target-recall must be in (0, 1], got 1.5"),
+    (["serve", "--timezone", "Mars/Base"], "--timezone 'Mars/Base': not an IANA time zone"),
+])
+def test_bad_rebuild_options_are_refused_before_any_work(args, message):
+    result = towerbridge(*args)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_without_a_prefect_server_says_how_to_start_one():
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-m", "towerbridge.cli", "serve"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 1
+    assert "schedules need a running Prefect server: start one with `prefect server start`" in result.stderr
+
+
+def test_serve_registers_the_nightly_deployment_with_the_server(prefect_harness, data_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "towerbridge.cli", "serve", "--cron", "15 1 * * *", "--timezone", "America/New_York",
+         "--data-dir", data_dir, "--alias", "served_test"],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, deployment = time.monotonic() + 180, None
+        with get_client(sync_client=True) as client:
+            while deployment is None or deployment.parameters.get("alias") != "served_test":
+                assert process.poll() is None and time.monotonic() < deadline, "serve exited or never registered"
+                time.sleep(1)
+                try:
+                    deployment = client.read_deployment_by_name("rebuild/nightly")
+                except Exception:  # not registered yet
+                    deployment = None
+        schedule = deployment.schedules[0].schedule
+        assert (schedule.cron, schedule.timezone) == ("15 1 * * *", "America/New_York")
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.parameters["data_dir"] == data_dir
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    assert "serving deployment rebuild/nightly: 15 1 * * * (America/New_York)" in output

@@ -1,0 +1,64 @@
+"""The rebuild's validation and its morning report, on hand-made inputs."""
+
+from towerbridge import rebuild as decide
+
+BUILT = {"collection": "items_v2", "rows": 400, "items": 400, "nprobe": 8, "index_recall@100": 0.97,
+         "index": {"params": {"nlist": 20, "m": 32, "nbits": 8}}, "model_id": "m2"}
+
+
+def report(hit_rate: float, ndcg: float = 0.05, dataset: str = "synthetic", protocol: str = "leave-last-out"):
+    return {"dataset": dataset, "protocol": protocol, "users_evaluated": 500,
+            "model": {"hit_rate@10": hit_rate, "ndcg@10": ndcg, "recall@10": hit_rate}}
+
+
+def serving_record(hit_rate: float, **where) -> dict:
+    return {"complete": True, "evaluation": decide.evaluation_record(report(hit_rate, **where))}
+
+
+def test_the_first_rebuild_serves_on_its_own_checks():
+    decision = decide.validate(BUILT, report(0.1), None, None, target_recall=0.95)
+    assert decision.passed and decision.reason == "every check passed"
+    assert [c["check"] for c in decision.checks] == ["row count", "index recall", "metrics vs serving"]
+    assert "no version serves yet" in decision.checks[2]["detail"]
+
+
+def test_a_candidate_not_worse_beyond_tolerance_serves():
+    assert decide.validate(BUILT, report(0.098), "items_v1", serving_record(0.1), 0.95, tolerance=0.005).passed
+
+
+def test_a_worse_candidate_is_rejected_with_the_numbers():
+    decision = decide.validate(BUILT, report(0.08), "items_v1", serving_record(0.1), 0.95, tolerance=0.005)
+    assert not decision.passed
+    assert decision.reason == ("metrics vs serving: candidate is worse: hit_rate@10 0.0800 < serving 0.1000 - "
+                               "tolerance 0.005 (serving: items_v1)")
+
+
+def test_missing_rows_and_low_recall_are_each_named():
+    built = {**BUILT, "rows": 399, "index_recall@100": 0.9}
+    decision = decide.validate(built, report(0.1), None, None, target_recall=0.95)
+    assert not decision.passed
+    assert "row count: 399 rows indexed for 400 items" in decision.reason
+    assert "index recall: recall@100 against exact search 0.9000 at nprobe 8 (target 0.95)" in decision.reason
+
+
+def test_metrics_from_another_protocol_or_none_are_not_compared_and_say_so():
+    other = decide.validate(BUILT, report(0.01), "items_v1", serving_record(0.5, protocol="tfrs"), 0.95)
+    assert other.passed and "evaluated on synthetic (tfrs), the candidate on synthetic (leave-last-out)" in \
+        other.checks[2]["detail"]
+    unevaluated = decide.validate(BUILT, report(0.01), "items_v1", {"complete": True}, 0.95)
+    assert unevaluated.passed and unevaluated.checks[2]["detail"] == "items_v1 has no recorded evaluation: not compared"
+
+
+def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
+    decision = decide.validate(BUILT, report(0.08), "items_v1", serving_record(0.1), 0.95)
+    summary = {"alias": "items", "outcome": "rejected", "started_at": "2026-11-28T02:00:00Z", "seconds": 61.2,
+               "serving_before": "items_v1", "serving_after": "items_v1", "built": BUILT,
+               "report": report(0.08), "serving_evaluation": serving_record(0.1)["evaluation"],
+               "decision": decide.decision_dict(decision), "error": "RebuildRejected: candidate items_v2 rejected"}
+    decide.write_summary(summary, tmp_path)
+    text = (tmp_path / "rebuild.md").read_text()
+    assert text.startswith("# Rebuild of `items`: rejected")
+    assert "serving before: `items_v1`; serving now: `items_v1`" in text
+    assert "| hit_rate@10 | 0.1000 | 0.0800 | -0.0200 |" in text
+    assert "| metrics vs serving | **no** |" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rebuild.json", "rebuild.md"]

@@ -1,0 +1,148 @@
+"""The nightly rebuild's decisions, as plain functions: which model to reuse, whether a
+candidate version may serve, and the report a person reads in the morning.
+
+The flow that runs them is ``flows/rebuild.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from towerbridge import settings
+from towerbridge.errors import ConfigError
+from towerbridge.report import compare
+from towers import artifact
+
+DEFAULT_METRICS = ("hit_rate@10", "ndcg@10")
+DEFAULT_TOLERANCE = 0.005
+
+
+@dataclass
+class Decision:
+    """Each check with its outcome; the candidate serves only when every check passed."""
+
+    checks: list[dict] = field(default_factory=list)
+
+    def add(self, check: str, passed: bool, detail: str) -> None:
+        self.checks.append({"check": check, "passed": bool(passed), "detail": detail})
+
+    @property
+    def passed(self) -> bool:
+        return all(check["passed"] for check in self.checks)
+
+    @property
+    def reason(self) -> str:
+        failed = [f"{c['check']}: {c['detail']}" for c in self.checks if not c["passed"]]
+        return "; ".join(failed) if failed else "every check passed"
+
+
+def latest_model(models_dir: Path | None = None) -> str:
+    """The most recently trained model under TOWERBRIDGE_HOME/models (for ``--reuse-model``)."""
+    root = models_dir or settings.state_dir("models")
+    found = []
+    for directory in root.iterdir() if root.is_dir() else []:
+        try:
+            manifest = artifact.read_manifest(directory)
+        except Exception:  # a partial or foreign directory: not a model to reuse
+            continue
+        found.append((manifest.get("created_at", ""), directory.name, directory))
+    if not found:
+        raise ConfigError(f"--reuse-model: no trained model under {root}; run a rebuild without it first")
+    return str(max(found)[2])
+
+
+def serving_evaluation(record: dict) -> dict | None:
+    """The evaluation recorded with a version (by the evaluate step), if any."""
+    evaluation = record.get("evaluation")
+    return evaluation if isinstance(evaluation, dict) and isinstance(evaluation.get("model"), dict) else None
+
+
+def validate(built: dict, report: dict, serving: str | None, serving_record: dict | None,
+             target_recall: float, metrics: tuple[str, ...] = DEFAULT_METRICS,
+             tolerance: float = DEFAULT_TOLERANCE) -> Decision:
+    """May the candidate ``built`` (with its evaluation ``report``) replace ``serving``?
+
+    1. every item is in the collection (rows == items of the model's catalog);
+    2. Milvus' recall against exact search, after tuning nprobe, reaches ``target_recall``;
+    3. the chosen metrics are not worse than the serving version's recorded ones beyond
+       ``tolerance`` (skipped, and said so, when nothing serves yet, or the serving version
+       has no evaluation, or it was evaluated on another dataset or protocol).
+    """
+    decision = Decision()
+    decision.add("row count", built["rows"] == built["items"],
+                 f"{built['rows']:,} rows indexed for {built['items']:,} items")
+    recall = built["index_recall@100"]
+    decision.add("index recall", recall >= target_recall,
+                 f"recall@100 against exact search {recall:.4f} at nprobe {built['nprobe']} "
+                 f"(target {target_recall})")
+    previous = serving_evaluation(serving_record or {})
+    if serving is None:
+        decision.add("metrics vs serving", True, "no version serves yet: the first one serves on its own checks")
+    elif previous is None:
+        decision.add("metrics vs serving", True, f"{serving} has no recorded evaluation: not compared")
+    elif (previous.get("dataset"), previous.get("protocol")) != (report["dataset"], report["protocol"]):
+        decision.add("metrics vs serving", True,
+                     f"{serving} was evaluated on {previous.get('dataset')} ({previous.get('protocol')}), "
+                     f"the candidate on {report['dataset']} ({report['protocol']}): not compared")
+    else:
+        passed, reason = compare(report, previous, metrics, tolerance)
+        decision.add("metrics vs serving", passed, f"{reason} (serving: {serving})")
+    return decision
+
+
+def evaluation_record(report: dict) -> dict:
+    """What a version keeps of its evaluation, for the next rebuild to compare against."""
+    return {"dataset": report["dataset"], "protocol": report["protocol"], "users": report["users_evaluated"],
+            "model": report["model"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def markdown(summary: dict) -> str:
+    """The morning report: what was built, the checks, old and new metrics, the decision."""
+    built, decision = summary.get("built") or {}, summary.get("decision") or {"checks": []}
+    new = (summary.get("report") or {}).get("model", {})
+    old = (summary.get("serving_evaluation") or {}).get("model", {})
+    lines = [
+        f"# Rebuild of `{summary['alias']}`: {summary['outcome']}",
+        "",
+        f"- started {summary['started_at']}, {summary.get('seconds', 0):.0f} s",
+        f"- serving before: `{summary.get('serving_before') or 'nothing'}`; "
+        f"serving now: `{summary.get('serving_after') or 'nothing'}`",
+    ]
+    if built:
+        lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, IVF_PQ "
+                     f"{built['index']['params']}, nprobe {built['nprobe']}), model `{built['model_id']}`")
+    if summary.get("error"):
+        lines += ["", "## Error", "", "```", summary["error"], "```"]
+    if decision["checks"]:
+        lines += ["", "## Checks", "", "| check | passed | detail |", "|---|---|---|",
+                  *[f"| {c['check']} | {'yes' if c['passed'] else '**no**'} | {c['detail']} |"
+                    for c in decision["checks"]]]
+    keys = [key for key in new if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")]
+    if keys:
+        lines += ["", "## Metrics (model through Milvus)", "", "| metric | serving | candidate | change |",
+                  "|---|---:|---:|---:|"]
+        for key in keys:
+            before = old.get(key)
+            change = f"{new[key] - before:+.4f}" if before is not None else ""
+            lines.append(f"| {key} | {'' if before is None else f'{before:.4f}'} | {new[key]:.4f} | {change} |")
+    if summary.get("dropped_versions"):
+        lines += ["", f"Retention dropped: {', '.join(summary['dropped_versions'])}."]
+    if summary.get("warnings"):
+        lines += ["", *[f"Warning: {warning}" for warning in summary["warnings"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: dict, directory: Path) -> None:
+    """rebuild.json and rebuild.md in the rebuild's directory, each written atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (("rebuild.json", json.dumps(summary, indent=2, default=str)), ("rebuild.md", markdown(summary))):
+        partial = directory / (name + ".partial")
+        partial.write_text(text)
+        partial.replace(directory / name)
+
+
+def decision_dict(decision: Decision) -> dict:
+    return {**asdict(decision), "passed": decision.passed, "reason": decision.reason}
