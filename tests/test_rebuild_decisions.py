@@ -59,6 +59,7 @@ def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     text = (tmp_path / "rebuild.md").read_text()
     assert text.startswith("# Rebuild of `items`: rejected")
     assert "serving before: `items_v1`; serving now: `items_v1`" in text
+    assert "- candidate: `items_v2` (400 rows, IVF_PQ nlist 20, m 32, nbits 8, tuned nprobe 8), model `m2`" in text
     assert "| hit_rate@10 | 0.1000 | 0.0800 | -0.0200 |" in text
     assert "| metrics vs serving | **no** |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rebuild.json", "rebuild.md"]

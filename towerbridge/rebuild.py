@@ -112,15 +112,18 @@ def markdown(summary: dict) -> str:
         f"serving now: `{summary.get('serving_after') or 'nothing'}`",
     ]
     if built:
-        lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, IVF_PQ "
-                     f"{built['index']['params']}, nprobe {built['nprobe']}), model `{built['model_id']}`")
+        params = ", ".join(f"{key} {value}" for key, value in built["index"]["params"].items() if key != "nprobe")
+        lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, IVF_PQ {params}, tuned "
+                     f"nprobe {built['nprobe']}), model `{built['model_id']}`")
     if summary.get("error"):
         lines += ["", "## Error", "", "```", summary["error"], "```"]
     if decision["checks"]:
         lines += ["", "## Checks", "", "| check | passed | detail |", "|---|---|---|",
                   *[f"| {c['check']} | {'yes' if c['passed'] else '**no**'} | {c['detail']} |"
                     for c in decision["checks"]]]
-    keys = [key for key in new if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")]
+    names = ("hit_rate", "recall", "ndcg", "mrr")
+    keys = sorted((key for key in new if key.split("@")[0] in names),
+                  key=lambda key: (names.index(key.split("@")[0]), int(key.split("@")[1])))
     if keys:
         lines += ["", "## Metrics (model through Milvus)", "", "| metric | serving | candidate | change |",
                   "|---|---:|---:|---:|"]
