@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.client.utils import check_status
 from pymilvus.exceptions import MilvusException
 from tqdm import tqdm
 
@@ -365,26 +367,65 @@ class ItemStore:
     def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
         ``[nq, limit]``; rows with fewer hits are padded with score -inf (and id -1, or None
-        for string ids): ``np.isfinite(scores)`` marks the real hits."""
+        for string ids): ``np.isfinite(scores)`` marks the real hits.
+
+        Requests carry at most MAX_LIMIT vectors and ask for primary keys only. Their answers
+        are read as columns (``_columns``), not as pymilvus' one Python object per hit,
+        which cost three times the search itself."""
         limit = min(limit, MAX_LIMIT)
-        found_ids: list[list] = []
-        scores = np.full((len(vectors), limit), -np.inf, dtype=np.float32)
-        for start in range(0, len(vectors), MAX_LIMIT):
-            hits = self._call(
-                f"search {name}", self.client.search, name, data=vectors[start:start + MAX_LIMIT],
-                limit=limit, anns_field=VECTOR_FIELD,
-                search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
-            )
-            for row, found in enumerate(hits, start):
-                # The hit lists carry their primary keys and scores as columns: read those
-                # rather than one dict per hit.
-                found_ids.append(list(found.ids))
-                scores[row, :len(found.ids)] = found.distances
-        strings = any(row and isinstance(row[0], str) for row in found_ids)
-        ids = np.full((len(vectors), limit), None if strings else -1, dtype=object if strings else np.int64)
-        for row, values in enumerate(found_ids):
-            ids[row, :len(values)] = values
+        parts = [self._call(f"search {name}", self._search_columns, name, vectors[start:start + MAX_LIMIT], limit,
+                            nprobe) for start in range(0, len(vectors), MAX_LIMIT)]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.full((0, limit), -1, dtype=np.int64)
+        scores = np.concatenate([p[1] for p in parts]) if parts else np.full((0, limit), -np.inf, np.float32)
         return ids, scores
+
+    def _search_columns(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        future = self.client.search(name, data=vectors, limit=limit, anns_field=VECTOR_FIELD,
+                                    search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}}, _async=True)
+        raw = getattr(future, "_future", None)
+        if raw is None:  # a pymilvus without the raw answer: read the parsed one
+            hits = future.result()
+            return _columns([list(h.ids) for h in hits], [list(h.distances) for h in hits], len(vectors), limit)
+        try:
+            response = raw.result()
+        except grpc.RpcError as error:
+            code = error.code() if callable(getattr(error, "code", None)) else None
+            transient = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise MilvusException(code=2 if transient else 1, message=f"{code}: {error.details()}") from None
+        check_status(response.status)
+        results = response.results
+        topks = np.asarray(results.topks, dtype=np.int64)
+        if results.ids.HasField("str_id"):
+            found = np.asarray(results.ids.str_id.data, dtype=object)
+        else:
+            found = np.asarray(results.ids.int_id.data, dtype=np.int64)
+        return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, len(vectors), limit)
+
+
+def _columns_from_flat(found: np.ndarray, scores: np.ndarray, topks: np.ndarray, nq: int,
+                       limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Milvus' flat answer (every query's hits one after another, ``topks[q]`` of them for
+    query q) as ``[nq, limit]`` arrays padded with -1 / None and -inf."""
+    strings = found.dtype == object
+    ids = np.full((nq, limit), None if strings else -1, dtype=object if strings else np.int64)
+    out = np.full((nq, limit), -np.inf, dtype=np.float32)
+    if len(topks) != nq or topks.sum() != len(found):
+        raise MilvusException(code=1, message=f"search answered {len(topks)} queries with {len(found)} hits, "
+                                              f"expected {nq} queries")
+    rows = np.repeat(np.arange(nq), topks)
+    columns = np.arange(len(found)) - np.repeat(np.cumsum(topks) - topks, topks)
+    ids[rows, columns] = found
+    out[rows, columns] = scores
+    return ids, out
+
+
+def _columns(id_lists: list[list], score_lists: list[list], nq: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    topks = np.array([len(row) for row in id_lists], dtype=np.int64)
+    flat = [value for row in id_lists for value in row]
+    strings = any(isinstance(value, str) for value in flat)
+    found = np.array(flat, dtype=object if strings else np.int64)
+    scores = np.array([value for row in score_lists for value in row], dtype=np.float32)
+    return _columns_from_flat(found, scores, topks, nq, limit)
 
 
 def id_filter(ids: list, id_type: str) -> str:

@@ -287,6 +287,32 @@ def cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from milvus import server
+    from milvus.store import connect
+    from towerbridge import perf
+    from towerbridge.data.fetch import fetched_dir
+
+    ml100k = Path(args.ml100k) if args.ml100k else fetched_dir("movielens-100k")
+    if args.ml100k and not (ml100k / "u.data").is_file():
+        raise ConfigError(f"--ml100k {args.ml100k}: no u.data there (the MovieLens 100K folder, e.g. ml-100k)")
+    with server.endpoint(args.milvus_uri) as uri:
+        connect(uri, settings.MilvusTarget.from_env().token).close()
+        sizes = perf.Sizes.of(args.quick)
+        if args.items or args.queries:
+            sizes = perf.Sizes(items=args.items or sizes.items, users=min(sizes.users, 4 * (args.items or 10**9)),
+                               queries=args.queries or sizes.queries)
+        if sizes.items < 1100 or sizes.queries < 1:
+            raise ConfigError("--items must be at least 1100 (Milvus 2.3 searches smaller catalogs exactly) and "
+                              "--queries at least 1")
+        result = perf.run(args.quick, ml100k, uri, progress=not args.no_progress, sizes=sizes)
+    print(perf.table(result))
+    if args.out:
+        perf.write(result, args.out)
+        print(f"figures: {args.out}")
+    return 0
+
+
 def cmd_milvus(args: argparse.Namespace) -> int:
     from milvus import server
 
@@ -500,6 +526,25 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--timezone", default="UTC", help="time zone of --cron (default: UTC)")
     add_rebuild_options(serve, DEFAULT_ALIAS, TowerConfig)
     serve.set_defaults(handler=cmd_serve)
+
+    bench = commands.add_parser(
+        "bench", help="measure every stage beside FAISS-direct and exact search",
+        description="Training (MovieLens 100K, against the retrieval goals), item embedding, Milvus insert "
+                    "and IVF_PQ build against FAISS IndexIVFPQ train+add, and search through Milvus against "
+                    "FAISS at the same nprobe and exact torch search, with recall and peak memory. FAISS is "
+                    "optional: pip install faiss-cpu.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--quick", action="store_true", help="50k items, 2k queries: a few minutes "
+                                                            "(default: 200k items, 10k queries)")
+    bench.add_argument("--out", metavar="FILE", help="also write every figure as JSON")
+    bench.add_argument("--ml100k", metavar="DIR", help="MovieLens 100K folder for the training stage (default: "
+                                                       "the copy from `towerbridge data fetch movielens-100k`)")
+    bench.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+    bench.add_argument("--items", type=int, metavar="N", help="catalog size (overrides the mode's)")
+    bench.add_argument("--queries", type=int, metavar="N", help="search queries (overrides the mode's)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.set_defaults(handler=cmd_bench)
 
     milvus = commands.add_parser(
         "milvus", help="start, stop or inspect the embedded Milvus server",

@@ -109,3 +109,29 @@ def test_a_wrong_dimension_is_rejected_before_writing(store):
         assert store.count(name) == 0
     finally:
         store.drop(name)
+
+
+@pytest.mark.parametrize("id_type", ["int64", "string"])
+def test_search_read_as_columns_matches_pymilvus_hits(store, id_type):
+    from milvus.store import IvfPqParams
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = np.arange(300) * 7 if id_type == "int64" else np.array([f"sku-{i}" for i in range(300)], dtype=object)
+    name = store.create_version(f"columns_{id_type}", "model1", 8, {}, id_type=id_type)
+    try:
+        store.insert(name, ids, vectors, [""] * 300, [""] * 300)
+        store.build_index(name, IvfPqParams(nlist=4, m=4, nbits=8, nprobe=4))
+        queries = rng.standard_normal((5, 8)).astype(np.float32)
+        found, scores = store.search(name, queries, 400, 4)  # more than there are rows: padded
+        hits = store.client.search(name, data=queries, limit=400, anns_field="embedding",
+                                   search_params={"metric_type": "IP", "params": {"nprobe": 4}})
+        assert found.shape == scores.shape == (5, 400)
+        for row, answer in enumerate(hits):
+            n = len(answer)
+            assert list(found[row, :n]) == [hit["id"] for hit in answer]
+            np.testing.assert_allclose(scores[row, :n], [hit["distance"] for hit in answer], rtol=1e-6)
+            assert np.isneginf(scores[row, n:]).all() and n == 300
+            assert all(value == (None if id_type == "string" else -1) for value in found[row, n:])
+    finally:
+        store.drop(name)

@@ -1,0 +1,38 @@
+"""`towerbridge bench` end to end on a small catalog: a real process, real Milvus, FAISS."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import SHARED_ML100K
+
+
+def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--items", "3000", "--queries", "300", "--no-progress", "--out", str(out)]
+    if SHARED_ML100K.is_dir():
+        args += ["--ml100k", str(SHARED_ML100K)]
+    result = subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
+                            timeout=900, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["embedding"]["items"] == 3000 and figures["search"]["queries"] == 300
+    for stage in ("insert", "index_and_load"):
+        assert figures["milvus_build"][stage]["seconds"] > 0 and figures["milvus_build"][stage]["peak_mb"] > 0
+    assert figures["faiss_build"]["seconds"] > 0
+    search = figures["search"]
+    assert search["milvus"]["recall"] >= 0.9 and search["faiss"]["recall"] > 0.5
+    ratios = figures["ratios"]
+    assert ratios["eval_qps_milvus_over_faiss"] == round(search["milvus"]["qps"] / search["faiss"]["qps"], 3)
+    assert ratios["index_build_milvus_over_faiss"] == round(
+        figures["milvus_build"]["seconds"] / figures["faiss_build"]["seconds"], 2)
+    if SHARED_ML100K.is_dir():
+        training = figures["training"]
+        assert training["examples_per_s"] > 0 and training["hit_rate@10"] > 0.1  # a trained model, not chance
+        assert training["goals_met"] == (training["hit_rate@10"] >= 0.14 and training["hit_rate@100"] >= 0.52)
+        assert f"HR@10 {training['hit_rate@10']:.4f}" in result.stdout
+    else:
+        assert any("training skipped" in note for note in figures["notes"])
+    for text in ("Milvus search (nprobe", "FAISS search (nprobe", "exact torch search", "eval_qps_milvus_over_faiss"):
+        assert text in result.stdout

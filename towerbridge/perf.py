@@ -1,0 +1,285 @@
+"""`towerbridge bench`: every stage measured in one run, beside FAISS-direct and exact search.
+
+Stages (each with its wall time and the peak memory of this process, and of the embedded
+Milvus server where there is one, during that stage):
+
+    training    MovieLens 100K (leave-last-out, defaults): examples/s, training seconds, HR@10 and
+                HR@100 by exact search against the retrieval goals (0.14 / 0.52)
+    embedding   a synthetic catalog (50k items quick, 200k full) through a trained item tower
+    build       Milvus insert (+ flush), index build, load  vs  FAISS IndexIVFPQ train + add,
+                same nlist, m, nbits, same vectors
+    search      top 100 for real user vectors: Milvus (ItemStore.search, what evaluation uses) vs FAISS
+                IVFPQ at the same nprobe vs exact torch search; recall of each against exact
+
+FAISS is optional (`pip install faiss-cpu`); without it its columns are missing and said so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from towerbridge import evaluation as ev
+
+GOALS = {"hit_rate@10": 0.14, "hit_rate@100": 0.52}
+
+
+@dataclass
+class Sizes:
+    items: int
+    users: int
+    queries: int
+    dim: int = 64
+    k: int = 100
+
+    @classmethod
+    def of(cls, quick: bool) -> Sizes:
+        return cls(items=50_000, users=20_000, queries=2_000) if quick else cls(200_000, 50_000, 10_000)
+
+
+def _hwm_mb(pid: int | str = "self") -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm(pid: int | str = "self") -> None:
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def measure(record: dict, server_pid: int | None = None):
+    """Wall seconds and peak RSS (MB) of this process and of the Milvus server during the block."""
+    for pid in ("self", server_pid):
+        if pid:
+            _reset_hwm(pid)
+    started = time.perf_counter()
+    yield record
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    record["peak_mb"] = round(_hwm_mb() or 0)
+    if server_pid:
+        record["milvus_peak_mb"] = round(_hwm_mb(server_pid) or 0)
+
+
+def training(ml100k: Path, progress: bool) -> dict:
+    """Default training on MovieLens 100K, leave-last-out; goals checked by exact search."""
+    from towerbridge import steps
+    from towers import artifact
+    from towers.vectors import item_vectors, user_vectors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = steps.prepare_data("movielens-100k", str(ml100k), f"{tmp}/prepared")
+        model_dir = steps.train_model(prepared, f"{tmp}/models", {}, progress=progress)
+        manifest = artifact.read_manifest(Path(model_dir))
+        trained = artifact.load(Path(model_dir))
+        train_part = steps._read(prepared, "train")
+        held_out = steps._read(prepared, "held_out")
+        users = np.unique(held_out["user_id"].to_numpy())
+        seen = steps._seen(train_part, users, trained)
+        _, vectors = item_vectors(trained)
+        top = ev.exact_top_k(user_vectors(trained, users), vectors, seen, 100)
+        rows = np.searchsorted(users, held_out["user_id"].to_numpy())
+        rates = ev.hit_rates(top[rows], trained.item_index(held_out["item_id"].to_numpy()), (10, 100))
+    history = manifest["history"]
+    return {
+        "train_seconds": manifest["train_seconds"], "epochs": len(history),
+        "examples_per_s": round(sum(e["examples_per_s"] for e in history) / len(history)),
+        **{key: round(value, 4) for key, value in rates.items()},
+        "goals": GOALS, "goals_met": all(rates[key] >= goal for key, goal in GOALS.items()),
+    }
+
+
+def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic catalog through a trained item tower. Returns (figures, ids, item vectors,
+    query vectors)."""
+    from towerbridge.data.synthetic import SyntheticSpec, generate
+    from towers.config import TowerConfig
+    from towers.features import default_spec
+    from towers.train import train
+    from towers.vectors import item_vectors, user_vectors
+
+    interactions, items = generate(SyntheticSpec(n_users=sizes.users, n_items=sizes.items, mean_interactions=8,
+                                                 seed=5))
+    config = TowerConfig(epochs=1, vector_dim=sizes.dim)
+    trained = train(interactions, items, None, config, spec=default_spec([], list(items.columns), True),
+                    progress=progress)
+    started = time.perf_counter()
+    ids, vectors = item_vectors(trained, progress=progress)
+    seconds = time.perf_counter() - started
+    users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:sizes.queries])
+    queries = user_vectors(trained, users)
+    figures = {"items": len(ids), "dim": int(vectors.shape[1]), "embed_seconds": round(seconds, 3),
+               "items_per_s": round(len(ids) / seconds)}
+    return figures, ids, vectors, queries
+
+
+def milvus_build(store, ids: np.ndarray, vectors: np.ndarray, params, server_pid: int | None) -> tuple[dict, str]:
+    name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"})
+    figures: dict = {}
+    try:
+        with measure(figures.setdefault("insert", {}), server_pid):
+            store.insert(name, ids, vectors, [""] * len(ids), [""] * len(ids))
+        with measure(figures.setdefault("index_and_load", {}), server_pid):
+            store.build_index(name, params)
+    except BaseException:
+        store.drop(name)
+        raise
+    figures["insert"]["rows_per_s"] = round(len(ids) / figures["insert"]["seconds"])
+    figures["seconds"] = round(figures["insert"]["seconds"] + figures["index_and_load"]["seconds"], 3)
+    return figures, name
+
+
+def faiss_build(vectors: np.ndarray, params) -> tuple[dict, object]:
+    import faiss
+
+    figures: dict = {}
+    with measure(figures):
+        quantizer = faiss.IndexFlatIP(vectors.shape[1])
+        index = faiss.IndexIVFPQ(quantizer, vectors.shape[1], params.nlist, params.m, params.nbits,
+                                 faiss.METRIC_INNER_PRODUCT)
+        started = time.perf_counter()
+        index.train(vectors)
+        figures["train_seconds"] = round(time.perf_counter() - started, 3)
+        index.add(vectors)
+    figures["threads"] = faiss.omp_get_max_threads()
+    return figures, index
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+
+
+def search(store, name, faiss_index, ids, vectors, queries, k: int, target: float,
+           server_pid: int | None) -> dict:
+    """Milvus at the smallest nprobe reaching ``target`` recall@k; FAISS at the same nprobe;
+    exact torch search as the reference."""
+    figures: dict = {"queries": len(queries), "k": k}
+    empty = ev.ItemSets.empty(len(queries))
+    with measure(figures.setdefault("exact", {})):
+        exact = ev.exact_top_k(queries, vectors, empty, k)  # vocabulary index = row + 1
+    figures["exact"]["qps"] = round(len(queries) / figures["exact"]["seconds"])
+    row_of = {item: row + 1 for row, item in enumerate(ids.tolist())}
+
+    def rows(found: np.ndarray) -> np.ndarray:
+        return np.vectorize(lambda item: row_of.get(item, 0))(found)
+
+    probe = queries[:min(500, len(queries))]
+    nprobe = 1
+    for nprobe in sorted({min(store_nlist(store, name), 2**i) for i in range(17)}):
+        found, _ = store.search(name, probe, k, nprobe)
+        if _recall(rows(found), exact[:len(probe)]) >= target:
+            break
+    figures["nprobe"] = nprobe
+    with measure(figures.setdefault("milvus", {}), server_pid):
+        found, _ = store.search(name, queries, k, nprobe)
+    figures["milvus"].update(qps=round(len(queries) / figures["milvus"]["seconds"]),
+                             recall=round(_recall(rows(found), exact), 4))
+    if faiss_index is not None:
+        faiss_index.nprobe = nprobe
+        with measure(figures.setdefault("faiss", {})):
+            _, rows = faiss_index.search(queries, k)
+        figures["faiss"].update(qps=round(len(queries) / figures["faiss"]["seconds"]),
+                                recall=round(_recall(rows + 1, exact), 4))
+    return figures
+
+
+def store_nlist(store, name: str) -> int:
+    return int(store.describe_index(name)["nlist"])
+
+
+def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes: Sizes | None = None) -> dict:
+    from milvus import server
+    from milvus.store import ItemStore, choose_ivf_pq
+
+    sizes = sizes or Sizes.of(quick)
+    state = server.running()
+    pid = state.pid if state and state.uri == uri else None
+    result: dict = {"mode": "quick" if quick else "full", "sizes": asdict(sizes), "notes": []}
+    if ml100k and (ml100k / "u.data").is_file():
+        with measure(result.setdefault("training", {})):
+            result["training"].update(training(ml100k, progress))
+    else:
+        result["notes"].append(f"training skipped: MovieLens 100K not found at {ml100k} (pass --ml100k DIR)")
+    with measure(result.setdefault("embedding", {})):
+        figures, ids, vectors, queries = embedding(sizes, progress)
+        result["embedding"].update(figures)
+    params = choose_ivf_pq(len(ids), vectors.shape[1])
+    result["index_params"] = asdict(params)
+    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    name = None
+    try:
+        result["milvus_build"], name = milvus_build(store, ids, vectors, params, pid)
+        faiss_index = None
+        try:
+            result["faiss_build"], faiss_index = faiss_build(vectors, params)
+        except ImportError:
+            result["notes"].append("FAISS not installed (pip install faiss-cpu): no FAISS-direct columns")
+        result["search"] = search(store, name, faiss_index, ids, vectors, queries, sizes.k, 0.95, pid)
+    finally:
+        if name:
+            store.drop(name)
+        store.close()
+    ratios = {}
+    if "faiss_build" in result:
+        ratios["index_build_milvus_over_faiss"] = round(result["milvus_build"]["seconds"]
+                                                        / result["faiss_build"]["seconds"], 2)
+        ratios["eval_qps_milvus_over_faiss"] = round(result["search"]["milvus"]["qps"]
+                                                     / result["search"]["faiss"]["qps"], 3)
+    result["ratios"] = ratios
+    return result
+
+
+def table(result: dict) -> str:
+    """The figures as a table a person reads."""
+    lines = [f"towerbridge bench ({result['mode']}): {result['embedding']['items']:,} items × "
+             f"{result['embedding']['dim']} dims, {result['search']['queries']:,} queries, top {result['search']['k']}",
+             ""]
+    row = "{:<34}{:>14}{:>14}{:>12}"
+    lines.append(row.format("stage", "figure", "seconds", "peak MB"))
+    if "training" in result:
+        t = result["training"]
+        lines.append(row.format("training (ML-100K, defaults)", f"{t['examples_per_s']:,} ex/s",
+                                f"{t['train_seconds']:.1f}", t["peak_mb"]))
+        lines.append(f"  HR@10 {t['hit_rate@10']:.4f}, HR@100 {t['hit_rate@100']:.4f} by exact search: goals "
+                     f"{'met' if t['goals_met'] else 'NOT met'} (0.14 / 0.52)")
+    e = result["embedding"]
+    lines.append(row.format("item embedding", f"{e['items_per_s']:,} items/s", f"{e['embed_seconds']:.1f}",
+                            e["peak_mb"]))
+    b = result["milvus_build"]
+    lines.append(row.format("Milvus insert + flush", f"{b['insert']['rows_per_s']:,} rows/s",
+                            f"{b['insert']['seconds']:.1f}", b["insert"].get("milvus_peak_mb", "")))
+    lines.append(row.format("Milvus index build + load", "", f"{b['index_and_load']['seconds']:.1f}",
+                            b["index_and_load"].get("milvus_peak_mb", "")))
+    if "faiss_build" in result:
+        f = result["faiss_build"]
+        lines.append(row.format("FAISS IndexIVFPQ train + add", "", f"{f['seconds']:.1f}", f["peak_mb"]))
+    s = result["search"]
+    lines.append(row.format(f"Milvus search (nprobe {s['nprobe']})", f"{s['milvus']['qps']:,} q/s",
+                            f"{s['milvus']['seconds']:.2f}", s["milvus"].get("milvus_peak_mb", "")))
+    lines.append(f"  recall@{s['k']} vs exact {s['milvus']['recall']:.4f}")
+    if "faiss" in s:
+        lines.append(row.format(f"FAISS search (nprobe {s['nprobe']})", f"{s['faiss']['qps']:,} q/s",
+                                f"{s['faiss']['seconds']:.2f}", s["faiss"]["peak_mb"]))
+        lines.append(f"  recall@{s['k']} vs exact {s['faiss']['recall']:.4f}")
+    lines.append(row.format("exact torch search", f"{s['exact']['qps']:,} q/s", f"{s['exact']['seconds']:.2f}",
+                            s["exact"]["peak_mb"]))
+    for key, value in result["ratios"].items():
+        lines.append(f"{key}: {value}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    return "\n".join(lines)
+
+
+def write(result: dict, path: str) -> None:
+    Path(path).write_text(json.dumps(result, indent=2))
