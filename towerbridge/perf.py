@@ -247,7 +247,7 @@ def table(result: dict) -> str:
              f"{result['embedding']['dim']} dims, {result['search']['queries']:,} queries, top {result['search']['k']}",
              ""]
     row = "{:<34}{:>14}{:>14}{:>12}"
-    lines.append(row.format("stage", "figure", "seconds", "peak MB"))
+    lines.append(row.format("stage", "figure", "seconds", "peak MB*"))
     if "training" in result:
         t = result["training"]
         lines.append(row.format("training (ML-100K, defaults)", f"{t['examples_per_s']:,} ex/s",
@@ -277,6 +277,8 @@ def table(result: dict) -> str:
                             s["exact"]["peak_mb"]))
     for key, value in result["ratios"].items():
         lines.append(f"{key}: {value}")
+    lines.append("* peak resident memory during the stage: of the Milvus server for Milvus rows (blank when it "
+                 "is not embedded), of this process otherwise")
     lines += [f"note: {note}" for note in result["notes"]]
     return "\n".join(lines)
 
