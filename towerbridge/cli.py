@@ -363,6 +363,8 @@ def _data_options(args: argparse.Namespace) -> dict:
         ("min_item_interactions", args.min_item_interactions)) if value is not None}
     split_options = {key: value for key, value in (
         ("holdout", args.holdout), ("test_fraction", args.test_fraction), ("cutoff", cutoff)) if value is not None}
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
     return {"dataset": "custom" if args.dataset_spec else args.dataset, "data_dir": args.data_dir,
             "spec_file": args.dataset_spec, "protocol": args.protocol, "filters": filters,
             "split_options": split_options, "drop_unknown_items": args.drop_unknown_items}
