@@ -134,9 +134,10 @@ def test_readers_of_the_alias_see_no_failure_during_a_rebuild(two_rebuilds, milv
 
 
 def test_stopping_milvus_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds(
-        prefect_harness, towerbridge_home, data_dir, tmp_path, monkeypatch):
+        milvus_uri, prefect_harness, towerbridge_home, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TOWERBRIDGE_HOME", str(tmp_path))  # a server of its own, to stop
-    (tmp_path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")  # installed once per session
+    # the session server (milvus_uri) installed the package once; this home shares it
+    (tmp_path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")
     state, _ = server.start(log=lambda message: None)
     try:
         first_state, first = run(state.uri, data_dir, alias="stop_test")
