@@ -47,3 +47,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def write_synthetic(root: Path, **spec) -> str:
+    """A small synthetic dataset (interactions.parquet, items.parquet) in ``root``; returns it."""
+    from towerbridge.data.dataset import write_parquet
+    from towerbridge.data.synthetic import SyntheticSpec, generate
+
+    interactions, items = generate(SyntheticSpec(**spec))
+    write_parquet(interactions, root / "interactions.parquet")
+    write_parquet(items, root / "items.parquet")
+    return str(root)

@@ -13,20 +13,15 @@ from prefect import task
 import flows.rebuild as rebuild_flow
 from milvus import server
 from milvus.store import ItemStore
+from tests.conftest import write_synthetic
 from towerbridge import settings
-from towerbridge.data.dataset import write_parquet
-from towerbridge.data.synthetic import SyntheticSpec, generate
 
 ALIAS = "rebuild_test"
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rebuild-data")
-    interactions, items = generate(SyntheticSpec(n_users=900, n_items=1200, n_topics=12, seed=31))
-    write_parquet(interactions, root / "interactions.parquet")
-    write_parquet(items, root / "items.parquet")
-    return str(root)
+    return write_synthetic(tmp_path_factory.mktemp("rebuild-data"), n_users=900, n_items=1200, n_topics=12, seed=31)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from towerbridge.data.dataset import write_parquet
-from towerbridge.data.synthetic import SyntheticSpec, generate
+from tests.conftest import write_synthetic
 
 ALIAS = "rebuild_cli_test"
 
@@ -21,11 +20,7 @@ def towerbridge(*args, env=None, timeout=900):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rebuild-cli-data")
-    interactions, items = generate(SyntheticSpec(n_users=800, n_items=1100, n_topics=12, seed=41))
-    write_parquet(interactions, root / "interactions.parquet")
-    write_parquet(items, root / "items.parquet")
-    return str(root)
+    return write_synthetic(tmp_path_factory.mktemp("rebuild-cli-data"), n_users=800, n_items=1100, n_topics=12, seed=41)
 
 
 def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, data_dir):
