@@ -13,6 +13,7 @@ crash never leaves a half-written model that looks complete.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ def load(directory: Path) -> TrainedModel:
         model.load_state_dict(state)
         with np.load(directory / "inputs.npz", allow_pickle=False) as arrays:
             inputs = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+    except pickle.UnpicklingError:
+        raise ArtifactError(f"{directory}: cannot load weights or inputs (weights.pt holds objects other than "
+                            "tensors; refused without unpickling them: is it from a trusted source?)") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
         raise ArtifactError(f"{directory}: cannot load weights or inputs ({str(error).splitlines()[0]})") from None
     model.eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +175,13 @@ def _load_checkpoint(directory: Path | None, config: TowerConfig) -> dict | None
     train further), if there is one and it is not past ``epochs``."""
     if directory is None or not (directory / "checkpoint.pt").exists():
         return None
-    state = torch.load(directory / "checkpoint.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(directory / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        # never unpickled beyond tensors; an unreadable checkpoint only costs the epochs it held
+        logging.getLogger(__name__).warning("ignoring unreadable checkpoint %s (%s); training from the start",
+                                            directory / "checkpoint.pt", str(error).splitlines()[0][:200])
+        return None
     settings = {**config.to_dict(), "epochs": None}
     same = {**state.get("config", {}), "epochs": None} == settings
     return state if same and state["epoch"] <= config.epochs else None

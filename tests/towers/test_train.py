@@ -96,6 +96,15 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path):
     assert len(fresh.history) == 1 and fresh.config.batch_size == 128
 
 
+def test_an_unreadable_checkpoint_is_ignored_not_unpickled(data, tmp_path, caplog):
+    interactions, items = data
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x04\x95 truncated or hostile")
+    trained = train(interactions, items, None, TowerConfig(epochs=1, batch_size=256, seed=2), progress=False,
+                    checkpoint_dir=tmp_path)
+    assert [e["epoch"] for e in trained.history] == [1]  # trained from the start
+    assert "ignoring unreadable checkpoint" in caplog.text
+
+
 def test_early_stopping_keeps_the_best_epoch(data):
     from towers.train import pick_device, validation_hit_rate, validation_split
 
