@@ -58,3 +58,12 @@ def write_synthetic(root: Path, **spec) -> str:
     write_parquet(interactions, root / "interactions.parquet")
     write_parquet(items, root / "items.parquet")
     return str(root)
+
+
+def train_synthetic(root: Path, epochs: int = 1, **spec) -> str:
+    """A model trained on a small synthetic dataset under ``root``; returns its directory."""
+    from towerbridge import steps
+
+    (root / "data").mkdir()
+    prepared = steps.prepare_data("synthetic", write_synthetic(root / "data", **spec), str(root / "prepared"))
+    return steps.train_model(prepared, str(root / "models"), {"epochs": epochs}, progress=False)

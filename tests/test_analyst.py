@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from milvus.store import ItemStore
+from tests.conftest import train_synthetic
 from towerbridge import analyst, steps
-from towerbridge.data.dataset import write_parquet
-from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import CollectionError, ConfigError, DataError
 from towers import artifact
 from towers.vectors import item_vectors, user_vectors
@@ -23,13 +22,10 @@ ALIAS = "analyst_test"
 
 @pytest.fixture(scope="module")
 def built(milvus_uri, tmp_path_factory):
-    root = tmp_path_factory.mktemp("analyst")
-    interactions, items = generate(SyntheticSpec(n_users=800, n_items=700, n_topics=16, seed=21))
-    (root / "data").mkdir()
-    write_parquet(interactions, root / "data" / "interactions.parquet")
-    write_parquet(items, root / "data" / "items.parquet")
-    prepared = steps.prepare_data("synthetic", str(root / "data"), str(root / "prepared"))
-    model_dir = steps.train_model(prepared, str(root / "models"), {"epochs": 3}, progress=False)
+    model_dir = train_synthetic(tmp_path_factory.mktemp("analyst"), epochs=3, n_users=800, n_items=700, n_topics=16,
+                                seed=21)
+    prepared = artifact.read_manifest(model_dir)["prepared_dir"]
+    items = pd.read_parquet(f"{prepared}/items.parquet")
     result = steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False)
     store = ItemStore(milvus_uri)
     yield {"store": store, "model": artifact.load(model_dir), "items": items, "collection": result["collection"],

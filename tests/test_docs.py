@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import train_synthetic
 from towerbridge import steps
-from towerbridge.data.dataset import write_parquet
-from towerbridge.data.synthetic import SyntheticSpec, generate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adhoc-queries.md"
 
@@ -17,13 +16,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "adhoc-queries.md"
 @pytest.fixture(scope="module")
 def served(milvus_uri, tmp_path_factory):
     """A version behind the default alias, as `towerbridge run` leaves it."""
-    root = tmp_path_factory.mktemp("docs")
-    interactions, items = generate(SyntheticSpec(n_users=400, n_items=300, n_topics=10, seed=4))
-    (root / "data").mkdir()
-    write_parquet(interactions, root / "data" / "interactions.parquet")
-    write_parquet(items, root / "data" / "items.parquet")
-    prepared = steps.prepare_data("synthetic", str(root / "data"), str(root / "prepared"))
-    model_dir = steps.train_model(prepared, str(root / "models"), {"epochs": 1}, progress=False)
+    model_dir = train_synthetic(tmp_path_factory.mktemp("docs"), n_users=400, n_items=300, n_topics=10, seed=4)
     return steps.index_model(model_dir, milvus_uri, progress=False)
 
 

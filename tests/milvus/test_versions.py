@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from milvus.store import ItemStore
+from tests.conftest import train_synthetic
 from towerbridge import steps
-from towerbridge.data.dataset import write_parquet
-from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import CollectionError, ConfigError
 from towers.vectors import user_vectors
 
@@ -18,13 +17,7 @@ ALIAS = "versions_test"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("versions")
-    interactions, items = generate(SyntheticSpec(n_users=500, n_items=400, n_topics=12, seed=8))
-    (root / "data").mkdir()
-    write_parquet(interactions, root / "data" / "interactions.parquet")
-    write_parquet(items, root / "data" / "items.parquet")
-    prepared = steps.prepare_data("synthetic", str(root / "data"), str(root / "prepared"))
-    return steps.train_model(prepared, str(root / "models"), {"epochs": 1}, progress=False)
+    return train_synthetic(tmp_path_factory.mktemp("versions"), n_users=500, n_items=400, n_topics=12, seed=8)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_synthetic
-from towerbridge import steps
+from tests.conftest import train_synthetic
 from towerbridge.errors import ArtifactError
 from towers import artifact
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifact")
-    (root / "data").mkdir()
-    data = write_synthetic(root / "data", n_users=200, n_items=150, n_topics=6, seed=3)
-    prepared = steps.prepare_data("synthetic", data, str(root / "prepared"))
-    return Path(steps.train_model(prepared, str(root / "models"), {"epochs": 1}, progress=False))
+    return Path(train_synthetic(tmp_path_factory.mktemp("artifact"), n_users=200, n_items=150, n_topics=6, seed=3))
 
 
 @pytest.fixture
