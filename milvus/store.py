@@ -16,7 +16,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import grpc
@@ -35,6 +36,8 @@ VECTOR_FIELD = "embedding"
 METRIC = "IP"
 MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
 MAX_NLIST = 65536
+PART_RESULTS = 100_000  # results per search request (queries x limit): the server reduces each in one go
+IN_FLIGHT = 4  # search requests on the wire at once
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
 TEXT_MAX = 1024
 ID_MAX = 512
@@ -367,25 +370,60 @@ class ItemStore:
     def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
         ``[nq, limit]``; rows with fewer hits are padded with score -inf (and id -1, or None
-        for string ids): ``np.isfinite(scores)`` marks the real hits.
-
-        Requests carry at most MAX_LIMIT vectors and ask for primary keys only. Their answers
-        are read as columns (``_columns``), not as pymilvus' one Python object per hit,
-        which cost three times the search itself."""
+        for string ids): ``np.isfinite(scores)`` marks the real hits."""
         limit = min(limit, MAX_LIMIT)
-        parts = [self._call(f"search {name}", self._search_columns, name, vectors[start:start + MAX_LIMIT], limit,
-                            nprobe) for start in range(0, len(vectors), MAX_LIMIT)]
+        part = max(1, min(MAX_LIMIT, PART_RESULTS // limit))
+        parts = list(self.search_many(name, [(vectors[start:start + part], limit)
+                                             for start in range(0, len(vectors), part)], nprobe))
         ids = np.concatenate([p[0] for p in parts]) if parts else np.full((0, limit), -1, dtype=np.int64)
         scores = np.concatenate([p[1] for p in parts]) if parts else np.full((0, limit), -np.inf, np.float32)
         return ids, scores
 
-    def _search_columns(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        future = self.client.search(name, data=vectors, limit=limit, anns_field=VECTOR_FIELD,
-                                    search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}}, _async=True)
+    def search_many(self, name: str, requests: Iterable[tuple[np.ndarray, int]], nprobe: int,
+                    in_flight: int = IN_FLIGHT) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``search`` for a sequence of ``(vectors, limit)`` requests, answered in order.
+
+        Bulk evaluation goes through here, so it is built for throughput: up to ``in_flight``
+        requests are on the wire at once (the server searches one while it reduces and sends
+        another); requests carry vectors as bytes and ask for primary keys only, with eventual
+        consistency (a version is flushed and never written again before it is searched); answers are read as columns
+        from the response (``_columns_from_flat``), not as pymilvus' one Python object per
+        hit, which cost three times the search itself. A request that fails transiently is
+        sent again on its own, with ``_call``'s retries."""
+        pending: deque = deque()
+        for vectors, limit in requests:
+            pending.append((vectors, limit, self._submit(name, vectors, limit, nprobe)))
+            if len(pending) >= in_flight:
+                yield self._collect(name, nprobe, *pending.popleft())
+        while pending:
+            yield self._collect(name, nprobe, *pending.popleft())
+
+    def _submit(self, name: str, vectors: np.ndarray, limit: int, nprobe: int):
+        # float32 rows as bytes: pymilvus packs each number of a numpy row separately otherwise
+        rows = [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=np.float32)]
+        try:
+            return self.client.search(name, data=rows, limit=min(limit, MAX_LIMIT), anns_field=VECTOR_FIELD,
+                                      search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
+                                      consistency_level="Eventually", _async=True)
+        except MilvusException as error:  # refused before sending (e.g. unknown collection): read at collect
+            return error
+
+    def _collect(self, name: str, nprobe: int, vectors: np.ndarray, limit: int,
+                 future) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._answer(future, len(vectors), min(limit, MAX_LIMIT))
+        except MilvusException:  # again on its own, with retries and a clear error
+            return self._call(f"search {name}", lambda: self._answer(self._submit(name, vectors, limit, nprobe),
+                                                                     len(vectors), min(limit, MAX_LIMIT)))
+
+    @staticmethod
+    def _answer(future, nq: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(future, MilvusException):
+            raise future
         raw = getattr(future, "_future", None)
         if raw is None:  # a pymilvus without the raw answer: read the parsed one
             hits = future.result()
-            return _columns([list(h.ids) for h in hits], [list(h.distances) for h in hits], len(vectors), limit)
+            return _columns([list(h.ids) for h in hits], [list(h.distances) for h in hits], nq, limit)
         try:
             response = raw.result()
         except grpc.RpcError as error:
@@ -399,7 +437,7 @@ class ItemStore:
             found = np.asarray(results.ids.str_id.data, dtype=object)
         else:
             found = np.asarray(results.ids.int_id.data, dtype=np.int64)
-        return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, len(vectors), limit)
+        return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, nq, limit)
 
 
 def _columns_from_flat(found: np.ndarray, scores: np.ndarray, topks: np.ndarray, nq: int,
@@ -412,6 +450,8 @@ def _columns_from_flat(found: np.ndarray, scores: np.ndarray, topks: np.ndarray,
     if len(topks) != nq or topks.sum() != len(found):
         raise MilvusException(code=1, message=f"search answered {len(topks)} queries with {len(found)} hits, "
                                               f"expected {nq} queries")
+    if (topks == limit).all():  # the usual case: every query has its full answer
+        return found.reshape(nq, limit), scores.reshape(nq, limit)
     rows = np.repeat(np.arange(nq), topks)
     columns = np.arange(len(found)) - np.repeat(np.cumsum(topks) - topks, topks)
     ids[rows, columns] = found

@@ -81,9 +81,10 @@ def test_search_top_k_over_fetches_by_seen_count():
     # A fake ANN that ranks items 1..10 in the same order for everyone, and records limits.
     limits = []
 
-    def search(vectors, limit):
-        limits.append(limit)
-        return np.tile(np.arange(1, limit + 1), (len(vectors), 1))
+    def search(requests):
+        for vectors, limit in requests:
+            limits.append(limit)
+            yield np.tile(np.arange(1, limit + 1), (len(vectors), 1))
 
     seen = seen_of([[1, 2, 3], [], [5]])
     out = ev.search_top_k(search, np.zeros((3, 2), np.float32), seen, k=2, max_limit=10, batch=2)
@@ -94,9 +95,10 @@ def test_search_top_k_over_fetches_by_seen_count():
 def test_search_top_k_keeps_each_request_within_its_result_budget():
     requests = []
 
-    def search(vectors, limit):
-        requests.append((len(vectors), limit))
-        return np.tile(np.arange(1, limit + 1), (len(vectors), 1))
+    def search(asked):
+        for vectors, limit in asked:
+            requests.append((len(vectors), limit))
+            yield np.tile(np.arange(1, limit + 1), (len(vectors), 1))
 
     seen = seen_of([[1, 2, 3], [], [], [4]])
     out = ev.search_top_k(search, np.zeros((4, 2), np.float32), seen, k=2, max_limit=10, max_results=6)

@@ -8,7 +8,7 @@ held-out item is among the first k. Items are vocabulary indices here
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,12 +178,13 @@ def drop_seen(candidates: np.ndarray, rows: np.ndarray, seen: ItemSets, k: int) 
     return out
 
 
-def search_top_k(search: Callable[[np.ndarray, int], np.ndarray], user_vectors: np.ndarray,
-                 seen: ItemSets, k: int, max_limit: int, batch: int = 16384,
+def search_top_k(search: Callable[[Iterable[tuple[np.ndarray, int]]], Iterable[np.ndarray]],
+                 user_vectors: np.ndarray, seen: ItemSets, k: int, max_limit: int, batch: int = 16384,
                  max_results: int = 65536) -> np.ndarray:
     """Top-k through an ANN search, seen items excluded on the client.
 
-    search(vectors, limit) returns ``[len(vectors), limit]`` vocabulary indices (0 pads).
+    search(requests) takes ``(vectors, limit)`` requests and answers each, in order, with
+    ``[len(vectors), limit]`` vocabulary indices (0 pads); it may keep several on the wire.
     Each user needs ``k + n_seen`` results, so users are sorted by how much they have seen
     and searched in requests that share one limit (capped at ``max_limit``), each with at
     most ``batch`` users and, past its first user, at most ``max_results`` results in all:
@@ -192,13 +193,16 @@ def search_top_k(search: Callable[[np.ndarray, int], np.ndarray], user_vectors: 
     n_seen = seen.counts()
     order = np.argsort(n_seen, kind="stable")
     limits = np.minimum(max_limit, k + n_seen[order])  # non-decreasing along order
-    out = np.zeros((len(order), k), dtype=np.int64)
+    plan = []  # (rows, limit) per request
     start = 0
     while start < len(order):
         # Users start..stop-1 share limits[stop - 1]; grow while the request stays in budget.
         fits = np.arange(1, len(order) - start + 1) * limits[start:] <= max_results
         stop = start + max(1, min(batch, int(np.argmin(fits)) if not fits.all() else len(fits)))
-        rows = order[start:stop]
-        out[rows] = drop_seen(search(user_vectors[rows], int(limits[stop - 1])), rows, seen, k)
+        plan.append((order[start:stop], int(limits[stop - 1])))
         start = stop
+    out = np.zeros((len(order), k), dtype=np.int64)
+    answers = search((user_vectors[rows], limit) for rows, limit in plan)
+    for (rows, _), found in zip(plan, answers, strict=True):
+        out[rows] = drop_seen(found, rows, seen, k)
     return out

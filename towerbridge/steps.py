@@ -190,14 +190,16 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
             "model_id": manifest["model_id"], "model_dir": record["model_dir"]}
 
 
-def _search_indices(store: ItemStore, name: str, vectors: np.ndarray, limit: int, nprobe: int,
-                    trained) -> np.ndarray:
-    """Milvus' answers as vocabulary indices, ``[n, limit]``, 0 where a row ran short."""
-    ids, scores = store.search(name, vectors, limit, nprobe)
-    found = np.isfinite(scores)
-    index = np.zeros(ids.shape, dtype=np.int64)
-    index[found] = trained.item_index(ids[found])
-    return index
+def _search_indices(store: ItemStore, name: str, nprobe: int, trained):
+    """A ``search`` for ``evaluation.search_top_k``: Milvus' answers to each (vectors, limit)
+    request as vocabulary indices, ``[n, limit]``, 0 where a row ran short."""
+    def search(requests):
+        for ids, scores in store.search_many(name, requests, nprobe):
+            found = np.isfinite(scores)
+            index = np.zeros(ids.shape, dtype=np.int64)
+            index[found] = trained.item_index(ids[found])
+            yield index
+    return search
 
 
 def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
@@ -212,9 +214,7 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     exact = ev.exact_top_k(queries, vectors, seen, k)
 
     def recall_at(nprobe: int) -> float:
-        def search(batch: np.ndarray, limit: int) -> np.ndarray:
-            return _search_indices(store, name, batch, limit, nprobe, trained)
-
+        search = _search_indices(store, name, nprobe, trained)
         approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
@@ -279,10 +279,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
                                   f"not {manifest['model_id']!r}; evaluate it with its own model")
         nprobe = int(record.get("nprobe", record["params"]["nprobe"]))
-
-        def search(vectors: np.ndarray, limit: int) -> np.ndarray:
-            return _search_indices(store, collection, vectors, limit, nprobe, trained)
-
+        search = _search_indices(store, collection, nprobe, trained)
         started = time.perf_counter()
         rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
         milvus_seconds = time.perf_counter() - started

@@ -33,9 +33,11 @@ class Tower(nn.Module):
             if kind == "numeric":
                 layer: nn.Module = nn.Linear(1, width)
             elif kind in ("multi_hot", "text"):
-                layer = nn.EmbeddingBag(encoder.cardinality, width, mode="mean", padding_idx=0)
+                layer = nn.EmbeddingBag(encoder.cardinality, width, mode="mean", padding_idx=0,
+                                        sparse=config.sparse(encoder.cardinality))
             else:
-                layer = nn.Embedding(id_cardinality if kind == "id" else encoder.cardinality, width, padding_idx=0)
+                rows = id_cardinality if kind == "id" else encoder.cardinality
+                layer = nn.Embedding(rows, width, padding_idx=0, sparse=config.sparse(rows))
             if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)):
                 nn.init.normal_(layer.weight, std=0.1)
                 with torch.no_grad():

@@ -114,10 +114,43 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     )
 
 
-def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> torch.optim.Optimizer:
+class Optimizers:
+    """One optimizer for the dense parameters and, when some embedding tables have sparse
+    gradients, one for those (Adam's sparse form is ``SparseAdam``; Adagrad takes both)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    def zero_grad(self) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("parts", ())) != len(self.parts):
+            raise ValueError("the checkpoint's optimizer state does not match this model")
+        for part, values in zip(self.parts, state["parts"]):
+            part.load_state_dict(values)
+
+
+def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> Optimizers:
+    sparse = [layer.weight for layer in model.modules()
+              if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse]
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    rate = config.learning_rate
     if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=config.learning_rate)
-    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        return Optimizers([torch.optim.Adagrad(dense + sparse, lr=rate)])
+    parts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=rate)]
+    if sparse:
+        parts.append(torch.optim.SparseAdam(sparse, lr=rate))
+    return Optimizers(parts)
 
 
 def pick_device(name: str) -> torch.device:
@@ -254,7 +287,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
                 num_hard_negatives=config.num_hard_negatives,
                 **extra,
             )
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             epoch_loss += loss.item()

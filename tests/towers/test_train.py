@@ -7,6 +7,7 @@ import torch
 
 from towerbridge.data.split import leave_last_one_out
 from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.errors import ConfigError
 from towers import artifact
 from towers.config import TowerConfig
 from towers.train import train
@@ -118,3 +119,28 @@ def test_early_stopping_keeps_the_best_epoch(data):
     _, validation = validation_split(interactions, config)
     assert len(validation) == 300
     assert validation_hit_rate(trained, validation, pick_device("cpu")) == pytest.approx(max(metrics), abs=1e-5)
+
+
+def test_sparse_embedding_tables_learn_and_resume_exactly(data, tmp_path):
+    # "always" forces what "auto" does for tables over SPARSE_ROWS rows: SparseAdam on them.
+    interactions, items = data
+    sparse = dict(batch_size=256, seed=2, sparse_embeddings="always")
+    trained = train(interactions, items, None, TowerConfig(epochs=4, **sparse), progress=False)
+    assert trained.model.user_tower.inputs["user_id"].sparse
+    assert trained.history[-1]["loss_per_example"] < trained.history[0]["loss_per_example"]
+    train(interactions, items, None, TowerConfig(epochs=2, **sparse), progress=False, checkpoint_dir=tmp_path)
+    resumed = train(interactions, items, None, TowerConfig(epochs=4, **sparse), progress=False,
+                    checkpoint_dir=tmp_path)
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose(item_vectors(resumed)[1], item_vectors(trained)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_only_large_tables_are_sparse_by_default():
+    from towers.config import SPARSE_ROWS
+
+    config = TowerConfig()
+    assert not config.sparse(SPARSE_ROWS) and config.sparse(SPARSE_ROWS + 1)
+    assert TowerConfig(sparse_embeddings="always").sparse(10)
+    assert not TowerConfig(sparse_embeddings="never").sparse(10**7)
+    with pytest.raises(ConfigError, match="sparse_embeddings"):
+        TowerConfig(sparse_embeddings="yes")
