@@ -142,9 +142,7 @@ def write_summary(summary: dict, directory: Path) -> None:
     """rebuild.json and rebuild.md in the rebuild's directory, each written atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (("rebuild.json", json.dumps(summary, indent=2, default=str)), ("rebuild.md", markdown(summary))):
-        partial = directory / (name + ".partial")
-        partial.write_text(text)
-        partial.replace(directory / name)
+        settings.write_atomic(directory / name, text)
 
 
 def decision_dict(decision: Decision) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from towerbridge import settings
+
 SOURCES = ("model", "exact", "popularity", "random")
 SOURCE_LABELS = {"model": "model (Milvus IVF_PQ)", "exact": "model (exact search)", "popularity": "popularity",
                  "random": "random"}
@@ -92,10 +94,7 @@ def plot_hit_rate(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def _write(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    partial.replace(path)
+_write = settings.write_atomic
 
 
 def write_report(report: dict, directory: Path) -> None:

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,22 @@ _SECRET_QUERY = re.compile(r"(?i)((?:token|password|secret|key)=)[^&\s]+")
 def redact(uri: str) -> str:
     """A URI safe to print: user info and secret query values are masked."""
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", uri))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object] | str) -> None:
+    """Write ``path`` whole or not at all: into ``<name>.partial`` beside it, then renamed
+    over it, so a crash never leaves a half-written file under the real name.
+    write: the text, or a function that writes the file it is given."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        if isinstance(write, str):
+            partial.write_text(write)
+        else:
+            write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def new_id() -> str:

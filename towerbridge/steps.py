@@ -85,7 +85,7 @@ def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str
         "feature_kinds": data.feature_kinds,
         "id_type": "int64" if pd.api.types.is_integer_dtype(items["item_id"]) else "string",
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    settings.write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return str(out)
 
 

@@ -54,9 +54,8 @@ class Dataset:
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write atomically: a reader never sees a half-written file."""
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), partial)
-    partial.replace(path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    settings.write_atomic(path, lambda partial: pq.write_table(table, partial))
 
 
 def read_parquet(path: Path, columns: tuple[str, ...], all_columns: bool = False) -> pd.DataFrame:
@@ -138,7 +137,8 @@ def synthetic(spec: SyntheticSpec | None = None) -> Path:
         interactions, items = generate(spec)
         write_parquet(interactions, directory / "interactions.parquet")
         write_parquet(items, directory / "items.parquet")
-        (directory / "dataset.json").write_text(json.dumps({"name": "synthetic", "spec": spec.__dict__}, indent=2))
+        record = {"name": "synthetic", "spec": spec.__dict__}
+        settings.write_atomic(directory / "dataset.json", json.dumps(record, indent=2))
     return directory
 
 

@@ -141,7 +141,7 @@ def fetch(name: str, force: bool = False, progress: bool = True, archive: Archiv
         warn(f"warning: {archive.file} has no pinned checksum (GroupLens updates it); "
              f"unpacking the download with SHA-256 {digests['sha256']}")
     _unpack(zip_path, archive, target)
-    (target / MARKER).write_text(json.dumps({"archive": archive.file, **digests,
-                                             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    settings.write_atomic(target / MARKER, json.dumps({"archive": archive.file, **digests,
+                                              "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     zip_path.unlink(missing_ok=True)
     return target
