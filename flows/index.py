@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from milvus import server
-from milvus.store import DEFAULT_ALIAS
+from milvus.store import DEFAULT_ALIAS, check_name
 from towerbridge import steps
 
 
@@ -26,6 +26,7 @@ def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_AL
     Returns ``{"collection", "alias", "previous", "rows", "index", "nprobe", ...}``.
     """
     logger = get_run_logger()
+    check_name(alias)
     with server.endpoint(milvus_uri, log=logger.info) as uri:
         built = build_collection(model_dir, uri, alias, index_params or {}, keep_versions, target_recall)
     logger.info("alias %s -> %s (%d rows, IVF_PQ %s)", built["alias"], built["collection"],

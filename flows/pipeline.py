@@ -10,7 +10,7 @@ from flows.evaluate import evaluate
 from flows.index import index
 from flows.train import train
 from milvus import server
-from milvus.store import DEFAULT_ALIAS
+from milvus.store import DEFAULT_ALIAS, check_name
 from towerbridge import settings, steps
 from towers.config import TowerConfig
 
@@ -41,6 +41,7 @@ def pipeline(
     Returns the evaluation report; it is also written to ``report_dir`` (default:
     the run's directory under TOWERBRIDGE_HOME/runs). ks and eval_users: see the evaluate flow.
     """
+    check_name(alias)
     steps.check_ks(ks)
     steps.check_eval_users(eval_users)
     run_dir = settings.state_dir("runs") / settings.new_id()

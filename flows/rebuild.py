@@ -12,7 +12,6 @@ as a Prefect artifact.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from pathlib import Path
@@ -29,7 +28,7 @@ from prefect.transactions import get_transaction, transaction
 from flows.evaluate import evaluate
 from flows.train import train
 from milvus import server
-from milvus.store import DEFAULT_ALIAS, ItemStore
+from milvus.store import DEFAULT_ALIAS, ItemStore, check_name
 from towerbridge import rebuild as decide
 from towerbridge import settings, steps
 from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
@@ -51,7 +50,7 @@ RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor
 
 
 def _store(uri: str) -> ItemStore:
-    return ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    return ItemStore(uri)
 
 
 @task(name="inspect-serving", **RETRY, timeout_seconds=300)
@@ -195,6 +194,7 @@ def rebuild(
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
     """
     logger = get_run_logger()
+    check_name(alias)
     metrics = tuple(metrics or decide.DEFAULT_METRICS)
     if not 0 < target_recall <= 1:
         raise ConfigError(f"target_recall must be in (0, 1], got {target_recall}")

@@ -200,8 +200,11 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def start(log=print) -> tuple[ServerState, bool]:
-    """Start the embedded server, or reuse a healthy one. Returns (state, started_here)."""
+def start(log=print, config: dict | None = None) -> tuple[ServerState, bool]:
+    """Start the embedded server, or reuse a healthy one. Returns (state, started_here).
+
+    config: Milvus settings for this start on top of SERVER_CONFIG, as dotted keys of
+    milvus.yaml (e.g. ``{"common.security.authorizationEnabled": True}``)."""
     with _lock():
         state = running()
         if state:
@@ -218,7 +221,8 @@ def start(log=print) -> tuple[ServerState, bool]:
         taken: set[int] = set()
         ports = {name: _free_port(previous.get(name, default), taken) for name, default in DEFAULT_PORTS.items()}
         ports_file.write_text(json.dumps(ports))
-        launch = {"target": str(target), "data_dir": str(base), "config": SERVER_CONFIG, "ports": ports}
+        launch = {"target": str(target), "data_dir": str(base), "config": {**SERVER_CONFIG, **(config or {})},
+                  "ports": ports}
         log(f"Starting the embedded Milvus {SERVER_VERSION} server (data in {base}) ...")
         with open(logs / "milvus-stdout.log", "ab") as out, open(logs / "milvus-stderr.log", "ab") as err:
             proc = subprocess.Popen(

@@ -27,6 +27,7 @@ from pymilvus.client.utils import check_status
 from pymilvus.exceptions import MilvusException
 from tqdm import tqdm
 
+from towerbridge import settings
 from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
 from towerbridge.settings import redact
 
@@ -97,17 +98,32 @@ def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
     return IvfPqParams(nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
 
 
-def connect(uri: str, token: str = "", attempts: int = 4, timeout: float = 10.0) -> MilvusClient:
-    """A client for ``uri``, retried with backoff; MilvusUnavailable names the URI (redacted)."""
+def connect(uri: str, token: str | None = None, attempts: int = 4, timeout: float = 10.0) -> MilvusClient:
+    """A client for ``uri``, retried with backoff; MilvusUnavailable names the URI (redacted).
+
+    token: credentials; None reads them from the environment (``settings.milvus_token``),
+    as it does the TLS settings (``settings.milvus_tls``). A refusal of the credentials is
+    not retried."""
+    token = settings.milvus_token() if token is None else token
+    tls = settings.milvus_tls()
     last = ""
     for attempt in range(attempts):
         try:
-            return MilvusClient(uri=uri, token=token, timeout=timeout)
+            return MilvusClient(uri=uri, token=token, timeout=timeout, **tls)
         except MilvusException as error:
             last = getattr(error, "message", "") or str(error)
         if attempt + 1 < attempts:
             time.sleep(min(8.0, 0.5 * 2**attempt))
     raise MilvusUnavailable(f"cannot reach Milvus at {redact(uri)} after {attempts} attempts ({last})")
+
+
+def check_name(name: str, what: str = "alias") -> str:
+    """``name`` if Milvus accepts it as a collection or alias name, else a ConfigError. Names
+    also become file names (the rebuild's lock), so nothing else may pass."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{what} {name!r}: Milvus names are letters, digits and underscores, not starting "
+                          "with a digit, at most 255 characters")
+    return name
 
 
 def version_name(alias: str, model_id: str) -> str:
@@ -128,7 +144,7 @@ def _batches(n_rows: int, row_bytes: int) -> Iterator[slice]:
 class ItemStore:
     """Item vectors in Milvus: one collection per version, an alias for readers."""
 
-    def __init__(self, uri: str, token: str = "") -> None:
+    def __init__(self, uri: str, token: str | None = None) -> None:
         self.uri = uri
         self.client = connect(uri, token)
 

@@ -5,6 +5,8 @@ temporary directory here, before any test module imports the flows.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +16,7 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="towerbridge-tests-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
-for variable in ("MILVUS_URI", "MILVUS_TOKEN"):
+for variable in ("MILVUS_URI", "MILVUS_TOKEN", "MILVUS_USER", "MILVUS_PASSWORD", "MILVUS_CA_CERT"):
     os.environ.pop(variable, None)
 
 # Real-data tests read MovieLens 100K from the workplace's shared folder beside the clone
@@ -67,3 +69,9 @@ def train_synthetic(root: Path, epochs: int = 1, **spec) -> str:
     (root / "data").mkdir()
     prepared = steps.prepare_data("synthetic", write_synthetic(root / "data", **spec), str(root / "prepared"))
     return steps.train_model(prepared, str(root / "models"), {"epochs": epochs}, progress=False)
+
+
+def towerbridge(*args, env=None, timeout=900, cwd=None):
+    """The towerbridge command as a user runs it: a real process; env adds to this one's."""
+    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})

@@ -1,16 +1,10 @@
 """The towerbridge command as a user runs it: a real process, its output and exit code."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def towerbridge(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+from tests.conftest import towerbridge
 
 
 def test_help_explains_commands_and_environment():

@@ -1,12 +1,11 @@
 """Bad input through the real command (`towerbridge data check`, which runs exactly the data
 steps of `towerbridge run`): each case prints one line naming the problem and exits 1."""
 
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+
+from tests.conftest import towerbridge
 
 GOOD_ITEMS = "sku,name,cats\nA,Alpha,x\nB,Beta,y\n"
 SPEC = """
@@ -23,10 +22,6 @@ title = "name"
 genres = "cats"
 """
 
-
-def towerbridge(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env={**os.environ})
 
 
 def spec_dir(tmp_path, events, items=GOOD_ITEMS):

@@ -12,10 +12,12 @@ user tower always matches the item vectors it is compared with.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pymilvus.exceptions import MilvusException
 
 from milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
 from towerbridge.errors import CollectionError, ConfigError, DataError
@@ -25,9 +27,20 @@ from towers.vectors import user_vectors
 RESULT_FIELDS = ("title", "genres")
 
 
-def _combine(*expressions: str) -> str:
-    parts = [f"({e})" for e in expressions if e]
-    return " and ".join(parts)
+def _again_if_swapped(function):
+    """A question asked through an alias is answered by one version. When the rebuild moves
+    the alias (and retention drops the old version) between finding the version and asking
+    it, the question is asked once more, of the version served now."""
+    @functools.wraps(function)
+    def asked(store: ItemStore, name: str, *args, **kwargs):
+        before = store.resolve(name)
+        try:
+            return function(store, name, *args, **kwargs)
+        except (CollectionError, MilvusException):
+            if store.resolve(name) == before:
+                raise
+            return function(store, name, *args, **kwargs)
+    return asked
 
 
 def _typed_id(value: str, record: dict, what: str):
@@ -52,6 +65,7 @@ def _nprobe(record: dict) -> int:
     return int(record.get("nprobe", record["params"]["nprobe"]))
 
 
+@_again_if_swapped
 def recommend(store: ItemStore, name: str, user: str, k: int = 10, expression: str = "",
               include_seen: bool = False) -> list[dict]:
     """The user's top ``k`` items by the model of the version behind ``name``."""
@@ -75,6 +89,7 @@ def recommend(store: ItemStore, name: str, user: str, k: int = 10, expression: s
     return [hit for hit in hits if hit["item_id"] not in seen][:k]
 
 
+@_again_if_swapped
 def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str = "") -> list[dict]:
     """The ``k`` items whose trained embeddings are nearest the item's (the popularity prior
     that rides in the last dimension is left out of the comparison)."""
@@ -91,6 +106,7 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     return [hit for hit in hits if hit["item_id"] != item_id][:k]
 
 
+@_again_if_swapped
 def query(store: ItemStore, name: str, expression: str, fields: list[str] | None = None,
           limit: int | None = 100) -> list[dict]:
     """Rows matching ``expression`` (a Milvus boolean expression), ``fields`` of each."""

@@ -25,6 +25,8 @@ environment:
   MILVUS_URI         use this Milvus (e.g. http://localhost:19530 from docker-compose.milvus.yml)
                      instead of the embedded server
   MILVUS_TOKEN       credentials for MILVUS_URI ("user:password" or an API key); never printed
+  MILVUS_USER, MILVUS_PASSWORD  the same as two variables (MILVUS_TOKEN wins when both are set)
+  MILVUS_CA_CERT     PEM file of the CA that signed the server's certificate, for https:// URIs
 """
 
 
@@ -95,9 +97,10 @@ def _training_options(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from milvus import server
-    from milvus.store import connect
+    from milvus.store import check_name, connect
     from towerbridge.steps import check_ks
 
+    check_name(args.alias, "--alias")
     if args.early_stopping < 0:
         raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
     training = _training_options(args)
@@ -105,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     index_params = _index_params(args)
     check_ks(args.ks)
     with server.endpoint(args.milvus_uri) as uri:
-        connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
+        connect(uri).close()  # fail fast, before any work
         from flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         _quiet_prefect_tracebacks()
@@ -118,6 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _rebuild_parameters(args: argparse.Namespace) -> dict:
     """The rebuild flow's parameters from the command line, checked before any work."""
+    from milvus.store import check_name
+
+    check_name(args.alias, "--alias")
     if not 0 < args.target_recall <= 1:
         raise ConfigError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     if args.tolerance < 0:
@@ -140,7 +146,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     parameters = _rebuild_parameters(args)
     with server.endpoint(args.milvus_uri) as uri:
-        connect(uri, settings.MilvusTarget.from_env().token).close()  # fail fast, before any work
+        connect(uri).close()  # fail fast, before any work
         from flows.rebuild import rebuild
 
         _quiet_prefect_tracebacks()
@@ -216,7 +222,7 @@ def _with_store(args: argparse.Namespace, work):
     from milvus.store import ItemStore
 
     with server.endpoint(args.milvus_uri) as uri:
-        store = ItemStore(uri, settings.MilvusTarget.from_env().token)
+        store = ItemStore(uri)
         try:
             return work(store)
         finally:
@@ -297,7 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.ml100k and not (ml100k / "u.data").is_file():
         raise ConfigError(f"--ml100k {args.ml100k}: no u.data there (the MovieLens 100K folder, e.g. ml-100k)")
     with server.endpoint(args.milvus_uri) as uri:
-        connect(uri, settings.MilvusTarget.from_env().token).close()
+        connect(uri).close()
         sizes = perf.Sizes.of(args.quick)
         if args.items or args.queries:
             sizes = perf.Sizes(items=args.items or sizes.items, users=min(sizes.users, 4 * (args.items or 10**9)),
@@ -625,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's temporary server sends telemetry unless told not to; a user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
+        settings.home()  # a TOWERBRIDGE_HOME that cannot be used is named before any work
         return args.handler(args)
     except TowerbridgeError as error:
         print(f"towerbridge: error: {error}", file=sys.stderr)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -234,7 +234,7 @@ def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes
         result["embedding"].update(figures)
     params = choose_ivf_pq(len(ids), vectors.shape[1])
     result["index_params"] = asdict(params)
-    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    store = ItemStore(uri)
     name = None
     try:
         result["milvus_build"], name = milvus_build(store, ids, vectors, params, pid)
@@ -303,3 +303,56 @@ def table(result: dict) -> str:
 
 def write(result: dict, path: str) -> None:
     settings.write_atomic(Path(path), json.dumps(result, indent=2))
+
+
+def query_load(uri: str, alias: str, items: list, threads: int = 4, seconds: float = 60.0,
+               max_queries: int = 20_000, k: int = 10, stop: threading.Event | None = None) -> dict:
+    """Analysts' queries against ``alias`` from ``threads`` threads, each its own connection:
+    ``similar`` for a random item of ``items`` (an id lookup, then an ANN search), the way
+    `towerbridge similar` runs it. Ends when ``stop`` is set, ``seconds`` pass or
+    ``max_queries`` are done. Only a Milvus on this machine (loopback) is loaded.
+
+    Returns counts, failures (with the first few messages) and latency percentiles in ms."""
+    from urllib.parse import urlparse
+
+    from milvus.store import ItemStore
+    from towerbridge import analyst
+
+    host = urlparse(uri).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"query_load runs against a Milvus on this machine only, not {settings.redact(uri)}")
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + seconds
+    latencies: list[float] = []
+    failures: list[str] = []
+    budget = threading.Semaphore(max_queries)
+
+    def analyst_thread(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        store = ItemStore(uri)
+        try:
+            while not stop.is_set() and time.monotonic() < deadline and budget.acquire(blocking=False):
+                started = time.perf_counter()
+                try:
+                    hits = analyst.similar(store, alias, str(items[rng.integers(len(items))]), k)
+                    if len(hits) != k:
+                        failures.append(f"{len(hits)} hits instead of {k}")
+                except Exception as error:  # every failure counts, whatever it is
+                    failures.append(f"{type(error).__name__}: {error}")
+                latencies.append(time.perf_counter() - started)
+        finally:
+            store.close()
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=analyst_thread, args=(seed,)) for seed in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"threads": threads, "queries": len(latencies), "failures": len(failures),
+            "failure_examples": failures[:5], "seconds": round(wall, 1),
+            "queries_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "max_ms": round(float(ms.max()), 1)}

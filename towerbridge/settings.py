@@ -2,8 +2,10 @@
 
 All state (embedded Milvus data, datasets, models, runs, reports) lives under
 ``TOWERBRIDGE_HOME`` (default ``~/.towerbridge``). ``MILVUS_URI`` points at an
-external Milvus; without it an embedded server is used. ``MILVUS_TOKEN`` holds
-credentials (``user:password`` or an API key) and is never printed.
+external Milvus; without it an embedded server is used. Credentials come from
+``MILVUS_TOKEN`` (``user:password`` or an API key) or ``MILVUS_USER`` and
+``MILVUS_PASSWORD``; they are never printed, and URIs are shown redacted. An ``https://``
+URI is TLS; ``MILVUS_CA_CERT`` names the PEM file of a private certificate authority.
 """
 
 from __future__ import annotations
@@ -18,20 +20,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from towerbridge.errors import LockTimeout
+from towerbridge.errors import ConfigError, LockTimeout
 
 
 def home() -> Path:
     """The root directory of all towerbridge state, created on first use."""
     root = Path(os.environ.get("TOWERBRIDGE_HOME") or Path.home() / ".towerbridge").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    _make_dir(root, "TOWERBRIDGE_HOME")
     return root
+
+
+def _make_dir(path: Path, role: str) -> None:
+    """mkdir -p, with a ConfigError that names the path and what is wrong with it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        problem = "not a directory" if path.exists() and not path.is_dir() else (error.strerror or str(error))
+        raise ConfigError(f"{path}: {problem}; it is needed as {role}") from None
 
 
 def state_dir(name: str) -> Path:
     """A named sub-directory of the home (``models``, ``runs``, ``datasets``, ...)."""
-    path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
+    root = home()
+    path = confined(root, name)
+    _make_dir(path, f"the directory of towerbridge's {name} (under TOWERBRIDGE_HOME)")
     return path
 
 
@@ -45,7 +57,28 @@ class MilvusTarget:
     @classmethod
     def from_env(cls) -> MilvusTarget:
         uri = os.environ.get("MILVUS_URI", "").strip() or None
-        return cls(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        return cls(uri=uri, token=milvus_token())
+
+
+def milvus_token() -> str:
+    """``MILVUS_TOKEN``, else ``MILVUS_USER:MILVUS_PASSWORD``, else no credentials."""
+    token = os.environ.get("MILVUS_TOKEN", "")
+    user, password = os.environ.get("MILVUS_USER", ""), os.environ.get("MILVUS_PASSWORD", "")
+    if token or not (user or password):
+        return token
+    if not (user and password):
+        raise ConfigError("MILVUS_USER and MILVUS_PASSWORD go together: set both, or MILVUS_TOKEN")
+    return f"{user}:{password}"
+
+
+def milvus_tls() -> dict:
+    """pymilvus' TLS options from ``MILVUS_CA_CERT`` (the CA's PEM file, one-way TLS)."""
+    ca = os.environ.get("MILVUS_CA_CERT", "").strip()
+    if not ca:
+        return {}
+    if not Path(ca).expanduser().is_file():
+        raise ConfigError(f"MILVUS_CA_CERT {ca}: file not found")
+    return {"secure": True, "server_pem_path": str(Path(ca).expanduser())}
 
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -78,13 +111,23 @@ def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
+def confined(directory: Path, name: str) -> Path:
+    """``directory / name``, refused (ConfigError) unless it is a plain name that stays
+    inside ``directory``: no separators, no "..", nothing absolute."""
+    path = Path(directory) / name
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or not path.resolve().is_relative_to(Path(directory).resolve())):
+        raise ConfigError(f"{name!r} cannot name a file in {directory}: a plain name is needed")
+    return path
+
+
 @contextlib.contextmanager
 def lock(name: str, timeout_s: float | None = None, log=None) -> Iterator[None]:
     """An exclusive lock shared by every process using this TOWERBRIDGE_HOME (e.g. one index
     build per alias at a time). Waits for a holder to finish: forever by default, or up to
     ``timeout_s`` seconds, then raises LockTimeout naming the holder. ``log`` hears once
     that it is waiting."""
-    path = state_dir("locks") / f"{name}.lock"
+    path = confined(state_dir("locks"), f"{name}.lock")
     with open(path, "a+") as handle:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         told = False

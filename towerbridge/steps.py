@@ -12,7 +12,6 @@ tested without Prefect.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -135,7 +134,7 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     """
     if keep_versions < 1:
         raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
-    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    store = ItemStore(uri)
     with settings.lock(f"index-{alias}"):
         try:
             half_built = store.remove_half_built(alias)
@@ -272,7 +271,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
     queries = user_vectors(trained, users)
     k = max(ks)
 
-    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    store = ItemStore(uri)
     try:
         record = store.record(collection)
         if record.get("model_id") != manifest["model_id"]:
@@ -333,7 +332,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         },
     }
     write_report(report, Path(report_dir))
-    store = ItemStore(uri, os.environ.get("MILVUS_TOKEN", ""))
+    store = ItemStore(uri)
     try:  # the next rebuild compares its candidate with this
         store.set_record(collection, evaluation=evaluation_record(report))
     finally:

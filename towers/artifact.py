@@ -40,6 +40,15 @@ def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> P
         raise ArtifactError(f"{directory}: a model directory already exists there")
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write(trained, directory, partial, extra)
+    except OSError as error:  # disk full, read-only, a file where a directory should be: nothing half-written stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ArtifactError(f"cannot write the model to {directory}: {error.strerror or error}") from None
+    return directory
+
+
+def _write(trained: TrainedModel, directory: Path, partial: Path, extra: dict | None) -> None:
     partial.mkdir(parents=True)
     torch.save(trained.model.state_dict(), partial / "weights.pt")
     np.savez(partial / "inputs.npz",
@@ -63,7 +72,6 @@ def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> P
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
     partial.rename(directory)
-    return directory
 
 
 def read_manifest(directory: Path) -> dict:

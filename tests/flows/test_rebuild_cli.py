@@ -8,14 +8,10 @@ import time
 
 import pytest
 
-from tests.conftest import write_synthetic
+from tests.conftest import towerbridge, write_synthetic
 
 ALIAS = "rebuild_cli_test"
 
-
-def towerbridge(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")

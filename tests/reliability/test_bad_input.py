@@ -52,17 +52,32 @@ CASES = [
     ("timezone-unknown", {}, ["serve", "--timezone", "Mars/Base"], 1, "--timezone 'Mars/Base': not an IANA time zone"),
     ("k-zero", {}, ["recommend", "--user", "1", "-k", "0"], 1, "-k must be between 1 and 16384"),
     ("bench-ml100k-wrong-dir", {}, ["bench", "--ml100k", "."], 1, "--ml100k .: no u.data there"),
+    # names that become file names (the rebuild's lock) and Milvus names
+    ("alias-escapes-its-directory", {}, ["rebuild", "--alias", "../../etc/cron"], 1,
+     "--alias '../../etc/cron': Milvus names are letters, digits and underscores"),
+    ("alias-with-a-quote", {}, ["run", "--alias", 'items" or "1'], 1, "Milvus names are letters, digits"),
+    ("home-is-a-file", {"home": "a file"}, ["rebuild"], 1, "home: not a directory; it is needed as TOWERBRIDGE_HOME"),
+    ("password-without-user", {}, ["collections"], 1, "MILVUS_USER and MILVUS_PASSWORD go together"),
+    ("ca-cert-missing", {}, ["collections"], 1, "MILVUS_CA_CERT nowhere.pem: file not found"),
 ]
+ENVIRONMENT = {  # cases that are about the environment rather than the arguments
+    "home-is-a-file": {"TOWERBRIDGE_HOME": "home"},
+    "password-without-user": {"MILVUS_PASSWORD": "s3cret-pw"},
+    "ca-cert-missing": {"MILVUS_CA_CERT": "nowhere.pem"},
+}
 
 
-@pytest.mark.parametrize("files, args, status, message", [case[1:] for case in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_with_a_clear_message(tmp_path, files, args, status, message):
+@pytest.mark.parametrize("case, files, args, status, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, case, files, args, status, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    env = {**os.environ, "MILVUS_URI": "http://127.0.0.1:9"}  # nothing may reach a server
+    env = {**os.environ, "MILVUS_URI": "http://127.0.0.1:9",  # nothing may reach a server
+           **{key: str(tmp_path / value) if key == "TOWERBRIDGE_HOME" else value
+              for key, value in ENVIRONMENT.get(case, {}).items()}}
     result = subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path, env=env)
     assert result.returncode == status, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "cannot reach Milvus" not in result.stderr  # refused before any connection was tried
+    assert "s3cret-pw" not in result.stderr + result.stdout
