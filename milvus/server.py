@@ -168,11 +168,17 @@ def running() -> ServerState | None:
 
 
 def _free_port(preferred: int, taken: set[int]) -> int:
-    """The first port from ``preferred`` up that binds and is not in ``taken`` (then taken)."""
+    """The first port from ``preferred`` up that binds and is not in ``taken`` (then taken).
+
+    SO_REUSEADDR as the server's own listeners use it: connections of a server that just
+    died linger in TIME_WAIT on its ports, and they must not push the new server onto other
+    ports, where the sessions the dead one left in etcd would send its components to the
+    wrong peers."""
     for port in range(preferred, preferred + 200):
         if port in taken:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("", port))
             except OSError:

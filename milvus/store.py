@@ -102,8 +102,8 @@ def connect(uri: str, token: str | None = None, attempts: int = 4, timeout: floa
     """A client for ``uri``, retried with backoff; MilvusUnavailable names the URI (redacted).
 
     token: credentials; None reads them from the environment (``settings.milvus_token``),
-    as it does the TLS settings (``settings.milvus_tls``). A refusal of the credentials is
-    not retried."""
+    as it does the TLS settings (``settings.milvus_tls``). Refused credentials and an
+    untrusted certificate are said as such, and not retried."""
     token = settings.milvus_token() if token is None else token
     tls = settings.milvus_tls()
     last = ""
@@ -112,9 +112,26 @@ def connect(uri: str, token: str | None = None, attempts: int = 4, timeout: floa
             return MilvusClient(uri=uri, token=token, timeout=timeout, **tls)
         except MilvusException as error:
             last = getattr(error, "message", "") or str(error)
+            cause = _rpc_cause(error)
+            if cause is not None and cause.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ConfigError(f"Milvus at {redact(uri)} refused the credentials (MILVUS_TOKEN, or MILVUS_USER "
+                                  f"and MILVUS_PASSWORD{'' if token else ': none are set'}): {cause.details()}"
+                                  ) from None
+            if cause is not None and "CERTIFICATE_VERIFY_FAILED" in (cause.details() or ""):
+                raise MilvusUnavailable(f"cannot reach Milvus at {redact(uri)}: its TLS certificate is not signed by "
+                                        "an authority this machine trusts (set MILVUS_CA_CERT to your CA's PEM file)"
+                                        ) from None
         if attempt + 1 < attempts:
             time.sleep(min(8.0, 0.5 * 2**attempt))
     raise MilvusUnavailable(f"cannot reach Milvus at {redact(uri)} after {attempts} attempts ({last})")
+
+
+def _rpc_cause(error: BaseException) -> grpc.RpcError | None:
+    """The gRPC error behind a pymilvus error, if there is one."""
+    seen = error.__cause__ or error.__context__
+    while seen is not None and not isinstance(seen, grpc.RpcError):
+        seen = seen.__cause__ or seen.__context__
+    return seen if seen is not None and callable(getattr(seen, "code", None)) else None
 
 
 def check_name(name: str, what: str = "alias") -> str:

@@ -630,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Prefect's temporary server sends telemetry unless told not to; a user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # gRPC's core logs TLS handshake details on stderr by default; our one-line errors say it.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         settings.home()  # a TOWERBRIDGE_HOME that cannot be used is named before any work
         return args.handler(args)

@@ -47,3 +47,21 @@ def test_a_second_home_gets_its_own_server_and_stops_what_it_started(milvus_uri,
     assert server.running() is None  # started here, so stopped here
     monkeypatch.undo()
     assert server.running().uri == milvus_uri  # the session's server is untouched
+
+
+def test_a_port_left_in_time_wait_by_a_dead_server_is_reused():
+    # The server side closes first (as a killed server's sockets do): its end lingers in
+    # TIME_WAIT. The restarted server must get the same port back, not the next one.
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # server side first: TIME_WAIT on the listening port
+    listener.close()
+    client.close()
+    assert server._free_port(port, set()) == port
