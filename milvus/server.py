@@ -60,6 +60,20 @@ import json, os, sys
 launch = json.loads(sys.argv[1])
 sys.path.insert(0, launch["target"])
 import milvus as pkg
+import socket
+
+def try_bind_port(self, port):  # the package's check, with SO_REUSEADDR as Go's listeners set it
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+pkg.MilvusServerConfig.try_bind_port = try_bind_port
 ports = launch["ports"]
 config = pkg.MilvusServerConfig(data_dir=launch["data_dir"], **{
     key: port for key, port in ports.items() if key not in ("metrics_port", "etcd_peer_port")})

@@ -378,18 +378,31 @@ class ItemStore:
 
     def rows(self, name: str, expression: str, fields: list[str], limit: int | None = None,
              batch_size: int = 1000) -> list[dict]:
-        """Rows matching ``expression``, read with a query iterator (no size limit of one request)."""
-        iterator = self._call(f"query {name}", self.client.query_iterator, name, filter=expression,
-                              output_fields=fields, batch_size=batch_size, limit=-1 if limit is None else limit)
+        """Rows matching ``expression``, in primary-key order, read page by page (no size
+        limit of one request).
+
+        Each page asks for keys above the last one read, quoted by ``literal``. This is
+        what pymilvus' query_iterator does, except that it writes a string key into the
+        next filter unescaped: a key holding a double quote rewrote the query (measured
+        with pymilvus 3.0.2: ``a" or item_id != "`` matched every row)."""
         found: list[dict] = []
-        try:
-            while True:
-                batch = self._call(f"query {name}", iterator.next)
-                if not batch:
-                    return found
-                found.extend(dict(row) for row in batch)
-        finally:
-            iterator.close()
+        last = None
+        wanted = list(dict.fromkeys(["item_id", *fields]))
+        while limit is None or len(found) < limit:
+            size = batch_size if limit is None else min(batch_size, limit - len(found))
+            condition = " and ".join(part for part in (
+                None if last is None else f"item_id > {literal(last)}", f"({expression})" if expression else None)
+                if part)
+            page = self._call(f"query {name}", self.client.query, name, filter=condition, output_fields=wanted,
+                              limit=size, iterator="True", reduce_stop_for_best="True")
+            keys = [row["item_id"] for row in page]
+            if keys != sorted(keys) or (last is not None and keys and keys[0] <= last):
+                raise CollectionError(f"query {name}: Milvus answered a page out of key order; cannot page safely")
+            found.extend({key: row[key] for key in fields} for row in page)
+            if len(page) < size:
+                break
+            last = keys[-1]
+        return found
 
     def search_rows(self, name: str, vector: np.ndarray, limit: int, nprobe: int, expression: str = "",
                     fields: tuple[str, ...] = ("title", "genres")) -> list[dict]:
@@ -501,11 +514,21 @@ def _columns(id_lists: list[list], score_lists: list[list], nq: int, limit: int)
     return _columns_from_flat(found, scores, topks, nq, limit)
 
 
+def literal(value) -> str:
+    """A value as a Milvus expression literal: an int, or a double-quoted string with quotes
+    and backslashes escaped (Milvus 2.3 reads the JSON escapes; other text stays as is)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"an id must be an integer or a string, got {value!r}")
+    return str(int(value))
+
+
 def id_filter(ids: list, id_type: str) -> str:
     """A filter expression matching these ids, with every value typed and quoted safely."""
     if id_type == "string":
-        return f"item_id in [{', '.join(json.dumps(str(value)) for value in ids)}]"
-    return f"item_id in [{', '.join(str(int(value)) for value in ids)}]"
+        return f"item_id in [{', '.join(literal(str(value)) for value in ids)}]"
+    return f"item_id in [{', '.join(literal(int(value)) for value in ids)}]"
 
 
 def params_record(params: IvfPqParams) -> dict:

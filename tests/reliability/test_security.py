@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from milvus import server
-from milvus.store import ItemStore, connect, id_filter
+from milvus.store import ItemStore, choose_ivf_pq, connect, id_filter
 from tests.conftest import towerbridge
 from towerbridge.errors import ConfigError
 
-PASSWORD = "Milvus"  # Milvus' documented first password of its root user
+FIRST_PASSWORD = "Milvus"  # Milvus' documented first password of its root user, changed to:
+PASSWORD = "tb-Secret-42"
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make certificates")
 
 
@@ -45,7 +46,13 @@ def secure(towerbridge_home, milvus_uri, tmp_path_factory):
         "tls.serverPemPath": str(certs / "server.pem"), "tls.serverKeyPath": str(certs / "server.key"),
         "tls.caPemPath": str(ca)})
     try:
-        yield f"https://localhost:{state.proxy_port}", ca, home
+        uri = f"https://localhost:{state.proxy_port}"
+        patch.setenv("MILVUS_CA_CERT", str(ca))
+        first = connect(uri, f"root:{FIRST_PASSWORD}")
+        first.update_password("root", FIRST_PASSWORD, PASSWORD)
+        first.close()
+        patch.delenv("MILVUS_CA_CERT")
+        yield uri, ca, home
     finally:
         server.stop()
         patch.undo()
@@ -62,7 +69,7 @@ def test_user_and_password_over_tls_work_and_are_never_printed(secure, monkeypat
         vectors = np.eye(8, dtype=np.float32)
         store.insert(name, np.arange(8), vectors, [""] * 8, [""] * 8)
         assert store.count(name) == 8
-        result = towerbridge("collections", "--milvus-uri", uri, env={
+        result = towerbridge("collections", "--alias", "secure", "--milvus-uri", uri, env={
             "TOWERBRIDGE_HOME": str(home), "MILVUS_USER": "root", "MILVUS_PASSWORD": PASSWORD,
             "MILVUS_CA_CERT": str(ca)})
         assert result.returncode == 0, result.stderr
@@ -121,9 +128,13 @@ def test_hostile_ids_select_exactly_their_own_row(milvus_uri):
         vectors = np.random.default_rng(0).standard_normal((len(HOSTILE_IDS), 4)).astype(np.float32)
         store.insert(name, np.array(HOSTILE_IDS, dtype=object), vectors, [""] * len(HOSTILE_IDS),
                      [""] * len(HOSTILE_IDS))
+        store.build_index(name, choose_ivf_pq(len(HOSTILE_IDS), 4))
         for item in HOSTILE_IDS:
             rows = store.rows(name, id_filter([item], "string"), ["item_id"])
             assert [row["item_id"] for row in rows] == [item]
+        # paging puts the last key of each page into the next page's filter: pages of 2
+        every = [row["item_id"] for row in store.rows(name, "", ["item_id"], batch_size=2)]
+        assert every == sorted(HOSTILE_IDS)
     finally:
         store.drop(name)
         store.close()
