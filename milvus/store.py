@@ -39,6 +39,10 @@ MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
 MAX_NLIST = 65536
 PART_RESULTS = 100_000  # results per search request (queries x limit): the server reduces each in one go
 IN_FLIGHT = 4  # search requests on the wire at once
+# Signs of a server that is down or still recovering (after a crash its coordinators wait for
+# the dead components' sessions to expire): worth retrying, unlike a refusal.
+RECOVERING = ("unavailable", "node not found", "node not match", "session not found", "not ready",
+              "service not ready", "channel not found")
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
 TEXT_MAX = 1024
 ID_MAX = 512
@@ -175,8 +179,9 @@ class ItemStore:
             try:
                 return function(*args, **kwargs)
             except MilvusException as error:
-                message = getattr(error, "message", "") or str(error)
-                transient = getattr(error, "code", None) in (2, 503) or "unavailable" in message.lower()
+                message = _one_line(getattr(error, "message", "") or str(error))
+                transient = getattr(error, "code", None) in (2, 503) or any(
+                    sign in message.lower() for sign in RECOVERING)
                 if not transient:
                     raise CollectionError(f"Milvus refused {what}: {message}") from None
                 if attempt + 1 == attempts:
@@ -281,8 +286,13 @@ class ItemStore:
     def set_record(self, name: str, **values) -> None:
         """Add values to a version's record (stored as collection properties)."""
         properties = {PROPERTY_PREFIX + key: json.dumps(value) for key, value in values.items()}
-        self._call(f"set properties of {name}", self.client.alter_collection_properties, name,
-                   properties=properties)
+        # Sent twice: Milvus 2.3.5 persists, on each change of properties, the properties as
+        # they were before it; the newest change lives only in memory and is gone after a
+        # restart (measured: set a, b, c, d; restart; d was lost). The second, identical call
+        # makes the first one durable.
+        for _ in range(2):
+            self._call(f"set properties of {name}", self.client.alter_collection_properties, name,
+                       properties=properties)
 
     @staticmethod
     def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = 0.95) -> tuple[int, float]:
@@ -484,6 +494,13 @@ class ItemStore:
         else:
             found = np.asarray(results.ids.int_id.data, dtype=np.int64)
         return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, nq, limit)
+
+
+def _one_line(message: str, keep: int = 400) -> str:
+    """A server message as one line; Milvus puts its Go stack traces in some, and the cause
+    is at the end, so a long one keeps its end."""
+    message = " ".join(message.split())
+    return message if len(message) <= keep else "..." + message[-keep:]
 
 
 def _columns_from_flat(found: np.ndarray, scores: np.ndarray, topks: np.ndarray, nq: int,

@@ -92,6 +92,7 @@ def test_collections_lists_the_served_version(built):
     (lambda s: analyst.recommend(s, ALIAS, "999999"), DataError, "user 999999 is not known to model"),
     (lambda s: analyst.recommend(s, ALIAS, "abc"), DataError, "user id 'abc': this collection's ids are integers"),
     (lambda s: analyst.similar(s, ALIAS, "999999"), DataError, "item 999999 is not in collection"),
+    (lambda s: analyst.similar(s, ALIAS, "5 or true"), DataError, "item id '5 or true': this collection's ids are"),
     (lambda s: analyst.query(s, ALIAS, "item_id >>> 3"), ConfigError, "invalid filter 'item_id >>> 3'"),
     (lambda s: analyst.query(s, ALIAS, "item_id > 3", fields=["colour"]), ConfigError, r"unknown field\(s\)"),
     (lambda s: analyst.recommend(s, "no_such_alias", "1"), CollectionError,

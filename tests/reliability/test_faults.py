@@ -170,7 +170,7 @@ def test_a_killed_insert_is_retried_once_the_server_is_back(first_version, data_
         patch.setattr(ItemStore, "insert", wrapped)
         state, summary = rebuild(data_dir, retries=4)
     assert restarted.wait(120)
-    assert len(calls) >= 2  # the build task ran again after the failure
+    assert len(calls) >= 2, summary.get("error")  # the build task ran again after the failure
     assert state.is_completed() and summary["outcome"] == "swapped", summary.get("error")
     assert serving_now()[0] == summary["serving_after"]
 
