@@ -118,6 +118,7 @@ def test_a_server_killed_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds
     with monkeypatch.context() as patch:
         seen = kill_at(patch, method, after)
         state, summary = rebuild(data_dir)
+    print(f"\n{step}: {summary['error']}")  # shown with -rP; RELIABILITY.md quotes it
     assert seen["calls"] >= 1, f"the rebuild never reached {method}"
     assert state.is_failed() and summary["outcome"] == "failed"
     assert "Traceback" not in summary["error"] and summary["error"].count("\n") == 0
@@ -139,6 +140,7 @@ def test_a_server_killed_right_after_the_swap_leaves_a_validated_version_serving
     with monkeypatch.context() as patch:
         kill_at(patch, "point_alias", after=True)
         state, summary = rebuild(data_dir)
+    print(f"\nafter the swap: {summary['error']} / warnings {summary.get('warnings')}")
     assert state.is_failed() and summary["outcome"] == "failed"
     server.start(**QUIET)
     serving, versions = serving_now()
@@ -186,6 +188,7 @@ def test_an_unwritable_path_fails_cleanly_and_serving_is_unchanged(blocked_dir, 
     (blocked / blocked_dir).write_text("not a directory")
     result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--milvus-uri", uri, "--epochs", "1",
                          env={"TOWERBRIDGE_HOME": str(blocked)})
+    print(f"\n{blocked_dir}: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert str(blocked / blocked_dir) in result.stderr and "not a directory" in result.stderr, result.stderr
