@@ -153,7 +153,11 @@ def test_a_server_killed_right_after_the_swap_leaves_a_validated_version_serving
     assert next_state.is_completed() and following["outcome"] == "swapped"
 
 
-def test_a_killed_insert_is_retried_once_the_server_is_back(first_version, data_dir, uri, monkeypatch):
+def test_a_rebuild_whose_server_dies_mid_insert_and_comes_back_succeeds_by_retrying(first_version, data_dir, uri,
+                                                                                    monkeypatch):
+    # The server is killed as the insert starts and restarted at once in the background. The
+    # insert's own retries (with backoff) or, when they run out first, the build task's
+    # retries carry the rebuild through, whichever the restart's timing calls for.
     restarted = threading.Event()
 
     def kill_and_restart():
@@ -171,8 +175,8 @@ def test_a_killed_insert_is_retried_once_the_server_is_back(first_version, data_
     with monkeypatch.context() as patch:
         patch.setattr(ItemStore, "insert", wrapped)
         state, summary = rebuild(data_dir, retries=4)
-    assert restarted.wait(120)
-    assert len(calls) >= 2, summary.get("error")  # the build task ran again after the failure
+    assert restarted.wait(120) and calls  # the server really died under the insert
+    print(f"\nretry: insert called {len(calls)} time(s); {summary['outcome']}")
     assert state.is_completed() and summary["outcome"] == "swapped", summary.get("error")
     assert serving_now()[0] == summary["serving_after"]
 
@@ -188,7 +192,7 @@ def test_an_unwritable_path_fails_cleanly_and_serving_is_unchanged(blocked_dir, 
     (blocked / blocked_dir).write_text("not a directory")
     result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--milvus-uri", uri, "--epochs", "1",
                          env={"TOWERBRIDGE_HOME": str(blocked)})
-    print(f"\n{blocked_dir}: {result.stderr.strip().splitlines()[-1]}")
+    print(f"\n{blocked_dir}: {[line for line in result.stderr.splitlines() if line.startswith('towerbridge:')]}")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert str(blocked / blocked_dir) in result.stderr and "not a directory" in result.stderr, result.stderr
