@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pymilvus.exceptions import MilvusException
 
 from milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
 from towerbridge.errors import CollectionError, ConfigError, DataError
@@ -36,7 +35,7 @@ def _again_if_swapped(function):
         before = store.resolve(name)
         try:
             return function(store, name, *args, **kwargs)
-        except (CollectionError, MilvusException):
+        except (CollectionError, DataError):  # e.g. the item's row is gone with its version
             if store.resolve(name) == before:
                 raise
             return function(store, name, *args, **kwargs)
