@@ -75,3 +75,17 @@ def towerbridge(*args, env=None, timeout=900, cwd=None):
     """The towerbridge command as a user runs it: a real process; env adds to this one's."""
     return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def run_rebuild(data_dir: str, alias: str, uri: str | None = None, **options):
+    """One real nightly rebuild (flows.rebuild) under the test harness; returns its final
+    state and the summary it wrote (rebuild.json)."""
+    import json
+
+    import flows.rebuild as rebuild_flow
+    from towerbridge import settings
+
+    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=alias, milvus_uri=uri,
+                                 return_state=True, **options)
+    summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
+    return state, json.loads(summary_file.read_text())

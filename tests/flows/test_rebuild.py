@@ -2,7 +2,6 @@
 the alias, rejected and rolled-back candidates, Milvus going away mid-rebuild, readers
 during a rebuild, and the scheduled deployment."""
 
-import json
 import threading
 import time
 
@@ -13,7 +12,7 @@ from prefect import task
 import flows.rebuild as rebuild_flow
 from milvus import server
 from milvus.store import ItemStore
-from tests.conftest import write_synthetic
+from tests.conftest import run_rebuild, write_synthetic
 from towerbridge import settings
 
 ALIAS = "rebuild_test"
@@ -32,11 +31,7 @@ def store(milvus_uri):
 
 
 def run(uri, data_dir, alias=ALIAS, **options):
-    options = {"epochs": 2, "tolerance": 0.03, **options}
-    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=alias, milvus_uri=uri,
-                                 return_state=True, **options)
-    summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
-    return state, json.loads(summary_file.read_text())
+    return run_rebuild(data_dir, alias, uri, **{"epochs": 2, "tolerance": 0.03, **options})
 
 
 @pytest.fixture(scope="module")

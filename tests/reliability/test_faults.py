@@ -8,7 +8,6 @@ end in a clean failure (or a successful retry), with a working alias, and the ne
 must succeed."""
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -16,11 +15,9 @@ import time
 
 import pytest
 
-import flows.rebuild as rebuild_flow
 from milvus import server
 from milvus.store import ItemStore
-from tests.conftest import towerbridge, write_synthetic
-from towerbridge import settings
+from tests.conftest import run_rebuild, towerbridge, write_synthetic
 
 ALIAS = "fault_test"
 QUIET = {"log": lambda message: None}
@@ -54,10 +51,8 @@ def data_dir(tmp_path_factory):
 
 
 def rebuild(data_dir, **options):
-    options = {"epochs": 1, "tolerance": 1.0, "retries": 0, "reuse_model": True, **options}
-    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=ALIAS, return_state=True, **options)
-    summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
-    return state, json.loads(summary_file.read_text())
+    return run_rebuild(data_dir, ALIAS, **{"epochs": 1, "tolerance": 1.0, "retries": 0, "reuse_model": True,
+                                           **options})
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ import threading
 
 import pytest
 
-import flows.rebuild as rebuild_flow
 from milvus.store import ItemStore
-from tests.conftest import write_synthetic
-from towerbridge import perf, settings
+from tests.conftest import run_rebuild, write_synthetic
+from towerbridge import perf
 
 ALIAS = "load_test"
 
@@ -25,10 +24,7 @@ def data_dir(tmp_path_factory):
 
 
 def rebuild(uri, data_dir, **options):
-    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=ALIAS, milvus_uri=uri,
-                                 return_state=True, **{"epochs": 1, "tolerance": 1.0, **options})
-    summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
-    return state, json.loads(summary_file.read_text())
+    return run_rebuild(data_dir, ALIAS, uri, **{"epochs": 1, "tolerance": 1.0, **options})
 
 
 def test_no_analyst_query_fails_while_a_rebuild_swaps_the_alias(milvus_uri, prefect_harness, data_dir,
