@@ -103,6 +103,49 @@ def test_bad_questions_are_explained(built, call, error, message):
         call(built["store"])
 
 
+def test_a_question_is_asked_again_only_after_a_swap_or_an_internal_error(built):
+    """The rules of asking again, on the real alias: a question whose version stopped serving
+    is asked of the new one; an internal server error is asked again after a pause; any
+    other error is final; never more than ASKED_AT_MOST times."""
+    store, asked = built["store"], []
+
+    def once_failing(message, swap_to=None):
+        @analyst._again_if_swapped
+        def question(store, name):
+            asked.append(store.resolve(name))
+            if len(asked) == 1:
+                if swap_to:
+                    store.client.alter_alias(swap_to, ALIAS)
+                raise CollectionError(message)
+            return "answered"
+        return question
+
+    other = store.create_version(ALIAS, "retrytest", 33, {"model_id": "retrytest"})
+    try:
+        assert once_failing("gone", swap_to=other)(store, ALIAS) == "answered"
+        assert asked == [built["collection"], other]
+        store.client.alter_alias(built["collection"], ALIAS)
+        asked.clear()
+        assert once_failing("service internal error: UnknownError")(store, ALIAS) == "answered"
+        assert asked == [built["collection"]] * 2
+        asked.clear()
+        with pytest.raises(CollectionError, match="refused for a reason"):
+            once_failing("refused for a reason")(store, ALIAS)
+        assert len(asked) == 1
+
+        @analyst._again_if_swapped
+        def always_internal(store, name):
+            asked.append(name)
+            raise CollectionError("service internal error")
+        asked.clear()
+        with pytest.raises(CollectionError):
+            always_internal(store, ALIAS)
+        assert len(asked) == analyst.ASKED_AT_MOST
+    finally:
+        store.client.alter_alias(built["collection"], ALIAS)
+        store.drop(other)
+
+
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})

@@ -13,6 +13,7 @@ user tower always matches the item vectors it is compared with.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +27,31 @@ from towers.vectors import user_vectors
 RESULT_FIELDS = ("title", "genres")
 
 
+ASKED_AT_MOST = 3
+# Milvus answers a question about a version whose segments are being released (retention
+# dropping the version an alias served a moment ago) with an internal error, not "not found".
+INTERNAL = ("service internal error", "unknownerror")
+
+
 def _again_if_swapped(function):
     """A question asked through an alias is answered by one version. When the rebuild moves
     the alias (and retention drops the old version) between finding the version and asking
-    it, the question is asked once more, of the version served now."""
+    it, the question is asked again, of the version served now; an internal error of the
+    server is asked again after a short pause. At most ASKED_AT_MOST times in all."""
     @functools.wraps(function)
     def asked(store: ItemStore, name: str, *args, **kwargs):
-        before = store.resolve(name)
-        try:
-            return function(store, name, *args, **kwargs)
-        except (CollectionError, DataError):  # e.g. the item's row is gone with its version
-            if store.resolve(name) == before:
-                raise
-            return function(store, name, *args, **kwargs)
+        for attempt in range(1, ASKED_AT_MOST + 1):
+            before = store.resolve(name)
+            try:
+                return function(store, name, *args, **kwargs)
+            except (CollectionError, DataError) as error:  # e.g. the item's row is gone with its version
+                if attempt == ASKED_AT_MOST:
+                    raise
+                if store.resolve(name) != before:
+                    continue
+                if not any(sign in str(error).lower() for sign in INTERNAL):
+                    raise
+                time.sleep(0.2 * attempt)
     return asked
 
 
