@@ -48,10 +48,48 @@ TEXT_MAX = 1024
 ID_MAX = 512
 GENRES_MAX = 64  # genres per item
 GENRE_MAX = 128  # characters per genre
+PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+
+
+def _room(longest: int, cap: int, least: int) -> int:
+    """A schema limit for text whose longest value is ``longest``: the next power of two."""
+    return min(cap, max(least, 1 << max(0, longest - 1).bit_length()))
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (Milvus' unit for VARCHAR lengths), on a character boundary."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """The maximum lengths (UTF-8 bytes) a version's schema declares for its text fields.
+
+    Milvus sizes segments by the schema's maximum row size, not by the data: with every limit
+    at its cap a row is estimated at ~10 KB and 1M items are sealed into many small segments,
+    each building (and searching) its own IVF_PQ index. A version is written once, so its
+    limits are taken from its own data (``of``): the next power of two above the longest value."""
+    title: int = TEXT_MAX
+    genres: int = TEXT_MAX
+    genre_count: int = GENRES_MAX
+    genre: int = GENRE_MAX
+    item_id: int = ID_MAX
+
+    @classmethod
+    def of(cls, titles: list[str], genres: list[str], item_ids=None) -> TextLimits:
+        def longest(texts) -> int:
+            return max((len(t.encode()) for t in texts), default=0)
+
+        lists = [[g for g in text.split("|") if g] for text in genres]
+        return cls(title=_room(longest(titles), TEXT_MAX, 16), genres=_room(longest(genres), TEXT_MAX, 16),
+                   genre_count=_room(max(map(len, lists), default=0), GENRES_MAX, 1),
+                   genre=_room(max((longest(g) for g in lists), default=0), GENRE_MAX, 16),
+                   item_id=_room(longest(map(str, item_ids)) if item_ids is not None else ID_MAX, ID_MAX, 16))
 
 
 @dataclass(frozen=True)
@@ -190,23 +228,25 @@ class ItemStore:
 
     # --- versions -------------------------------------------------------------------------
 
-    def create_version(self, alias: str, model_id: str, dim: int, record: dict, id_type: str = "int64") -> str:
+    def create_version(self, alias: str, model_id: str, dim: int, record: dict, id_type: str = "int64",
+                       limits: TextLimits = TextLimits()) -> str:
         """Create an empty collection for a new version; return its name.
 
-        id_type: ``int64`` or ``string`` (a VARCHAR primary key), as the catalog's ids are."""
+        id_type: ``int64`` or ``string`` (a VARCHAR primary key), as the catalog's ids are.
+        limits: the text fields' maximum lengths; ``TextLimits.of(...)`` the data to be inserted."""
         name = version_name(alias, model_id)
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False,
                                            description=json.dumps({**record, "id_type": id_type}, sort_keys=True))
         if id_type == "string":
-            schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
+            schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=limits.item_id)
         else:
             schema.add_field("item_id", DataType.INT64, is_primary=True)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("title", DataType.VARCHAR, max_length=TEXT_MAX)
-        schema.add_field("genres", DataType.VARCHAR, max_length=TEXT_MAX)
+        schema.add_field("title", DataType.VARCHAR, max_length=limits.title)
+        schema.add_field("genres", DataType.VARCHAR, max_length=limits.genres)
         # the same genres as an array, for filters such as array_contains(genre_list, "Comedy")
         schema.add_field("genre_list", DataType.ARRAY, element_type=DataType.VARCHAR,
-                         max_capacity=GENRES_MAX, max_length=GENRE_MAX)
+                         max_capacity=limits.genre_count, max_length=limits.genre)
         self._call(f"create collection {name}", self.client.create_collection, name, schema=schema)
         return name
 
@@ -216,7 +256,7 @@ class ItemStore:
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors)).any(axis=1).sum())
             raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
-        dim = self.dimension(name)
+        dim, limits = self.dimension(name), self.text_limits(name)
         if vectors.shape[1] != dim:
             raise CollectionError(f"{name} holds {dim}-dimensional vectors, these are {vectors.shape[1]}-dimensional; "
                                   "nothing was written")
@@ -226,8 +266,8 @@ class ItemStore:
         bar = tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False)
         for part in _batches(len(ids), row_bytes):
             rows = [
-                {"item_id": i, VECTOR_FIELD: v, "title": t[:TEXT_MAX], "genres": g[:TEXT_MAX],
-                 "genre_list": [x[:GENRE_MAX] for x in g.split("|") if x][:GENRES_MAX]}
+                {"item_id": i, VECTOR_FIELD: v, "title": _clip(t, limits.title), "genres": _clip(g, limits.genres),
+                 "genre_list": [_clip(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
                 for i, v, t, g in zip(ids[part], vectors[part], titles[part], genres[part])
             ]
             self._call(f"insert into {name}", self.client.insert, name, rows)
@@ -262,6 +302,19 @@ class ItemStore:
         info = self._call(f"describe {name}", self.client.describe_collection, name)
         return int(next(f for f in info["fields"] if f["name"] == VECTOR_FIELD)["params"]["dim"])
 
+    def text_limits(self, name: str) -> TextLimits:
+        """The text limits ``name``'s schema declares (fields it lacks keep the caps)."""
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        params = {f["name"]: f.get("params", {}) for f in info["fields"]}
+
+        def limit(field: str, key: str, default: int) -> int:
+            return int(params.get(field, {}).get(key, default))
+
+        return TextLimits(title=limit("title", "max_length", TEXT_MAX), genres=limit("genres", "max_length", TEXT_MAX),
+                          genre_count=limit("genre_list", "max_capacity", GENRES_MAX),
+                          genre=limit("genre_list", "max_length", GENRE_MAX),
+                          item_id=limit("item_id", "max_length", ID_MAX))
+
     def describe_index(self, name: str) -> dict:
         return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD)
 
@@ -295,14 +348,22 @@ class ItemStore:
                        properties=properties)
 
     @staticmethod
-    def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = 0.95) -> tuple[int, float]:
+    def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = 0.95,
+                    plateau: float = PLATEAU) -> tuple[int, float]:
         """The smallest nprobe (powers of two, then nlist) whose ``recall_at(nprobe)`` reaches
-        ``target``; nlist when none does. Returns ``(nprobe, recall)``."""
+        ``target``. When doubling nprobe gains less than ``plateau`` of recall, the codes'
+        precision, not the lists searched, is what limits recall: the smaller nprobe is kept
+        (searching every list would cost up to nlist/nprobe times as much for nothing).
+        nlist when recall still rises at the end. Returns ``(nprobe, recall)``."""
+        previous: tuple[int, float] | None = None
         recall = 0.0
         for nprobe in sorted({min(params.nlist, 2**i) for i in range(17)} | {params.nlist}):
             recall = recall_at(nprobe)
             if recall >= target:
                 return nprobe, recall
+            if previous is not None and recall - previous[1] < plateau:
+                return previous
+            previous = nprobe, recall
         return params.nlist, recall
 
     def point_alias(self, alias: str, name: str) -> None:

@@ -10,7 +10,8 @@ from tests.conftest import SHARED_ML100K
 
 def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
     out = tmp_path / "bench.json"
-    args = ["bench", "--quick", "--items", "3000", "--queries", "300", "--no-progress", "--out", str(out)]
+    args = ["bench", "--quick", "--items", "3000", "--queries", "300", "--scale-items", "1500", "--no-progress",
+            "--out", str(out)]
     if SHARED_ML100K.is_dir():
         args += ["--ml100k", str(SHARED_ML100K)]
     result = subprocess.run([sys.executable, "-m", "towerbridge.cli", *args], capture_output=True, text=True,
@@ -34,5 +35,13 @@ def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
         assert f"HR@10 {training['hit_rate@10']:.4f}" in result.stdout
     else:
         assert any("training skipped" in note for note in figures["notes"])
-    for text in ("Milvus search (nprobe", "FAISS search (nprobe", "exact torch search", "eval_qps_milvus_over_faiss"):
+    scale = figures["scale"]  # the whole pipeline, one process per stage, on a small synthetic log
+    assert list(scale["stages"]) == ["generate", "prepare", "train", "index", "evaluate"]
+    assert scale["stages"]["generate"]["items"] == 1500 and scale["stages"]["index"]["rows"] == 1500
+    assert scale["stages"]["evaluate"]["users_evaluated"] > 1000
+    assert 0 < scale["stages"]["evaluate"]["model_hit_rate@100"] <= 1
+    assert scale["peak_mb"] == max(stage["peak_mb"] for stage in scale["stages"].values()) > 0
+    assert scale["total_seconds"] >= sum(stage["seconds"] for stage in scale["stages"].values())
+    for text in ("scale run: 1,500 users", "evaluate  1,", "Milvus search (nprobe", "FAISS search (nprobe",
+                 "exact torch search", "eval_qps_milvus_over_faiss"):
         assert text in result.stdout

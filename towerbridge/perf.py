@@ -129,11 +129,15 @@ def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarra
 
 
 def milvus_build(store, ids: np.ndarray, vectors: np.ndarray, params, server_pid: int | None) -> tuple[dict, str]:
-    name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"})
+    from milvus.store import TextLimits
+
+    texts = [""] * len(ids)
+    name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"},
+                                limits=TextLimits.of(texts, texts))
     figures: dict = {}
     try:
         with measure(figures.setdefault("insert", {}), server_pid):
-            store.insert(name, ids, vectors, [""] * len(ids), [""] * len(ids))
+            store.insert(name, ids, vectors, texts, texts)
         with measure(figures.setdefault("index_and_load", {}), server_pid):
             store.build_index(name, params)
     except BaseException:

@@ -12,6 +12,7 @@ tested without Prefect.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -20,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from milvus.store import DEFAULT_ALIAS, MAX_LIMIT, ItemStore, IvfPqParams, choose_ivf_pq, params_record
+from milvus.store import (
+    DEFAULT_ALIAS,
+    MAX_LIMIT,
+    PLATEAU,
+    ItemStore,
+    IvfPqParams,
+    TextLimits,
+    choose_ivf_pq,
+    params_record,
+)
 from towerbridge import evaluation as ev
 from towerbridge import settings
 from towerbridge.data import dataset as datasets
@@ -36,6 +46,8 @@ from towers.config import TowerConfig
 from towers.features import default_spec
 from towers.train import train
 from towers.vectors import item_vectors, user_vectors
+
+log = logging.getLogger("towerbridge")
 
 
 def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str = "leave-last-out",
@@ -171,11 +183,12 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
               "dataset": manifest["data"]["dataset"], "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **params_record(params)}
-    name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record,
-                                manifest["data"].get("id_type", "int64"))
+    titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
+    id_type = manifest["data"].get("id_type", "int64")
+    name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record, id_type,
+                                TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
     try:
-        store.insert(name, item_ids, vectors, items["title"].fillna("").tolist(),
-                     items["genres"].fillna("").tolist(), progress=progress)
+        store.insert(name, item_ids, vectors, titles, genres, progress=progress)
         info = store.build_index(name, params)
         nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
                                       _read(manifest["prepared_dir"], "train"), target=target_recall)
@@ -219,7 +232,11 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
 
     nprobe, recall = store.tune_nprobe(params, recall_at, target)
     store.set_record(name, nprobe=nprobe, tuning={"target_recall": target, "k": k, "queries": len(users),
-                                                  "recall": round(recall, 4)})
+                                                  "recall": round(recall, 4), "reached_target": recall >= target})
+    if recall < target:
+        log.warning(f"{name}: recall@{k} {recall:.3f} at nprobe {nprobe} of {params.nlist}; more lists gained less "
+                    f"than {PLATEAU} each doubling, so the index's codes (m {params.m}, {params.nbits} bits), not "
+                    f"nprobe, limit recall below the target {target}")
     return nprobe, recall
 
 

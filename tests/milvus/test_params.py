@@ -1,6 +1,6 @@
 import pytest
 
-from milvus.store import IvfPqParams, choose_ivf_pq, version_name
+from milvus.store import ItemStore, IvfPqParams, choose_ivf_pq, version_name
 from towerbridge.errors import ConfigError
 
 
@@ -32,3 +32,20 @@ def test_version_names_are_valid_collection_names():
     name = version_name("towerbridge_items", "20261128-061603-8be597")
     assert name.startswith("towerbridge_items_v") and name.endswith("_8be597")
     assert name.replace("_", "").isalnum()
+
+
+@pytest.mark.parametrize("curve, expected", [
+    # recall by nprobe (powers of two up to nlist 64); tuning asks in that order and stops early
+    ({1: 0.5, 2: 0.7, 4: 0.85, 8: 0.93, 16: 0.96, 32: 0.99, 64: 1.0}, (16, 0.96)),   # target reached
+    ({1: 0.4, 2: 0.6, 4: 0.70, 8: 0.72, 16: 0.73, 32: 0.73, 64: 0.73}, (16, 0.73)),  # codes limit recall
+    ({1: 0.1, 2: 0.2, 4: 0.30, 8: 0.40, 16: 0.50, 32: 0.60, 64: 0.70}, (64, 0.70)),  # still rising: all lists
+])
+def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, expected):
+    asked = []
+
+    def recall_at(nprobe):
+        asked.append(nprobe)
+        return curve[nprobe]
+
+    assert ItemStore.tune_nprobe(IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16), recall_at) == expected
+    assert asked == sorted(asked) and asked[-1] <= 64

@@ -128,3 +128,28 @@ def test_search_read_as_columns_matches_pymilvus_hits(store, id_type):
             assert all(value == (None if id_type == "string" else -1) for value in found[row, n:])
     finally:
         store.drop(name)
+
+
+def test_a_versions_text_limits_come_from_its_data_and_long_text_is_clipped_by_bytes(store):
+    """Milvus sizes segments by the schema's declared row size, so a version declares what its
+    data needs (next power of two), not the caps; text over a limit is cut on a character
+    boundary by UTF-8 bytes, Milvus' unit (a character cut would overflow with accents)."""
+    from milvus.store import TextLimits, choose_ivf_pq
+
+    titles = ["Toy Story (1995)", "Amélie " * 3]
+    genres = ["Animation|Children's|Comedy", "Comedy|Romance"]
+    ids = np.array(["sku-1", "sku-22"], dtype=object)
+    limits = TextLimits.of(titles, genres, ids)
+    assert limits == TextLimits(title=32, genres=32, genre_count=4, genre=16, item_id=16)
+    name = store.create_version("limits_test", "model1", 4, {}, id_type="string", limits=limits)
+    try:
+        assert store.text_limits(name) == limits
+        long_title = "é" * 20  # 40 bytes, 20 characters: over the title's 32 bytes
+        store.insert(name, ids, np.ones((2, 4), dtype=np.float32), [long_title, titles[1]], genres)
+        store.build_index(name, choose_ivf_pq(2, 4))
+        fields = ["item_id", "title", "genre_list"]
+        rows = {row["item_id"]: row for row in store.rows(name, 'item_id like "sku%"', fields)}
+        assert rows["sku-1"]["title"] == "é" * 16 and rows["sku-22"]["title"] == titles[1]
+        assert rows["sku-1"]["genre_list"] == ["Animation", "Children's", "Comedy"]
+    finally:
+        store.drop(name)
