@@ -118,10 +118,10 @@ def table(result: dict) -> str:
     o = result["options"]
     lines = [f"scale run: {o['users']:,} users, {o['items']:,} items, mean {o['mean']} interactions per user, "
              f"{o['dim']} dims, {o['epochs']} epoch(s), {o['eval_users']:,} users evaluated", ""]
-    row = "{:<10}{:<58}{:>10}{:>10}{:>10}"
+    row = "{:<10}{:<82}{:>10}{:>10}{:>10}"
     lines.append(row.format("stage", "what", "seconds", "peak MB", "Milvus MB"))
     for stage, s in result["stages"].items():
-        lines.append(row.format(stage, _what(stage, s)[:57], f"{s['wall_seconds']:.1f}", s["peak_mb"],
+        lines.append(row.format(stage, _what(stage, s), f"{s['wall_seconds']:.1f}", s["peak_mb"],
                                 s.get("milvus_peak_mb", "")))
     lines.append(row.format("total", "", f"{result['total_seconds']:.1f}", result["peak_mb"],
                             result.get("milvus_peak_mb") or ""))
@@ -134,13 +134,14 @@ def _what(stage: str, s: dict) -> str:
     if stage == "prepare":
         return f"{s['train']:,} train, {s['held_out']:,} held out"
     if stage == "train":
-        return f"{s['train_seconds']:.0f} s of training"
+        epochs = s["history"]
+        return f"{len(epochs)} epoch(s), {epochs[-1]['examples_per_s']:,.0f} examples/s, {s['train_seconds']:.0f} s"
     if stage == "index":
         index = s["index"]["params"]
         return (f"{s['rows']:,} rows, nlist {index['nlist']}, m {index['m']}, nprobe {s['nprobe']}, "
                 f"recall@100 {s['index_recall@100']}")
-    return (f"{s['users_evaluated']:,} users, HR@10 {s['model_hit_rate@10']:.4f} "
-            f"(popularity {s['popularity_hit_rate@10']:.4f})")
+    return (f"{s['users_evaluated']:,} users, {s['timing']['milvus_users_per_s']:,} users/s through Milvus, "
+            f"HR@10 {s['model_hit_rate@10']:.4f} (popularity {s['popularity_hit_rate@10']:.4f})")
 
 
 def main() -> None:
