@@ -145,3 +145,35 @@ def test_hard_negatives_match_numpy():
 def test_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         retrieval_loss(IDENTITY2, IDENTITY2, **bad)
+
+
+def _step_by_step(query, candidate, temperature, probability, ids, weight, reduction):
+    """The loss composed from the small functions, as autograd sees it step by step."""
+    from towers.loss import apply_temperature
+
+    positive = torch.arange(len(query))
+    logits = correct_sampling_probability(apply_temperature(query @ candidate.T, temperature), probability)
+    logits = remove_accidental_hits(logits, positive, ids)
+    return softmax_cross_entropy(logits, positive, weight, reduction)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_the_fused_loss_and_its_gradients_match_the_step_by_step_loss(reduction):
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    candidate = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)  # 2 extra negatives
+    probability = torch.rand(9, dtype=torch.float64, generator=generator) * 0.5 + 0.01
+    ids = torch.tensor([3, 1, 3, 4, 1, 6, 7, 3, 9])  # in-batch repeats and an extra negative that is a positive
+    weight = torch.rand(7, dtype=torch.float64, generator=generator) + 0.5
+    fused = retrieval_loss(query, candidate[:7], 0.3, probability[:7], ids[:7], weight,
+                           extra_candidate_embeddings=candidate[7:], extra_sampling_probability=probability[7:],
+                           extra_candidate_ids=ids[7:], reduction=reduction)
+    fused_grads = torch.autograd.grad(fused, (query, candidate))
+    reference = _step_by_step(query, candidate, 0.3, probability, ids, weight, reduction)
+    reference_grads = torch.autograd.grad(reference, (query, candidate))
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-12)
+    for mine, theirs in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+    # and against finite differences
+    assert torch.autograd.gradcheck(lambda q, c: retrieval_loss(q, c, 0.3, probability[:7], ids[:7], weight),
+                                    (query, candidate[:7].detach().requires_grad_()))
