@@ -46,6 +46,12 @@ DEFAULT_PORTS = {
 SERVER_CONFIG = {
     # Milvus waits up to 30 minutes for a graceful stop by default; ours has nothing that slow to finish.
     "common.gracefulStopTimeout": 10,
+    # Segments are sealed at 23% of this estimated size; with the default 512 MB a version of
+    # 200k items came in two segments (50k + 150k, or 100k + 100k: it depends on timing) and
+    # 1M in seven. Each segment has its own IVF lists, so every query pays the list choice,
+    # the setup and the merge once per segment: on one 200k segment the same searches ran
+    # 1.3-1.5x as fast, and the index built in 0.8x the time (BENCHMARKS.md, session 5).
+    "dataCoord.segment.maxSize": 4096,
     # Components register with loopback, not "the first unicastable address", so a changed
     # network (a laptop on another Wi-Fi, a container with a new IP) never strands the data dir.
     **{f"{component}.ip": "127.0.0.1" for component in (

@@ -325,6 +325,12 @@ class ItemStore:
         stats = self._call(f"count rows of {name}", self.client.get_collection_stats, name)
         return int(stats["row_count"])
 
+    def segments(self, name: str) -> list[int]:
+        """Rows of each loaded segment of a collection, largest first. Each segment has its own
+        IVF lists, so a query costs a list choice and a merge per segment."""
+        loaded = self._call(f"list segments of {name}", self.client.list_loaded_segments, name)
+        return sorted((int(segment.num_rows) for segment in loaded), reverse=True)
+
     def record(self, name: str) -> dict:
         """What a version records about itself: the JSON in its description (fixed at
         creation), updated by its ``towerbridge.*`` properties (set later, e.g. the tuned nprobe)."""

@@ -45,3 +45,18 @@ def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
     for text in ("scale run: 1,500 users", "evaluate  1,", "Milvus search (nprobe", "FAISS search (nprobe",
                  "exact torch search", "eval_qps_milvus_over_faiss"):
         assert text in result.stdout
+
+
+def test_smallest_nprobe_finds_the_first_nprobe_reaching_a_recall_level():
+    from towerbridge.perf import smallest_nprobe
+
+    def recall_at(nprobe):  # rises with nprobe, 0.9 first reached at 9
+        asked.append(nprobe)
+        return 1 - 1 / (nprobe + 1)
+
+    asked = []
+    assert smallest_nprobe(recall_at, 0.9, 50) == (9, 0.9)
+    assert asked[:5] == [1, 2, 4, 8, 16] and len(asked) <= 8  # doubling, then bisection between 8 and 16
+    asked = []
+    assert smallest_nprobe(recall_at, 0.99, 50) is None and asked[-1] == 50  # not even every list reaches it
+    assert smallest_nprobe(lambda nprobe: 1.0, 0.5, 50) == (1, 1.0)

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from milvus.server import SERVER_CONFIG
+
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.milvus.yml"
 
 
@@ -20,6 +22,9 @@ def test_compose_declares_a_healthy_pinned_milvus_standalone():
     assert standalone["image"] == "milvusdb/milvus:v2.3.5"
     assert {"19530:19530", "9091:9091"} <= set(standalone["ports"])
     assert standalone["command"] == ["milvus", "run", "standalone"]
-    assert standalone["environment"] == {"ETCD_ENDPOINTS": "etcd:2379", "MINIO_ADDRESS": "minio:9000"}
+    # the segment size the embedded server uses (Milvus reads DATACOORD_SEGMENT_MAXSIZE as dataCoord.segment.maxSize)
+    segment_mb = str(SERVER_CONFIG["dataCoord.segment.maxSize"])
+    assert standalone["environment"] == {"ETCD_ENDPOINTS": "etcd:2379", "MINIO_ADDRESS": "minio:9000",
+                                         "DATACOORD_SEGMENT_MAXSIZE": segment_mb}
     assert {dep: cond["condition"] for dep, cond in standalone["depends_on"].items()} == {
         "etcd": "service_healthy", "minio": "service_healthy"}

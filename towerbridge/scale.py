@@ -138,7 +138,8 @@ def _what(stage: str, s: dict) -> str:
         return f"{len(epochs)} epoch(s), {epochs[-1]['examples_per_s']:,.0f} examples/s, {s['train_seconds']:.0f} s"
     if stage == "index":
         index = s["index"]["params"]
-        return (f"{s['rows']:,} rows, nlist {index['nlist']}, m {index['m']}, nprobe {s['nprobe']}, "
+        return (f"{s['rows']:,} rows in {len(s['segments'])} segment(s), nlist {index['nlist']}, m {index['m']}, "
+                f"nprobe {s['nprobe']}, "
                 f"recall@100 {s['index_recall@100']}")
     return (f"{s['users_evaluated']:,} users, {s['timing']['milvus_users_per_s']:,} users/s through Milvus, "
             f"HR@10 {s['model_hit_rate@10']:.4f} (popularity {s['popularity_hit_rate@10']:.4f})")

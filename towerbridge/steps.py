@@ -198,7 +198,8 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         store.drop(name)
         raise
     return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]), "items": len(item_ids),
-            "index": params_record(params), "nprobe": nprobe, "index_recall@100": round(recall, 4),
+            "segments": store.segments(name), "index": params_record(params), "nprobe": nprobe,
+            "index_recall@100": round(recall, 4),
             "model_id": manifest["model_id"], "model_dir": record["model_dir"]}
 
 
