@@ -60,3 +60,20 @@ def test_smallest_nprobe_finds_the_first_nprobe_reaching_a_recall_level():
     asked = []
     assert smallest_nprobe(recall_at, 0.99, 50) is None and asked[-1] == 50  # not even every list reaches it
     assert smallest_nprobe(lambda nprobe: 1.0, 0.5, 50) == (1, 1.0)
+
+
+def test_settle_waits_while_the_server_is_busy_and_not_once_it_is_idle():
+    import time
+
+    from towerbridge.perf import settle
+
+    spin = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass\ntime.sleep(60)"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        assert 2.0 <= settle(busy.pid) <= 5.0  # the busy loop's 2.5 s, counted in whole windows of 1 s
+        assert settle(busy.pid) <= 1.5  # now asleep: one window
+    finally:
+        busy.kill()
+        busy.wait()
+    assert settle(None) == 0.0

@@ -567,8 +567,8 @@ def parser() -> argparse.ArgumentParser:
         "bench", help="measure every stage beside FAISS-direct and exact search",
         description="Training (MovieLens 100K, against the retrieval goals), item embedding, Milvus insert "
                     "and IVF_PQ build against FAISS IndexIVFPQ train+add, and search through Milvus against "
-                    "FAISS at the same nprobe and exact torch search, with recall and peak memory. FAISS is "
-                    "optional: pip install faiss-cpu.",
+                    "FAISS at the same nprobe and at the same recall, and exact torch search, with recall and "
+                    "peak memory. FAISS is optional: pip install faiss-cpu.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--quick", action="store_true", help="50k items, 2k queries, no scale run: a few minutes "
@@ -581,7 +581,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", type=int, metavar="N", help="search queries (overrides the mode's)")
     bench.add_argument("--scale-items", type=int, metavar="N",
                        help="the scale run's users and items (default in full mode: 1,000,000 each, ~20M "
-                            "interactions; about an hour on 2 cores); also runs it in --quick mode")
+                            "interactions; about half an hour on 2 cores); also runs it in --quick mode")
     bench.add_argument("--no-scale", action="store_true", help="leave out the scale run")
     bench.add_argument("--workdir", metavar="DIR", help="keep the scale run's data, model and report here "
                                                         "(default: a temporary directory, removed after)")
