@@ -40,10 +40,14 @@ def remove_accidental_hits(logits: torch.Tensor, positive: torch.Tensor, candida
     MASKED_LOGIT. logits: ``[B, N]``; positive: ``[B]`` column of each row's positive;
     candidate_ids: ``[N]``.
     """
-    rows = torch.arange(len(positive), device=logits.device)
+    return logits.masked_fill(_accidental_hits(positive, candidate_ids), MASKED_LOGIT)
+
+
+def _accidental_hits(positive: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, N]``: True where column j holds row i's positive item but is not its positive column."""
     duplicate = candidate_ids[positive][:, None] == candidate_ids[None, :]
-    duplicate[rows, positive] = False
-    return logits.masked_fill(duplicate, MASKED_LOGIT)
+    duplicate[torch.arange(len(positive), device=positive.device), positive] = False
+    return duplicate
 
 
 def mine_hard_negatives(logits: torch.Tensor, positive: torch.Tensor,
@@ -157,10 +161,7 @@ def retrieval_loss(
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     positive = torch.arange(query_embeddings.shape[0], device=query_embeddings.device)  # the diagonal
     if num_hard_negatives is None:  # the usual case, fused (same result as the steps below)
-        duplicate = None
-        if ids is not None:
-            duplicate = ids[positive][:, None] == ids[None, :]
-            duplicate[positive, positive] = False
+        duplicate = None if ids is None else _accidental_hits(positive, ids)
         log_probability = None if probability is None else torch.log(probability.clamp_min(1e-12))
         per_example = _InBatchSoftmax.apply(query_embeddings, candidates, temperature, log_probability, duplicate)
         if sample_weight is not None:
