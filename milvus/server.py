@@ -1,12 +1,13 @@
 """The embedded Milvus server: a real Milvus 2.3 standalone run as a separate process.
 
-PyPI's ``milvus`` package ships a full Milvus standalone build. Its import name
-clashes with this project's ``milvus`` package, so it is installed with
-``pip install --target`` into its own directory under ``TOWERBRIDGE_HOME`` and
-only ever imported by a small bootstrap that runs in a separate interpreter
-(``python -S -P``: no site-packages, no current directory on ``sys.path``).
-The bootstrap writes Milvus' configuration and then ``exec``s the server binary,
-so the process we track *is* the server.
+PyPI's ``milvus`` package ships a full Milvus standalone build. It is installed with
+``pip install --target`` into its own directory under ``TOWERBRIDGE_HOME``, on first use,
+rather than as a dependency: it is a large binary that users of their own Milvus never
+need, it is pinned to the server version towerbridge is tested against whatever client
+the environment has, and one install serves every environment that shares the home. Only
+a small bootstrap imports it, in a separate interpreter (``python -S -P``: nothing from
+site-packages or the current directory can shadow it). The bootstrap writes Milvus'
+configuration and then ``exec``s the server binary, so the process we track *is* the server.
 
 State of a running server lives in ``<home>/milvus/server.json``; a second
 command on the same data directory reuses it instead of starting another.
@@ -42,16 +43,30 @@ DEFAULT_PORTS = {
     "query_node_port": 21123, "index_coord_port": 22930, "index_node_port": 21121,
     "data_coord_port": 13333, "data_node_port": 21124,
 }
+# Milvus' rootCoord.minSegmentSizeToEnableIndex: smaller segments are searched exactly and
+# get no index files, though their index reports as built.
+SMALLEST_INDEXED_SEGMENT = 1024
+# Where Milvus keeps binlogs and index files, relative to the data directory.
+STORAGE_DIR = "data"
 # Settings written into the server's milvus.yaml on top of the package's template.
 SERVER_CONFIG = {
     # Milvus waits up to 30 minutes for a graceful stop by default; ours has nothing that slow to finish.
     "common.gracefulStopTimeout": 10,
     # Segments are sealed at 23% of this estimated size; with the default 512 MB a version of
-    # 200k items came in two segments (50k + 150k, or 100k + 100k: it depends on timing) and
-    # 1M in seven. Each segment has its own IVF lists, so every query pays the list choice,
-    # the setup and the merge once per segment: on one 200k segment the same searches ran
-    # 1.3-1.5x as fast, and the index built in 0.8x the time (BENCHMARKS.md, session 5).
+    # 200k items comes in two or more segments. Each segment has its own IVF lists, so every
+    # query pays the list choice, the setup and the merge once per segment: large segments
+    # search faster and build their index in less time (figures in BENCHMARKS.md).
     "dataCoord.segment.maxSize": 4096,
+    # Relative to the server's working directory, which the bootstrap sets to the data
+    # directory, so the files land in <home>/milvus/data as before. It must not be absolute:
+    # with local storage a binlog's object key is <localStorage.path>/insert_log/..., and the
+    # query node's chunk cache (where it copies raw vectors it is asked to return, then
+    # unlinks the copy) joins its own directory with that key. An absolute key replaces the
+    # directory in the join, so the cache truncated and deleted the persistent binlog itself
+    # on the first query that returned vectors (seen with strace: open O_TRUNC, then unlink).
+    # A relative key keeps the cache under data/chunk_cache/. Meta stores binlogs by id, so
+    # data written with an absolute path loads from the relative one unchanged.
+    "localStorage.path": STORAGE_DIR,
     # Components register with loopback, not "the first unicastable address", so a changed
     # network (a laptop on another Wi-Fi, a container with a new IP) never strands the data dir.
     **{f"{component}.ip": "127.0.0.1" for component in (
@@ -121,6 +136,18 @@ def data_dir() -> Path:
     path = settings.home() / "milvus"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def storage_dir() -> Path:
+    """Where the embedded server keeps every version's binlogs and index files."""
+    return data_dir() / STORAGE_DIR
+
+
+def local_storage(uri: str) -> Path | None:
+    """The storage directory behind ``uri`` when it is this home's embedded server, else None
+    (a remote Milvus keeps its files where this machine cannot see them)."""
+    state = _read_state()
+    return storage_dir() if state is not None and state.uri == uri.rstrip("/") else None
 
 
 def install_dir() -> Path:
@@ -303,10 +330,25 @@ def stop() -> ServerState | None:
         return state
 
 
+def start_serving(log=print) -> tuple[ServerState, bool]:
+    """``start``, then wait until the server answers queries on every version it had loaded
+    (``ItemStore.wait_until_serving``), as a question asked right away expects."""
+    from towerbridge.milvus.store import ItemStore  # the store imports this module
+
+    state, started_here = start(log)
+    if started_here:
+        with ItemStore(state.uri) as store:
+            unready = store.wait_until_serving(log=log)
+        if unready:
+            log(f"warning: Milvus has not loaded {', '.join(unready)} yet; questions to it may be refused")
+    return state, started_here
+
+
 @contextlib.contextmanager
 def embedded(log=print) -> Iterator[str]:
-    """Yield the URI of a running embedded server; stop it afterwards if we started it."""
-    state, started_here = start(log)
+    """Yield the URI of a running embedded server, ready to answer; stop it afterwards if we
+    started it."""
+    state, started_here = start_serving(log)
     try:
         yield state.uri
     finally:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
 from towerbridge.errors import CollectionError, ConfigError, DataError
-from towers import artifact
-from towers.vectors import user_vectors
+from towerbridge.milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
+from towerbridge.towers import artifact
+from towerbridge.towers.vectors import user_vectors
 
 RESULT_FIELDS = ("title", "genres")
 
@@ -45,14 +45,23 @@ def _again_if_swapped(function):
             try:
                 return function(store, name, *args, **kwargs)
             except (CollectionError, DataError) as error:  # e.g. the item's row is gone with its version
-                if attempt == ASKED_AT_MOST:
-                    raise
-                if store.resolve(name) != before:
+                if store.resolve(name) != before and attempt < ASKED_AT_MOST:
                     continue
-                if not any(sign in str(error).lower() for sign in INTERNAL):
+                try:
+                    missing = store.missing_files(before)
+                except CollectionError:  # the version itself is gone: the first error says more
+                    missing = []
+                if missing:
+                    raise CollectionError(damaged_message(before, missing)) from None
+                if attempt == ASKED_AT_MOST or not any(sign in str(error).lower() for sign in INTERNAL):
                     raise
                 time.sleep(0.2 * attempt)
     return asked
+
+
+def damaged_message(collection: str, missing: list[str]) -> str:
+    return (f"{collection} is damaged: {len(missing)} of its files are missing from the Milvus server's disk "
+            f"(e.g. {missing[0]}), so Milvus cannot load it; `towerbridge rebuild` builds a version to replace it")
 
 
 def _typed_id(value: str, record: dict, what: str):
@@ -135,14 +144,19 @@ def query(store: ItemStore, name: str, expression: str, fields: list[str] | None
 
 
 def versions(store: ItemStore, alias: str) -> list[dict]:
-    """Every version of ``alias``, newest first."""
-    serving = store.alias_target(alias)
+    """Every version of ``alias``, newest first. A version whose files are missing from the
+    server's disk is ``damaged``, never ``serving``, even while the alias still points at it."""
+    target = store.alias_target(alias)
     listed = []
     for name in reversed(store.versions(alias)):
         record = store.record(name)
+        missing = store.missing_files(name)
         listed.append({
             "collection": name,
-            "serving": name == serving,
+            "serving": name == target and not missing,
+            "alias_target": name == target,
+            "damaged": bool(missing),
+            "missing_files": missing,
             "complete": bool(record.get("complete")),
             "rows": store.count(name),
             "index_type": record.get("index_type"),
