@@ -48,7 +48,7 @@ def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
 
 
 def test_smallest_nprobe_finds_the_first_nprobe_reaching_a_recall_level():
-    from towerbridge.perf import smallest_nprobe
+    from bench.perf import smallest_nprobe
 
     def recall_at(nprobe):  # rises with nprobe, 0.9 first reached at 9
         asked.append(nprobe)
@@ -65,7 +65,7 @@ def test_smallest_nprobe_finds_the_first_nprobe_reaching_a_recall_level():
 def test_settle_waits_while_the_server_is_busy_and_not_once_it_is_idle():
     import time
 
-    from towerbridge.perf import settle
+    from bench.perf import settle
 
     spin = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass\ntime.sleep(60)"
     busy = subprocess.Popen([sys.executable, "-c", spin])

@@ -11,7 +11,7 @@ Milvus server where there is one, during that stage):
     search      top 100 for real user vectors: Milvus (ItemStore.search, what evaluation uses) at the
                 nprobe the pipeline would tune vs FAISS IVFPQ at the same nprobe vs exact torch
                 search; recall of each against exact; each timed REPEATS times, the median counts
-    scale run   (full mode) the whole pipeline on 1M users and items: towerbridge.scale
+    scale run   (full mode) the whole pipeline on 1M users and items: bench/scale.py
 
 FAISS is optional (`pip install faiss-cpu`); without it its columns are missing and said so.
 """
@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy as np
 
 from towerbridge import evaluation as ev
 from towerbridge import settings
+from towerbridge.milvus.index import tune_nprobe
 
 GOALS = {"hit_rate@10": 0.14, "hit_rate@100": 0.52}
 
@@ -49,7 +49,7 @@ class Sizes:
         return cls(items=50_000, users=20_000, queries=2_000) if quick else cls(200_000, 50_000, 10_000)
 
 
-def _hwm_mb(pid: int | str = "self") -> float | None:
+def peak_rss_mb(pid: int | str = "self") -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -59,7 +59,7 @@ def _hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
-def _reset_hwm(pid: int | str = "self") -> None:
+def reset_peak_rss(pid: int | str = "self") -> None:
     with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
@@ -69,13 +69,13 @@ def measure(record: dict, server_pid: int | None = None):
     """Wall seconds and peak RSS (MB) of this process and of the Milvus server during the block."""
     for pid in ("self", server_pid):
         if pid:
-            _reset_hwm(pid)
+            reset_peak_rss(pid)
     started = time.perf_counter()
     yield record
     record.setdefault("seconds", round(time.perf_counter() - started, 3))  # unless the block timed itself
-    record["peak_mb"] = round(_hwm_mb() or 0)
+    record["peak_mb"] = round(peak_rss_mb() or 0)
     if server_pid:
-        record["milvus_peak_mb"] = round(_hwm_mb(server_pid) or 0)
+        record["milvus_peak_mb"] = round(peak_rss_mb(server_pid) or 0)
 
 
 QUIET_CORES = 0.15  # a server using less CPU than this over a second counts as idle
@@ -110,18 +110,19 @@ def settle(server_pid: int | None, window: float = 1.0, limit: float = SETTLE_LI
 def training(ml100k: Path, progress: bool) -> dict:
     """Default training on MovieLens 100K, leave-last-out; goals checked by exact search."""
     from towerbridge import steps
-    from towers import artifact
-    from towers.vectors import item_vectors, user_vectors
+    from towerbridge.data.options import DataOptions
+    from towerbridge.towers import artifact
+    from towerbridge.towers.vectors import item_vectors, user_vectors
 
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = steps.prepare_data("movielens-100k", str(ml100k), f"{tmp}/prepared")
+        prepared = steps.prepare_data(DataOptions("movielens-100k", str(ml100k)), f"{tmp}/prepared")
         model_dir = steps.train_model(prepared, f"{tmp}/models", {}, progress=progress)
         manifest = artifact.read_manifest(Path(model_dir))
         trained = artifact.load(Path(model_dir))
-        train_part = steps._read(prepared, "train")
-        held_out = steps._read(prepared, "held_out")
+        train_part = steps.read_part(prepared, "train")
+        held_out = steps.read_part(prepared, "held_out")
         users = np.unique(held_out["user_id"].to_numpy())
-        seen = steps._seen(train_part, users, trained)
+        seen = steps.seen_items(train_part, users, trained)
         _, vectors = item_vectors(trained)
         top = ev.exact_top_k(user_vectors(trained, users), vectors, seen, 100)
         rows = np.searchsorted(users, held_out["user_id"].to_numpy())
@@ -139,10 +140,10 @@ def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarra
     """A synthetic catalog through a trained item tower. Returns (figures, ids, item vectors,
     query vectors)."""
     from towerbridge.data.synthetic import SyntheticSpec, generate
-    from towers.config import TowerConfig
-    from towers.features import default_spec
-    from towers.train import train
-    from towers.vectors import item_vectors, user_vectors
+    from towerbridge.towers.config import TowerConfig
+    from towerbridge.towers.features import default_spec
+    from towerbridge.towers.train import train
+    from towerbridge.towers.vectors import item_vectors, user_vectors
 
     interactions, items = generate(SyntheticSpec(n_users=sizes.users, n_items=sizes.items, mean_interactions=8,
                                                  seed=5))
@@ -160,7 +161,7 @@ def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarra
 
 
 def milvus_build(store, ids: np.ndarray, vectors: np.ndarray, params, server_pid: int | None) -> tuple[dict, str]:
-    from milvus.store import TextLimits
+    from towerbridge.milvus.store import TextLimits
 
     texts = [""] * len(ids)
     name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"},
@@ -211,7 +212,9 @@ def _timed(record: dict, search: Callable[[], np.ndarray], repeats: int = REPEAT
 
 
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+    """Index recall at the answers' width (rows hold 1-based positions, as evaluation's do)."""
+    k = exact.shape[1]
+    return ev.overlap(found, exact, (k,))[f"recall@{k}"]
 
 
 def smallest_nprobe(recall_at: Callable[[int], float], level: float, nlist: int) -> tuple[int, float] | None:
@@ -239,7 +242,7 @@ def smallest_nprobe(recall_at: Callable[[int], float], level: float, nlist: int)
 
 def search(store, name, faiss_index, ids, vectors, queries, k: int, target: float,
            server_pid: int | None, params) -> dict:
-    """Milvus at the nprobe the pipeline would tune (``ItemStore.tune_nprobe``: the smallest
+    """Milvus at the nprobe the pipeline would tune (``index.tune_nprobe``: the smallest
     reaching ``target`` recall@k, or where recall stops rising); FAISS at the same nprobe;
     exact torch search as the reference.
 
@@ -301,14 +304,14 @@ def search(store, name, faiss_index, ids, vectors, queries, k: int, target: floa
                               qps=round(len(queries) / seconds))
         return milvus, faiss_figures
 
-    nprobe, recall = store.tune_nprobe(params, milvus_recall, target)
+    nprobe, recall = tune_nprobe(params, milvus_recall, target)
     figures.update(nprobe=nprobe, nlist=params.nlist, tuned_recall=round(recall, 4), target_recall=target)
     if faiss_index is None:
         figures["milvus"], _ = time_at(nprobe, None)
         return figures
     figures["milvus"], figures["faiss"] = time_at(nprobe, nprobe)
     # FAISS as far as it gets towards Milvus' recall (it may stop rising short of it)
-    _, best = store.tune_nprobe(params, faiss_recall, recall)
+    _, best = tune_nprobe(params, faiss_recall, recall)
     level = min(recall, best)
     at_milvus, _ = smallest_nprobe(milvus_recall, level, params.nlist)
     at_faiss, _ = smallest_nprobe(faiss_recall, level, params.nlist)
@@ -318,8 +321,9 @@ def search(store, name, faiss_index, ids, vectors, queries, k: int, target: floa
 
 
 def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes: Sizes | None = None) -> dict:
-    from milvus import server
-    from milvus.store import ItemStore, choose_ivf_pq
+    from towerbridge.milvus import server
+    from towerbridge.milvus.index import choose_ivf_pq
+    from towerbridge.milvus.store import ItemStore
 
     sizes = sizes or Sizes.of(quick)
     state = server.running()
@@ -425,56 +429,3 @@ def table(result: dict) -> str:
 
 def write(result: dict, path: str) -> None:
     settings.write_atomic(Path(path), json.dumps(result, indent=2))
-
-
-def query_load(uri: str, alias: str, items: list, threads: int = 4, seconds: float = 60.0,
-               max_queries: int = 20_000, k: int = 10, stop: threading.Event | None = None) -> dict:
-    """Analysts' queries against ``alias`` from ``threads`` threads, each its own connection:
-    ``similar`` for a random item of ``items`` (an id lookup, then an ANN search), the way
-    `towerbridge similar` runs it. Ends when ``stop`` is set, ``seconds`` pass or
-    ``max_queries`` are done. Only a Milvus on this machine (loopback) is loaded.
-
-    Returns counts, failures (with the first few messages) and latency percentiles in ms."""
-    from urllib.parse import urlparse
-
-    from milvus.store import ItemStore
-    from towerbridge import analyst
-
-    host = urlparse(uri).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"query_load runs against a Milvus on this machine only, not {settings.redact(uri)}")
-    stop = stop or threading.Event()
-    deadline = time.monotonic() + seconds
-    latencies: list[float] = []
-    failures: list[str] = []
-    budget = threading.Semaphore(max_queries)
-
-    def analyst_thread(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        store = ItemStore(uri)
-        try:
-            while not stop.is_set() and time.monotonic() < deadline and budget.acquire(blocking=False):
-                started = time.perf_counter()
-                try:
-                    hits = analyst.similar(store, alias, str(items[rng.integers(len(items))]), k)
-                    if len(hits) != k:
-                        failures.append(f"{len(hits)} hits instead of {k}")
-                except Exception as error:  # every failure counts, whatever it is
-                    failures.append(f"{type(error).__name__}: {error}")
-                latencies.append(time.perf_counter() - started)
-        finally:
-            store.close()
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=analyst_thread, args=(seed,)) for seed in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"threads": threads, "queries": len(latencies), "failures": len(failures),
-            "failure_examples": failures[:5], "seconds": round(wall, 1),
-            "queries_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "max_ms": round(float(ms.max()), 1)}

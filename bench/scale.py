@@ -11,7 +11,7 @@ is its own; the embedded Milvus server's peak during each stage is read from /pr
     evaluate   every metric through Milvus beside exact search, popularity and random
                                                             (steps.evaluate_model)
 
-A stage's process runs ``python -m towerbridge.scale STAGE WORKDIR OPTIONS_JSON`` and prints
+A stage's process runs ``python -m bench.scale STAGE WORKDIR OPTIONS_JSON`` and prints
 its figures as JSON on its last line.
 """
 
@@ -45,6 +45,7 @@ class ScaleOptions:
 def _stage(stage: str, work: Path, options: dict) -> dict:
     """One stage, in this process. Returns its figures."""
     from towerbridge import steps
+    from towerbridge.data.options import DataOptions
 
     if stage == "generate":
         from towerbridge.data.dataset import write_parquet
@@ -58,7 +59,7 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         return {"interactions": len(interactions), "users": int(interactions["user_id"].nunique()),
                 "items": len(catalog)}
     if stage == "prepare":
-        out = steps.prepare_data("synthetic", str(work / "raw"), str(work / "prepared"))
+        out = steps.prepare_data(DataOptions("synthetic", str(work / "raw")), str(work / "prepared"))
         summary = json.loads((Path(out) / "summary.json").read_text())
         return {key: summary[key] for key in ("users", "items", "interactions", "train", "held_out")}
     if stage == "train":
@@ -70,8 +71,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
     if stage == "index":
         info = steps.index_model((work / "model_dir").read_text(), options["uri"], alias=ALIAS, progress=False,
                                  keep_versions=1)
-        (work / "collection").write_text(info["collection"])
-        return info
+        (work / "collection").write_text(info.collection)
+        return info.to_dict()
     report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"], (work / "collection").read_text(),
                                   str(work / "report"), eval_users=options["eval_users"])
     return {"users_evaluated": report["users_evaluated"], "timing": report["timing"],
@@ -81,20 +82,20 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
 
 def run_stage(stage: str, workdir: Path, options: dict, server_pid: int | None) -> dict:
     """``stage`` in a fresh process; its figures with wall seconds and peak memory."""
-    from towerbridge.perf import _hwm_mb, _reset_hwm
+    from bench.perf import peak_rss_mb, reset_peak_rss
 
     if server_pid:
-        _reset_hwm(server_pid)
+        reset_peak_rss(server_pid)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "towerbridge.scale", stage, str(workdir), json.dumps(options)],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "bench.scale", stage, str(workdir), json.dumps(options)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if result.returncode != 0:
         raise TowerbridgeError(f"scale run: stage {stage} failed (exit {result.returncode}):\n"
                                f"{result.stderr.strip()[-3000:]}")
     info = json.loads(result.stdout.strip().splitlines()[-1])
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     if server_pid:
-        info["milvus_peak_mb"] = round(_hwm_mb(server_pid) or 0)
+        info["milvus_peak_mb"] = round(peak_rss_mb(server_pid) or 0)
     return info
 
 

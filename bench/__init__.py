@@ -1,0 +1,1 @@
+"""Benchmarks: `towerbridge bench` (perf, scale) and the stand-alone scripts beside them."""
