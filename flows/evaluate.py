@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from milvus import server
 from towerbridge import steps
+from towerbridge.milvus import server
 from towerbridge.report import report_markdown, report_table
 
 

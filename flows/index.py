@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from milvus import server
-from milvus.store import DEFAULT_ALIAS, check_name
-from towerbridge import steps
+from towerbridge import defaults, steps
+from towerbridge.milvus import server
+from towerbridge.milvus.store import DEFAULT_ALIAS, check_name
+from towerbridge.results import BuiltVersion
 
 
 @task(name="build-collection", retries=1, retry_delay_seconds=5)
 def build_collection(model_dir: str, uri: str, alias: str, index_params: dict, keep_versions: int,
-                     target_recall: float) -> dict:
+                     target_recall: float) -> BuiltVersion:
     return steps.index_model(model_dir, uri, alias, index_params=index_params, keep_versions=keep_versions,
                              target_recall=target_recall)
 
 
 @flow(name="index")
 def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_ALIAS,
-          index_params: dict | None = None, keep_versions: int = 3, target_recall: float = 0.95) -> dict:
+          index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
+          target_recall: float = defaults.TARGET_RECALL) -> BuiltVersion:
     """Batch-embed all items of the model's catalog into a new IVF_PQ version, tune nprobe to
     ``target_recall``, move ``alias`` to it, keep the newest ``keep_versions``.
 
     index_params: ``nlist``, ``m``, ``nbits`` overriding the ones chosen from the data.
-    Returns ``{"collection", "alias", "previous", "rows", "index", "nprobe", ...}``.
+    Returns the ``BuiltVersion`` now serving.
     """
     logger = get_run_logger()
     check_name(alias)
     with server.endpoint(milvus_uri, log=logger.info) as uri:
         built = build_collection(model_dir, uri, alias, index_params or {}, keep_versions, target_recall)
-    logger.info("alias %s -> %s (%d rows, IVF_PQ %s)", built["alias"], built["collection"],
-                built["rows"], built["index"]["params"])
+    logger.info("alias %s -> %s (%d rows, IVF_PQ %s)", built.alias, built.collection, built.rows,
+                built.index["params"])
     return built

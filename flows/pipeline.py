@@ -6,29 +6,24 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.evaluate import evaluate
-from flows.index import index
-from flows.train import train
-from milvus import server
-from milvus.store import DEFAULT_ALIAS, check_name
-from towerbridge import settings, steps
-from towers.config import TowerConfig
+from towerbridge import defaults, settings, steps
+from towerbridge.data.options import DataOptions
+from towerbridge.flows.evaluate import evaluate
+from towerbridge.flows.index import index
+from towerbridge.flows.train import train
+from towerbridge.milvus import server
+from towerbridge.milvus.store import DEFAULT_ALIAS, check_name
+from towerbridge.towers.config import TowerConfig
 
 
 @flow(name="pipeline")
 def pipeline(
-    dataset: str = "synthetic",
-    data_dir: str | None = None,
-    protocol: str = "leave-last-out",
-    spec_file: str | None = None,
-    filters: dict | None = None,
-    split_options: dict | None = None,
-    drop_unknown_items: bool = False,
+    data: DataOptions | None = None,
     report_dir: str | None = None,
     milvus_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
     index_params: dict | None = None,
-    keep_versions: int = 3,
+    keep_versions: int = defaults.KEEP_VERSIONS,
     epochs: int = TowerConfig.epochs,
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
@@ -47,13 +42,10 @@ def pipeline(
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        trained = train(dataset=dataset, data_dir=data_dir, protocol=protocol, spec_file=spec_file,
-                        filters=filters, split_options=split_options, drop_unknown_items=drop_unknown_items,
-                        run_dir=str(run_dir),
-                        epochs=epochs, use_features=use_features,
+        trained = train(data=data, run_dir=str(run_dir), epochs=epochs, use_features=use_features,
                         early_stopping_patience=early_stopping_patience, seed=seed)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
                       keep_versions=keep_versions)
-        report = evaluate(model_dir=trained["model_dir"], collection=built["collection"],
+        report = evaluate(model_dir=trained["model_dir"], collection=built.collection,
                           report_dir=report_dir, milvus_uri=uri, ks=ks, eval_users=eval_users)
     return {**report, "report_dir": str(Path(report_dir).resolve())}

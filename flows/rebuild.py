@@ -25,20 +25,20 @@ from prefect.schedules import Cron
 from prefect.tasks import exponential_backoff
 from prefect.transactions import get_transaction, transaction
 
-from flows.evaluate import evaluate
-from flows.train import train
-from milvus import server
-from milvus.store import DEFAULT_ALIAS, ItemStore, check_name
+from towerbridge import defaults, settings, steps
 from towerbridge import rebuild as decide
-from towerbridge import settings, steps
+from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
-from towers import artifact
-from towers.config import TowerConfig
-from towers.vectors import user_vectors
+from towerbridge.flows.evaluate import evaluate
+from towerbridge.flows.train import train
+from towerbridge.milvus import server
+from towerbridge.milvus.store import DEFAULT_ALIAS, ItemStore, check_name
+from towerbridge.results import BuiltVersion
+from towerbridge.towers import artifact
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.vectors import user_vectors
 
 TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
-DEFAULT_CRON = "0 2 * * *"
-DEFAULT_TIMEZONE = "UTC"
 
 
 def _transient(task, task_run, state) -> bool:
@@ -49,79 +49,61 @@ def _transient(task, task_run, state) -> bool:
 RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "retry_condition_fn": _transient}
 
 
-def _store(uri: str) -> ItemStore:
-    return ItemStore(uri)
-
-
 @task(name="inspect-serving", **RETRY, timeout_seconds=300)
 def inspect_serving(uri: str, alias: str) -> dict:
-    store = _store(uri)
-    try:
+    with ItemStore(uri) as store:
         half_built = store.remove_half_built(alias)
         serving = store.alias_target(alias)
-        return {"serving": serving, "record": store.record(serving) if serving else None, "removed": half_built}
-    finally:
-        store.close()
+        return {"serving": serving, "record": store.record(serving) if serving else None, "removed": half_built,
+                "missing_files": store.missing_files(serving) if serving else []}
 
 
 @task(name="build-candidate", **RETRY, timeout_seconds=4 * 3600)
-def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, target_recall: float) -> dict:
-    store = _store(uri)
-    try:  # a retry starts over: the failed attempt dropped its partial collection (or the next rebuild will)
+def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, target_recall: float) -> BuiltVersion:
+    # a retry starts over: the failed attempt dropped its partial collection (or the next rebuild will)
+    with ItemStore(uri) as store:
         return steps.build_version(store, model_dir, alias, index_params=index_params, target_recall=target_recall,
                                    complete=False)
-    finally:
-        store.close()
 
 
 @task(name="drop-candidate", **RETRY, timeout_seconds=300)
 def drop_candidate(uri: str, alias: str, collection: str) -> bool:
     """Drop the candidate unless it is what the alias serves; True if dropped."""
-    store = _store(uri)
-    try:
+    with ItemStore(uri) as store:
         if store.alias_target(alias) == collection:
             return False
         store.drop(collection)
         return True
-    finally:
-        store.close()
 
 
 @task(name="swap-alias", **RETRY, timeout_seconds=300)
 def swap_alias(uri: str, alias: str, collection: str) -> str | None:
     """Mark the validated ``collection`` complete and point ``alias`` at it; return what it
     served before (kept for the rollback)."""
-    store = _store(uri)
-    try:
+    with ItemStore(uri) as store:
         previous = store.alias_target(alias)
         get_transaction().set("restore", {"uri": uri, "alias": alias, "previous": previous})
         store.mark_complete(collection)
         store.point_alias(alias, collection)
         return previous
-    finally:
-        store.close()
 
 
 @swap_alias.on_rollback
 def _restore_alias(txn) -> None:
     """Put the alias back on the version it served before the swap (or remove it, if it is new)."""
     restore = txn.get("restore")
-    store = _store(restore["uri"])
-    try:
+    with ItemStore(restore["uri"]) as store:
         if restore["previous"]:
             store.point_alias(restore["alias"], restore["previous"])
         else:
-            store.client.drop_alias(restore["alias"])
-    finally:
-        store.close()
+            store.drop_alias(restore["alias"])
 
 
 @task(name="verify-serving", **RETRY, timeout_seconds=300)
 def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int = 10) -> None:
     """After the swap, the alias must answer as the candidate: it resolves to it, and a search
     through the alias for real users returns k items each."""
-    store = _store(uri)
-    try:
+    with ItemStore(uri) as store:
         target = store.alias_target(alias)
         if target != collection:
             raise RuntimeError(f"after the swap, alias {alias} serves {target}, not {collection}")
@@ -132,18 +114,13 @@ def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int
         short = int((~np.isfinite(scores)).any(axis=1).sum())
         if short:
             raise RuntimeError(f"alias {alias}: {short} of {len(users)} test searches returned fewer than {k} items")
-        store.set_record(collection, served_since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    finally:
-        store.close()
+        store.set_record(collection, served_since=defaults.utc_now())
 
 
 @task(name="apply-retention", **RETRY, timeout_seconds=600)
 def apply_retention(uri: str, alias: str, keep_versions: int) -> list[str]:
-    store = _store(uri)
-    try:
+    with ItemStore(uri) as store:
         return store.apply_retention(alias, keep_versions)
-    finally:
-        store.close()
 
 
 def rebuild_dir() -> Path:
@@ -151,7 +128,8 @@ def rebuild_dir() -> Path:
 
 
 def _record_failure(flow, flow_run, state) -> None:
-    """on_failure: one clear line in the log, and failure.md beside the rebuild's report."""
+    """on_failure: one clear line in the log naming the report (the flow itself writes
+    rebuild.json and rebuild.md, with the error, however it ends)."""
     directory = settings.state_dir("rebuilds") / str(flow_run.id)
     summary_file = directory / "rebuild.md"
     message = state.message or "failed"
@@ -162,19 +140,13 @@ def _record_failure(flow, flow_run, state) -> None:
 
 @flow(name="rebuild", on_failure=[_record_failure], timeout_seconds=6 * 3600)
 def rebuild(
-    dataset: str = "synthetic",
-    data_dir: str | None = None,
-    spec_file: str | None = None,
-    protocol: str = "leave-last-out",
-    filters: dict | None = None,
-    split_options: dict | None = None,
-    drop_unknown_items: bool = False,
+    data: DataOptions | None = None,
     reuse_model: bool = False,
     alias: str = DEFAULT_ALIAS,
     milvus_uri: str | None = None,
     index_params: dict | None = None,
-    keep_versions: int = 3,
-    target_recall: float = 0.95,
+    keep_versions: int = defaults.KEEP_VERSIONS,
+    target_recall: float = defaults.TARGET_RECALL,
     metrics: list[str] | None = None,
     tolerance: float = decide.DEFAULT_TOLERANCE,
     eval_users: int | None = None,
@@ -183,14 +155,14 @@ def rebuild(
     seed: int = TowerConfig.seed,
     lock_timeout_s: float = 3600.0,
     retries: int = 2,
-) -> dict:
+) -> decide.RebuildSummary:
     """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
     passes validation: every item indexed, index recall >= ``target_recall``, and
     ``metrics`` (default hit_rate@10, ndcg@10) not worse than the serving version's beyond
     ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
     ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
 
-    Returns the rebuild summary (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
+    Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
     """
     logger = get_run_logger()
@@ -200,8 +172,7 @@ def rebuild(
         raise ConfigError(f"target_recall must be in (0, 1], got {target_recall}")
     if tolerance < 0:
         raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
-    if keep_versions < 1:
-        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
+    defaults.check_keep_versions(keep_versions)
     steps.check_eval_users(eval_users)
     if retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {retries}")
@@ -211,69 +182,67 @@ def rebuild(
     verify = verify_serving.with_options(retries=0)
     directory = rebuild_dir()
     started = time.perf_counter()
-    summary: dict = {"alias": alias, "outcome": "failed", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                      time.gmtime())}
-    built = None
+    summary = decide.RebuildSummary(alias=alias, started_at=defaults.utc_now())
     try:
         with server.endpoint(milvus_uri, log=logger.info) as uri, \
                 settings.lock(f"index-{alias}", timeout_s=lock_timeout_s, log=logger.info):
             serving = inspect(uri, alias)
-            summary.update(serving_before=serving["serving"], serving_after=serving["serving"],
-                           removed_half_built=serving["removed"],
-                           serving_evaluation=decide.serving_evaluation(serving["record"] or {}))
+            summary.serving_before = summary.serving_after = serving["serving"]
+            summary.removed_half_built = serving["removed"]
+            summary.serving_evaluation = decide.serving_evaluation(serving["record"] or {})
+            if serving["missing_files"]:
+                summary.serving_damaged = serving["missing_files"]
+                logger.warning("%s serves nothing: %d of its files are missing from the server's disk; this "
+                               "rebuild replaces it", serving["serving"], len(serving["missing_files"]))
             if reuse_model:
                 model_dir = decide.latest_model()
                 logger.info("reusing the latest model %s", model_dir)
             else:
-                model_dir = train(dataset=dataset, data_dir=data_dir, spec_file=spec_file, protocol=protocol,
-                                  filters=filters, split_options=split_options,
-                                  drop_unknown_items=drop_unknown_items, run_dir=str(directory / "run"),
-                                  epochs=epochs, use_features=use_features, seed=seed)["model_dir"]
-            summary["model_dir"] = model_dir
-            built = build(model_dir, uri, alias, index_params or {}, target_recall)
-            summary["built"] = built
+                model_dir = train(data=data, run_dir=str(directory / "run"), epochs=epochs,
+                                  use_features=use_features, seed=seed)["model_dir"]
+            summary.model_dir = model_dir
+            summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall)
             try:
-                report = evaluate(model_dir=model_dir, collection=built["collection"],
+                report = evaluate(model_dir=model_dir, collection=built.collection,
                                   report_dir=str(directory / "report"), milvus_uri=uri, eval_users=eval_users)
-                summary["report"] = {key: report[key] for key in ("dataset", "protocol", "users_evaluated", "model",
-                                                                  "ann_gap", "index_recall")}
-                decision = decide.validate(built, report, serving["serving"], serving["record"], target_recall,
-                                           metrics, tolerance)
-                summary["decision"] = decide.decision_dict(decision)
+                summary.report = {key: report[key] for key in ("dataset", "protocol", "users_evaluated", "model",
+                                                               "ann_gap", "index_recall")}
+                summary.decision = decision = decide.validate(
+                    built, report, serving["serving"], serving["record"], target_recall, metrics, tolerance,
+                    serving_damaged=bool(serving["missing_files"]))
                 if not decision.passed:
-                    raise RebuildRejected(f"candidate {built['collection']} rejected, "
+                    raise RebuildRejected(f"candidate {built.collection} rejected, "
                                                  f"{serving['serving'] or 'nothing'} still serves: {decision.reason}")
                 with transaction():
-                    swap(uri, alias, built["collection"])
-                    verify(uri, alias, built["collection"], model_dir)
+                    swap(uri, alias, built.collection)
+                    verify(uri, alias, built.collection, model_dir)
             except BaseException:
                 try:
-                    summary["candidate_dropped"] = drop_candidate.with_options(retries=0)(uri, alias,
-                                                                                        built["collection"])
+                    summary.candidate_dropped = drop_candidate.with_options(retries=0)(uri, alias, built.collection)
                 except Exception as error:  # e.g. Milvus is down: the next rebuild removes it as half-built
-                    summary.setdefault("warnings", []).append(f"candidate {built['collection']} not dropped "
-                                                              f"({error}); the next rebuild removes it")
+                    summary.warn(f"candidate {built.collection} not dropped ({error}); the next rebuild removes it")
                 raise
-            summary.update(serving_after=built["collection"], outcome="swapped")
+            summary.serving_after, summary.outcome = built.collection, "swapped"
             try:
-                summary["dropped_versions"] = retain(uri, alias, keep_versions)
+                summary.dropped_versions = retain(uri, alias, keep_versions)
             except Exception as error:  # the new version serves; old versions linger until the next rebuild
-                summary.setdefault("warnings", []).append(f"retention failed, old versions kept: {error}")
+                summary.warn(f"retention failed, old versions kept: {error}")
     except BaseException as error:
         if isinstance(error, RebuildRejected):
-            summary["outcome"] = "rejected"
-        summary["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
+            summary.outcome = "rejected"
+        summary.error = "".join(traceback.format_exception_only(type(error), error)).strip()
         raise
     finally:
-        summary["seconds"] = round(time.perf_counter() - started, 1)
-        summary["report_dir"] = str(directory)
-        decide.write_summary(summary, directory)
+        summary.seconds = round(time.perf_counter() - started, 1)
+        summary.report_dir = str(directory)
+        record = summary.to_dict()
+        decide.write_summary(record, directory)
         try:
-            create_markdown_artifact(key=f"rebuild-{_artifact_key(alias)}", markdown=decide.markdown(summary),
-                                     description=f"rebuild of {alias}: {summary['outcome']}")
+            create_markdown_artifact(key=f"rebuild-{_artifact_key(alias)}", markdown=decide.markdown(record),
+                                     description=f"rebuild of {alias}: {summary.outcome}")
         except Exception as error:  # the files on disk are the record; the artifact is a convenience
             logger.warning("could not publish the rebuild artifact: %s", error)
-    logger.info("rebuild of %s: %s now serves (%s)", alias, summary["serving_after"], summary["decision"]["reason"])
+    logger.info("rebuild of %s: %s now serves (%s)", alias, summary.serving_after, summary.decision.reason)
     return summary
 
 
@@ -282,8 +251,8 @@ def _artifact_key(alias: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in alias.lower())
 
 
-def nightly(cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, parameters: dict | None = None,
-            name: str = "nightly"):
+def nightly(cron: str = defaults.NIGHTLY_CRON, timezone: str = defaults.NIGHTLY_TIMEZONE,
+            parameters: dict | None = None, name: str = "nightly"):
     """The scheduled deployment of the rebuild: cron in an explicit timezone, one run at a time."""
     return rebuild.to_deployment(name=name, schedule=Cron(cron, timezone=timezone), concurrency_limit=1,
                                  parameters=parameters or {}, tags=["towerbridge", "nightly"],

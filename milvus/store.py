@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -27,16 +27,16 @@ from pymilvus.client.utils import check_status
 from pymilvus.exceptions import MilvusException
 from tqdm import tqdm
 
-from towerbridge import settings
+from towerbridge import defaults, settings
 from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
+from towerbridge.milvus import server
+from towerbridge.milvus.index import METRIC, IvfPqParams
 from towerbridge.settings import redact
 
 DEFAULT_ALIAS = "towerbridge_items"
 PROPERTY_PREFIX = "towerbridge."
 VECTOR_FIELD = "embedding"
-METRIC = "IP"
 MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
-MAX_NLIST = 65536
 PART_RESULTS = 100_000  # results per search request (queries x limit): the server reduces each in one go
 IN_FLIGHT = 4  # search requests on the wire at once
 # Signs of a server that is down or still recovering (after a crash its coordinators wait for
@@ -48,7 +48,6 @@ TEXT_MAX = 1024
 ID_MAX = 512
 GENRES_MAX = 64  # genres per item
 GENRE_MAX = 128  # characters per genre
-PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
@@ -71,8 +70,8 @@ class TextLimits:
     """The maximum lengths (UTF-8 bytes) a version's schema declares for its text fields.
 
     A version is written once, so its limits are taken from its own data (``of``): the next
-    power of two above the longest value, up to the caps. (Measured: this does not change how
-    Milvus 2.3.5 cuts 200k or 1M rows into segments; see BENCHMARKS.md.)"""
+    power of two above the longest value, up to the caps. It does not change how Milvus cuts
+    a version into segments (the segment size setting does)."""
     title: int = TEXT_MAX
     genres: int = TEXT_MAX
     genre_count: int = GENRES_MAX
@@ -89,54 +88,6 @@ class TextLimits:
                    genre_count=_room(max(map(len, lists), default=0), GENRES_MAX, 1),
                    genre=_room(max((longest(g) for g in lists), default=0), GENRE_MAX, 16),
                    item_id=_room(longest(map(str, item_ids)) if item_ids is not None else ID_MAX, ID_MAX, 16))
-
-
-@dataclass(frozen=True)
-class IvfPqParams:
-    """IVF_PQ build parameters and the nprobe used at search time."""
-
-    nlist: int
-    m: int
-    nbits: int = 8
-    nprobe: int = 16
-
-    def check(self, dim: int, n_rows: int) -> None:
-        """Raise ConfigError with every problem found, before anything is built."""
-        problems = []
-        if not 1 <= self.nlist <= min(MAX_NLIST, n_rows):
-            problems.append(f"nlist={self.nlist} must be between 1 and min({MAX_NLIST}, rows={n_rows})")
-        if self.m < 1 or dim % self.m:
-            problems.append(f"m={self.m} must divide the vector dimension {dim}")
-        if not 1 <= self.nbits <= 16:
-            problems.append(f"nbits={self.nbits} must be between 1 and 16")
-        elif n_rows < 2**self.nbits:
-            problems.append(f"nbits={self.nbits} needs at least {2**self.nbits} rows to train, got {n_rows}")
-        if not 1 <= self.nprobe <= self.nlist:
-            problems.append(f"nprobe={self.nprobe} must be between 1 and nlist={self.nlist}")
-        if problems:
-            raise ConfigError("invalid IVF_PQ parameters: " + "; ".join(problems))
-
-    def build_params(self) -> dict:
-        return {"nlist": self.nlist, "m": self.m, "nbits": self.nbits}
-
-
-def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
-    """Defaults from the data's shape.
-
-    nlist ≈ 4·√N, but at most N/39 so k-means has ~39 points per list (faiss' rule of thumb);
-    m: one sub-quantizer per dimension (m = dim), an 8-bit learned code per coordinate: on
-       MovieLens 100K vectors it gave recall@100 0.984 against 0.952 for two dimensions per
-       code, at nprobe 10 of 43, for 32 bytes a vector instead of 16 (float32: 128);
-    nbits: 8, fewer only when there are not 256 rows to train the codebooks;
-    nprobe: a quarter of the lists, at least 8 (or all of them when there are fewer).
-    """
-    if n_rows < 2:
-        raise ConfigError(f"an IVF_PQ index needs at least 2 rows, got {n_rows}")
-    nlist = max(1, min(round(4 * math.sqrt(n_rows)), n_rows // 39, MAX_NLIST))
-    m = dim
-    nbits = min(8, int(math.log2(n_rows)))
-    nprobe = min(nlist, max(8, nlist // 4))
-    return IvfPqParams(nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
 
 
 def connect(uri: str, token: str | None = None, attempts: int = 4, timeout: float = 10.0) -> MilvusClient:
@@ -208,6 +159,12 @@ class ItemStore:
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self) -> ItemStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _call(self, what: str, function, *args, attempts: int = 3, **kwargs):
         """Run one client call, retrying transient failures (server unavailable) with backoff;
@@ -302,9 +259,6 @@ class ItemStore:
         info = self._call(f"describe {name}", self.client.describe_collection, name)
         return {f["name"]: f.get("params", {}) for f in info["fields"]}
 
-    def dimension(self, name: str) -> int:
-        return int(self._field_params(name)[VECTOR_FIELD]["dim"])
-
     def text_limits(self, name: str, params: dict[str, dict] | None = None) -> TextLimits:
         """The text limits ``name``'s schema declares (fields it lacks keep the caps)."""
         params = params if params is not None else self._field_params(name)
@@ -331,6 +285,67 @@ class ItemStore:
         loaded = self._call(f"list segments of {name}", self.client.list_loaded_segments, name)
         return sorted((int(segment.num_rows) for segment in loaded), reverse=True)
 
+    def missing_files(self, name: str) -> list[str]:
+        """Files version ``name`` needs that are gone from the server's disk, as paths under
+        its storage directory: the binlog of every field of every flushed segment, and each
+        segment's index files once its index is built. Milvus cannot load a version with any
+        of them missing. Empty when nothing is missing, and when the server keeps its files
+        where this machine cannot see them (only the embedded server's are checked)."""
+        root = server.local_storage(self.uri)
+        if root is None:
+            return []
+        info = self._call(f"describe {name}", self.client.describe_collection, name)
+        # 0 and 1 are the row id and timestamp fields every collection has
+        fields = [0, 1, *(int(field["field_id"]) for field in info["fields"])]
+        indexed = bool(self._call(f"list indexes of {name}", self.client.list_indexes, name)) and \
+            self.describe_index(name).get("state") == "Finished"
+        missing = []
+        for segment in self._call(f"list segments of {name}", self.client.list_persistent_segments, name):
+            if not segment.num_rows:
+                continue
+            where = f"{info['collection_id']}/{segment.partition_id}/{segment.segment_id}"
+            missing += [f"insert_log/{where}/{field}/" for field in fields
+                        if not _holds_file(root / "insert_log" / where / str(field))]
+            index_files = f"index_files/*/*/{segment.partition_id}/{segment.segment_id}/*"
+            if indexed and segment.num_rows >= server.SMALLEST_INDEXED_SEGMENT and \
+                    not any(path.is_file() for path in root.glob(index_files)):
+                missing.append(index_files)
+        return missing
+
+    def wait_until_serving(self, timeout_s: float = 120.0, log: Callable[[str], None] | None = None) -> list[str]:
+        """Wait until every collection Milvus is loading or holds as loaded answers queries;
+        return those that still do not after ``timeout_s``.
+
+        A restarted Milvus reports healthy, and its collections as "Loading", some 25 s
+        before it answers queries on them (its coordinators first wait out the sessions of
+        the previous run's nodes): a question asked in between is refused as "collection
+        not loaded". A damaged collection (``missing_files``) never loads and is not waited for."""
+        deadline = time.monotonic() + timeout_s
+
+        def state(name: str) -> str:
+            return str(self._call(f"load state of {name}", self.client.get_load_state, name)["state"])
+
+        waiting = [name for name in self._call("list collections", self.client.list_collections)
+                   if state(name) in ("Loading", "Loaded") and not self.missing_files(name)]
+        if waiting and log:
+            log(f"Waiting until Milvus answers queries on the {len(waiting)} collection(s) it had loaded ...")
+        while waiting and time.monotonic() < deadline:
+            if state(waiting[0]) == "Loaded":
+                try:
+                    self.client.query(waiting[0], filter="", limit=1)
+                    waiting.pop(0)
+                    continue
+                except MilvusException:
+                    pass
+            time.sleep(0.5)
+        return waiting
+
+    def damaged(self) -> dict[str, list[str]]:
+        """Every collection on the server with files missing (``missing_files``), by name."""
+        names = sorted(self._call("list collections", self.client.list_collections))
+        found = {name: self.missing_files(name) for name in names}
+        return {name: missing for name, missing in found.items() if missing}
+
     def record(self, name: str) -> dict:
         """What a version records about itself: the JSON in its description (fixed at
         creation), updated by its ``towerbridge.*`` properties (set later, e.g. the tuned nprobe)."""
@@ -355,31 +370,15 @@ class ItemStore:
             self._call(f"set properties of {name}", self.client.alter_collection_properties, name,
                        properties=properties)
 
-    @staticmethod
-    def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = 0.95,
-                    plateau: float = PLATEAU) -> tuple[int, float]:
-        """The smallest nprobe (powers of two, then nlist) whose ``recall_at(nprobe)`` reaches
-        ``target``. When doubling nprobe gains less than ``plateau`` of recall, the codes'
-        precision, not the lists searched, is what limits recall: the smaller nprobe is kept
-        (searching every list would cost up to nlist/nprobe times as much for nothing).
-        nlist when recall still rises at the end. Returns ``(nprobe, recall)``."""
-        previous: tuple[int, float] | None = None
-        recall = 0.0
-        for nprobe in sorted({min(params.nlist, 2**i) for i in range(17)} | {params.nlist}):
-            recall = recall_at(nprobe)
-            if recall >= target:
-                return nprobe, recall
-            if previous is not None and recall - previous[1] < plateau:
-                return previous
-            previous = nprobe, recall
-        return params.nlist, recall
-
     def point_alias(self, alias: str, name: str) -> None:
         """Make ``alias`` serve ``name``: create it, or move it in one step."""
         if self.alias_target(alias) is None:
             self._call(f"create alias {alias}", self.client.create_alias, name, alias)
         else:
             self._call(f"move alias {alias}", self.client.alter_alias, name, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        self._call(f"drop alias {alias}", self.client.drop_alias, alias)
 
     def alias_target(self, alias: str) -> str | None:
         """The collection ``alias`` serves; None when there is no such alias (an unreachable
@@ -401,7 +400,7 @@ class ItemStore:
 
     def mark_complete(self, name: str) -> None:
         """Record that a version is fully built, indexed, loaded and tuned."""
-        self.set_record(name, complete=True, completed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.set_record(name, complete=True, completed_at=defaults.utc_now())
 
     def remove_half_built(self, alias: str) -> list[str]:
         """Drop versions a crashed build left behind (never marked complete, not served).
@@ -417,15 +416,18 @@ class ItemStore:
 
     def apply_retention(self, alias: str, keep: int) -> list[str]:
         """Keep the ``keep`` newest complete versions (the served one always among them);
-        release and drop the older ones. Returns the dropped names."""
-        if keep < 1:
-            raise ConfigError(f"keep must be at least 1 version, got {keep}")
+        release and drop the older ones, and every damaged one (``missing_files``: it can
+        never load again, so it is no version to go back to) that does not serve. Returns
+        the dropped names."""
+        defaults.check_keep_versions(keep, "keep")
         serving = self.alias_target(alias)
         complete = [n for n in self.versions(alias) if self.record(n).get("complete")]
+        damaged = [n for n in complete if n != serving and self.missing_files(n)]
+        complete = [n for n in complete if n not in damaged]
         kept = set(complete[-keep:]) | ({serving} if serving else set())
         while len(kept) > keep:  # the served one is older than the newest `keep`: drop the oldest of the rest
             kept.remove(min(kept - {serving}))
-        dropped = [n for n in complete if n not in kept]
+        dropped = sorted(damaged + [n for n in complete if n not in kept])
         for name in dropped:
             self.drop(name)
         return dropped
@@ -565,6 +567,10 @@ class ItemStore:
         return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, nq, limit)
 
 
+def _holds_file(directory: Path) -> bool:
+    return directory.is_dir() and any(path.is_file() for path in directory.iterdir())
+
+
 def _one_line(message: str, keep: int = 400) -> str:
     """A server message as one line; Milvus puts its Go stack traces in some, and the cause
     is at the end, so a long one keeps its end."""
@@ -615,7 +621,3 @@ def id_filter(ids: list, id_type: str) -> str:
     if id_type == "string":
         return f"item_id in [{', '.join(literal(str(value)) for value in ids)}]"
     return f"item_id in [{', '.join(literal(int(value)) for value in ids)}]"
-
-
-def params_record(params: IvfPqParams) -> dict:
-    return {"index_type": "IVF_PQ", "metric_type": METRIC, "params": asdict(params)}

@@ -35,7 +35,7 @@ def towerbridge_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def milvus_uri(towerbridge_home):
     """A real Milvus 2.3 standalone, started once for the session."""
-    from milvus import server
+    from towerbridge.milvus import server
 
     state, _ = server.start(log=lambda message: None)
     yield state.uri
@@ -49,6 +49,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def own_server_home(towerbridge_home: Path, tmp_path_factory, name: str):
+    """A TOWERBRIDGE_HOME for one test module, whose embedded server it may stop and start
+    without disturbing the session's; it shares the session's server install. A generator
+    for a module fixture: the module's server is stopped at the end."""
+    from towerbridge.milvus import server
+
+    path = tmp_path_factory.mktemp(name)
+    (path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TOWERBRIDGE_HOME", str(path))
+    try:
+        yield path
+    finally:
+        server.stop()
+        patch.undo()
 
 
 def write_synthetic(root: Path, **spec) -> str:
@@ -65,9 +82,11 @@ def write_synthetic(root: Path, **spec) -> str:
 def train_synthetic(root: Path, epochs: int = 1, **spec) -> str:
     """A model trained on a small synthetic dataset under ``root``; returns its directory."""
     from towerbridge import steps
+    from towerbridge.data.options import DataOptions
 
     (root / "data").mkdir()
-    prepared = steps.prepare_data("synthetic", write_synthetic(root / "data", **spec), str(root / "prepared"))
+    data = DataOptions("synthetic", write_synthetic(root / "data", **spec))
+    prepared = steps.prepare_data(data, str(root / "prepared"))
     return steps.train_model(prepared, str(root / "models"), {"epochs": epochs}, progress=False)
 
 
@@ -82,10 +101,34 @@ def run_rebuild(data_dir: str, alias: str, uri: str | None = None, **options):
     state and the summary it wrote (rebuild.json)."""
     import json
 
-    import flows.rebuild as rebuild_flow
+    import towerbridge.flows.rebuild as rebuild_flow
     from towerbridge import settings
+    from towerbridge.data.options import DataOptions
 
-    state = rebuild_flow.rebuild(dataset="synthetic", data_dir=data_dir, alias=alias, milvus_uri=uri,
+    state = rebuild_flow.rebuild(data=DataOptions("synthetic", data_dir), alias=alias, milvus_uri=uri,
                                  return_state=True, **options)
     summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
     return state, json.loads(summary_file.read_text())
+
+
+DOC_SNIPPETS = Path(__file__).resolve().parents[1] / "docs" / "adhoc-queries.md"
+
+
+def run_doc_snippets(monkeypatch) -> list[str]:
+    """Every python block of docs/adhoc-queries.md, run in order in one namespace as a reader
+    would paste them (against the embedded server of TOWERBRIDGE_HOME); the lines they print."""
+    import contextlib
+    import io
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", DOC_SNIPPETS.read_text(), flags=re.S)
+    assert len(blocks) >= 6
+    monkeypatch.delenv("MILVUS_URI", raising=False)  # the first block finds the embedded server itself
+    # ... with the `towerbridge` command, installed beside this interpreter
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    namespace: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for block in blocks:
+            exec(compile(block, str(DOC_SNIPPETS), "exec"), namespace)  # noqa: S102 (our own documentation)
+    return printed.getvalue().splitlines()

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from milvus.store import ItemStore
 from tests.conftest import train_synthetic
 from towerbridge import analyst, steps
 from towerbridge.errors import CollectionError, ConfigError, DataError
-from towers import artifact
-from towers.vectors import item_vectors, user_vectors
+from towerbridge.milvus.store import ItemStore
+from towerbridge.towers import artifact
+from towerbridge.towers.vectors import item_vectors, user_vectors
 
 ALIAS = "analyst_test"
 
@@ -28,7 +28,7 @@ def built(milvus_uri, tmp_path_factory):
     items = pd.read_parquet(f"{prepared}/items.parquet")
     result = steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False)
     store = ItemStore(milvus_uri)
-    yield {"store": store, "model": artifact.load(model_dir), "items": items, "collection": result["collection"],
+    yield {"store": store, "model": artifact.load(model_dir), "items": items, "collection": result.collection,
            "train": pd.read_parquet(f"{prepared}/train.parquet")}
     store.close()
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from milvus.server import SERVER_CONFIG
+from towerbridge.milvus.server import SERVER_CONFIG
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.milvus.yml"
 

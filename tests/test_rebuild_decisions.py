@@ -1,9 +1,14 @@
 """The rebuild's validation and its morning report, on hand-made inputs."""
 
-from towerbridge import rebuild as decide
+from dataclasses import replace
 
-BUILT = {"collection": "items_v2", "rows": 400, "items": 400, "nprobe": 8, "index_recall@100": 0.97,
-         "index": {"params": {"nlist": 20, "m": 32, "nbits": 8}}, "model_id": "m2"}
+from towerbridge import rebuild as decide
+from towerbridge.report import evaluation_record
+from towerbridge.results import BuiltVersion
+
+BUILT = BuiltVersion(collection="items_v2", alias="items", rows=400, items=400, segments=(400,),
+                     index={"index_type": "IVF_PQ", "params": {"nlist": 20, "m": 32, "nbits": 8}}, nprobe=8,
+                     index_recall=0.97, model_id="m2", model_dir="/models/m2")
 
 
 def report(hit_rate: float, ndcg: float = 0.05, dataset: str = "synthetic", protocol: str = "leave-last-out"):
@@ -12,7 +17,7 @@ def report(hit_rate: float, ndcg: float = 0.05, dataset: str = "synthetic", prot
 
 
 def serving_record(hit_rate: float, **where) -> dict:
-    return {"complete": True, "evaluation": decide.evaluation_record(report(hit_rate, **where))}
+    return {"complete": True, "evaluation": evaluation_record(report(hit_rate, **where))}
 
 
 def test_the_first_rebuild_serves_on_its_own_checks():
@@ -34,7 +39,7 @@ def test_a_worse_candidate_is_rejected_with_the_numbers():
 
 
 def test_missing_rows_and_low_recall_are_each_named():
-    built = {**BUILT, "rows": 399, "index_recall@100": 0.9}
+    built = replace(BUILT, rows=399, index_recall=0.9)
     decision = decide.validate(built, report(0.1), None, None, target_recall=0.95)
     assert not decision.passed
     assert "row count: 399 rows indexed for 400 items" in decision.reason
@@ -52,7 +57,7 @@ def test_metrics_from_another_protocol_or_none_are_not_compared_and_say_so():
 def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     decision = decide.validate(BUILT, report(0.08), "items_v1", serving_record(0.1), 0.95)
     summary = {"alias": "items", "outcome": "rejected", "started_at": "2026-11-28T02:00:00Z", "seconds": 61.2,
-               "serving_before": "items_v1", "serving_after": "items_v1", "built": BUILT,
+               "serving_before": "items_v1", "serving_after": "items_v1", "built": BUILT.to_dict(),
                "report": report(0.08), "serving_evaluation": serving_record(0.1)["evaluation"],
                "decision": decide.decision_dict(decision), "error": "RebuildRejected: candidate items_v2 rejected"}
     decide.write_summary(summary, tmp_path)
@@ -63,3 +68,16 @@ def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     assert "| hit_rate@10 | 0.1000 | 0.0800 | -0.0200 |" in text
     assert "| metrics vs serving | **no** |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rebuild.json", "rebuild.md"]
+
+
+def test_the_summary_json_says_what_serves_and_leaves_out_what_never_happened():
+    summary = decide.RebuildSummary(alias="items", started_at="2026-11-28T02:00:00Z")
+    assert summary.to_dict() == {"alias": "items", "started_at": "2026-11-28T02:00:00Z", "outcome": "failed",
+                                 "serving_before": None, "serving_after": None}
+    summary.built, summary.dropped_versions = BUILT, []
+    summary.decision = decide.validate(BUILT, report(0.1), None, None, target_recall=0.95)
+    summary.warn("retention failed, old versions kept: down")
+    record = summary.to_dict()
+    assert record["built"]["index_recall@100"] == 0.97 and record["built"]["segments"] == [400]
+    assert record["decision"]["passed"] and record["decision"]["reason"] == "every check passed"
+    assert record["dropped_versions"] == [] and record["warnings"] == ["retention failed, old versions kept: down"]

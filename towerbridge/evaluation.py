@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 KS = (10, 50, 100)
-REPORT_KS = (1, 5, 10, 20, 50, 100)
 CHUNK = 2048
 
 

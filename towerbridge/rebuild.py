@@ -7,14 +7,14 @@ The flow that runs them is ``flows/rebuild.py``.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from towerbridge import settings
 from towerbridge.errors import ConfigError
 from towerbridge.report import compare
-from towers import artifact
+from towerbridge.results import BuiltVersion
+from towerbridge.towers import artifact
 
 DEFAULT_METRICS = ("hit_rate@10", "ndcg@10")
 DEFAULT_TOLERANCE = 0.005
@@ -39,6 +39,42 @@ class Decision:
         return "; ".join(failed) if failed else "every check passed"
 
 
+@dataclass
+class RebuildSummary:
+    """What a rebuild did, filled in as it goes; rebuild.json and rebuild.md are written from
+    ``to_dict`` (optional fields still None are left out). outcome: ``swapped``, ``rejected``
+    or ``failed``."""
+
+    alias: str
+    started_at: str
+    outcome: str = "failed"
+    serving_before: str | None = None
+    serving_after: str | None = None
+    removed_half_built: list[str] | None = None
+    serving_evaluation: dict | None = None
+    serving_damaged: list[str] | None = None
+    model_dir: str | None = None
+    built: BuiltVersion | None = None
+    report: dict | None = None
+    decision: Decision | None = None
+    candidate_dropped: bool | None = None
+    dropped_versions: list[str] | None = None
+    warnings: list[str] | None = None
+    error: str | None = None
+    seconds: float | None = None
+    report_dir: str | None = None
+
+    def warn(self, warning: str) -> None:
+        self.warnings = [*(self.warnings or []), warning]
+
+    def to_dict(self) -> dict:
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        record["built"] = self.built.to_dict() if self.built else None
+        record["decision"] = decision_dict(self.decision) if self.decision else None
+        kept = ("alias", "started_at", "outcome", "serving_before", "serving_after")  # null says "nothing serves"
+        return {key: value for key, value in record.items() if value is not None or key in kept}
+
+
 def latest_model(models_dir: Path | None = None) -> str:
     """The most recently trained model under TOWERBRIDGE_HOME/models (for ``--reuse-model``)."""
     root = models_dir or settings.state_dir("models")
@@ -60,27 +96,30 @@ def serving_evaluation(record: dict) -> dict | None:
     return evaluation if isinstance(evaluation, dict) and isinstance(evaluation.get("model"), dict) else None
 
 
-def validate(built: dict, report: dict, serving: str | None, serving_record: dict | None,
+def validate(built: BuiltVersion, report: dict, serving: str | None, serving_record: dict | None,
              target_recall: float, metrics: tuple[str, ...] = DEFAULT_METRICS,
-             tolerance: float = DEFAULT_TOLERANCE) -> Decision:
+             tolerance: float = DEFAULT_TOLERANCE, serving_damaged: bool = False) -> Decision:
     """May the candidate ``built`` (with its evaluation ``report``) replace ``serving``?
 
     1. every item is in the collection (rows == items of the model's catalog);
     2. Milvus' recall against exact search, after tuning nprobe, reaches ``target_recall``;
     3. the chosen metrics are not worse than the serving version's recorded ones beyond
        ``tolerance`` (skipped, and said so, when nothing serves yet, or the serving version
-       has no evaluation, or it was evaluated on another dataset or protocol).
+       is damaged and cannot load, or has no evaluation, or was evaluated on another dataset
+       or protocol).
     """
     decision = Decision()
-    decision.add("row count", built["rows"] == built["items"],
-                 f"{built['rows']:,} rows indexed for {built['items']:,} items")
-    recall = built["index_recall@100"]
+    decision.add("row count", built.rows == built.items, f"{built.rows:,} rows indexed for {built.items:,} items")
+    recall = built.index_recall
     decision.add("index recall", recall >= target_recall,
-                 f"recall@100 against exact search {recall:.4f} at nprobe {built['nprobe']} "
+                 f"recall@100 against exact search {recall:.4f} at nprobe {built.nprobe} "
                  f"(target {target_recall})")
     previous = serving_evaluation(serving_record or {})
     if serving is None:
         decision.add("metrics vs serving", True, "no version serves yet: the first one serves on its own checks")
+    elif serving_damaged:
+        decision.add("metrics vs serving", True, f"{serving} is damaged (files missing) and serves nothing: "
+                                                 "not compared")
     elif previous is None:
         decision.add("metrics vs serving", True, f"{serving} has no recorded evaluation: not compared")
     elif (previous.get("dataset"), previous.get("protocol")) != (report["dataset"], report["protocol"]):
@@ -91,12 +130,6 @@ def validate(built: dict, report: dict, serving: str | None, serving_record: dic
         passed, reason = compare(report, previous, metrics, tolerance)
         decision.add("metrics vs serving", passed, f"{reason} (serving: {serving})")
     return decision
-
-
-def evaluation_record(report: dict) -> dict:
-    """What a version keeps of its evaluation, for the next rebuild to compare against."""
-    return {"dataset": report["dataset"], "protocol": report["protocol"], "users": report["users_evaluated"],
-            "model": report["model"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def markdown(summary: dict) -> str:
@@ -131,6 +164,9 @@ def markdown(summary: dict) -> str:
             before = old.get(key)
             change = f"{new[key] - before:+.4f}" if before is not None else ""
             lines.append(f"| {key} | {'' if before is None else f'{before:.4f}'} | {new[key]:.4f} | {change} |")
+    if summary.get("serving_damaged"):
+        lines += ["", f"The version serving before was damaged: {len(summary['serving_damaged'])} of its files "
+                      f"were missing from the server's disk (e.g. `{summary['serving_damaged'][0]}`)."]
     if summary.get("dropped_versions"):
         lines += ["", f"Retention dropped: {', '.join(summary['dropped_versions'])}."]
     if summary.get("warnings"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from towerbridge import settings
+from towerbridge import defaults, settings
 
 SOURCES = ("model", "exact", "popularity", "random")
 SOURCE_LABELS = {"model": "model (Milvus IVF_PQ)", "exact": "model (exact search)", "popularity": "popularity",
@@ -122,3 +122,9 @@ def compare(candidate: dict, serving: dict, metrics: tuple[str, ...] = ("hit_rat
         return False, "candidate is worse: " + "; ".join(worse)
     summary = ", ".join(f"{m} {candidate[source][m]:.4f} (serving {serving[source][m]:.4f})" for m in metrics)
     return True, f"candidate is not worse beyond {tolerance}: {summary}"
+
+
+def evaluation_record(report: dict) -> dict:
+    """What a version keeps of its evaluation, for the next rebuild to compare against."""
+    return {"dataset": report["dataset"], "protocol": report["protocol"], "users": report["users_evaluated"],
+            "model": report["model"], "evaluated_at": defaults.utc_now()}

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from towerbridge import defaults
 from towerbridge.errors import ConfigError, LockTimeout
 
 
@@ -147,7 +148,7 @@ def lock(name: str, timeout_s: float | None = None, log=None) -> Iterator[None]:
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            handle.write(f"pid {os.getpid()} since {defaults.utc_now()}")
             handle.flush()
             yield
         finally:

@@ -21,54 +21,45 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from milvus.store import (
-    DEFAULT_ALIAS,
-    MAX_LIMIT,
-    PLATEAU,
-    ItemStore,
-    IvfPqParams,
-    TextLimits,
-    choose_ivf_pq,
-    params_record,
-)
+from towerbridge import defaults, settings
 from towerbridge import evaluation as ev
-from towerbridge import settings
 from towerbridge.data import dataset as datasets
 from towerbridge.data import generic
 from towerbridge.data.filters import Filters
 from towerbridge.data.filters import apply as apply_filters
+from towerbridge.data.options import DataOptions
 from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
 from towerbridge.errors import CollectionError, ConfigError, DataError
-from towerbridge.rebuild import evaluation_record
-from towerbridge.report import write_report
-from towers import artifact
-from towers.config import TowerConfig
-from towers.features import default_spec
-from towers.train import train
-from towers.vectors import item_vectors, user_vectors
+from towerbridge.milvus.index import PLATEAU, IvfPqParams, choose_ivf_pq, params_record, tune_nprobe
+from towerbridge.milvus.store import DEFAULT_ALIAS, MAX_LIMIT, ItemStore, TextLimits
+from towerbridge.report import evaluation_record, write_report
+from towerbridge.results import BuiltVersion
+from towerbridge.towers import artifact
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.features import default_spec
+from towerbridge.towers.train import train
+from towerbridge.towers.vectors import item_vectors, user_vectors
 
 log = logging.getLogger("towerbridge")
 
 
-def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str = "leave-last-out",
-                 spec_file: str | None = None, filters: dict | None = None, split_options: dict | None = None,
-                 drop_unknown_items: bool = False) -> str:
-    """Load and validate a dataset, filter it, split it for ``protocol``, and write
+def prepare_data(options: DataOptions, out_dir: str) -> str:
+    """Load and validate a dataset, filter it, split it for its protocol, and write
     ``items/train/held_out.parquet`` (and ``users.parquet`` when the dataset has users).
 
-    filters: implicit-feedback options (filters.py), on top of a spec file's [filters].
-    split_options: holdout, test_fraction, cutoff, seed (split.py).
     summary.json records every count: what the filters removed, unknown items dropped,
     held-out interactions that cannot be scored and why.
     """
-    data = datasets.load(dataset, data_dir, spec_file, drop_unknown_items)
+    dataset, protocol, spec_file = options.dataset, options.protocol, options.spec_file
+    data = datasets.load(dataset, options.data_dir, spec_file, options.drop_unknown_items)
     spec_filters = generic.parse_spec(spec_file).filters if spec_file else {}
-    chosen = Filters.from_dict({**spec_filters, **(filters or {})})
+    chosen = Filters.from_dict({**spec_filters, **options.filters})
     interactions, filter_report = apply_filters(data.interactions, chosen)
     items = data.items
     if chosen.min_item_interactions > 1:  # rare items leave the catalog, not only the log
         items = items[items["item_id"].isin(interactions["item_id"])].reset_index(drop=True)
-    train_part, held_out = split(interactions, protocol, SplitOptions(**(split_options or {})))
+    split_options = SplitOptions(**options.split_options)
+    train_part, held_out = split(interactions, protocol, split_options)
     held_out, unscorable = scorable(train_part, held_out, protocol)
     if held_out.empty:
         raise DataError(f"{dataset}: no held-out interaction can be scored ({unscorable}); "
@@ -82,9 +73,9 @@ def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str
     datasets.write_parquet(held_out, out / "held_out.parquet")
     summary = {
         "dataset": dataset,
-        "source": str(spec_file or data_dir or "built-in synthetic"),
+        "source": str(spec_file or options.data_dir or "built-in synthetic"),
         "protocol": protocol,
-        "split": SplitOptions(**(split_options or {})).__dict__,
+        "split": split_options.__dict__,
         "users": int(interactions["user_id"].nunique()),
         "items": len(items),
         "interactions": len(interactions),
@@ -100,7 +91,7 @@ def prepare_data(dataset: str, data_dir: str | None, out_dir: str, protocol: str
     return str(out)
 
 
-def _read(prepared_dir: str, name: str) -> pd.DataFrame:
+def read_part(prepared_dir: str, name: str) -> pd.DataFrame:
     path = Path(prepared_dir) / f"{name}.parquet"
     if not path.is_file():
         raise DataError(f"{path}: not found; run the train flow (which prepares the data) first")
@@ -117,10 +108,10 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
     users = pd.read_parquet(users_file) if users_file.exists() else None
     started = time.perf_counter()
     summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
-    items = _read(prepared_dir, "items")
+    items = read_part(prepared_dir, "items")
     spec = default_spec([] if users is None else list(users.columns), list(items.columns),
                         tower_config.use_features, summary.get("feature_kinds"))
-    trained = train(_read(prepared_dir, "train"), items, users, tower_config, spec=spec,
+    trained = train(read_part(prepared_dir, "train"), items, users, tower_config, spec=spec,
                     progress=progress, checkpoint_dir=checkpoint_dir)
     seconds = time.perf_counter() - started
     directory = Path(models_dir) / settings.new_id()
@@ -135,7 +126,8 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
 
 
 def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True,
-                index_params: dict | None = None, keep_versions: int = 3, target_recall: float = 0.95) -> dict:
+                index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
+                target_recall: float = defaults.TARGET_RECALL) -> BuiltVersion:
     """Embed every item, load the vectors as a new collection version with an IVF_PQ
     index, tune nprobe, point the alias at it, and keep the newest ``keep_versions``.
 
@@ -144,44 +136,38 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     build left half-built are dropped first. A failure before the alias moves drops the
     partial collection and leaves the alias where it was.
     """
-    if keep_versions < 1:
-        raise ConfigError(f"keep_versions must be at least 1, got {keep_versions}")
-    store = ItemStore(uri)
-    with settings.lock(f"index-{alias}"):
+    defaults.check_keep_versions(keep_versions)
+    with ItemStore(uri) as store, settings.lock(f"index-{alias}"):
+        half_built = store.remove_half_built(alias)
+        built = build_version(store, model_dir, alias, progress, index_params, target_recall)
         try:
-            half_built = store.remove_half_built(alias)
-            built = build_version(store, model_dir, alias, progress, index_params, target_recall)
-            try:
-                previous = store.alias_target(alias)
-                store.point_alias(alias, built["collection"])
-            except BaseException:
-                store.drop(built["collection"])
-                raise
-            dropped = store.apply_retention(alias, keep_versions)
-            return {**built, "previous": previous, "dropped_versions": dropped, "removed_half_built": half_built}
-        finally:
-            store.close()
+            previous = store.alias_target(alias)
+            store.point_alias(alias, built.collection)
+        except BaseException:
+            store.drop(built.collection)
+            raise
+        dropped = store.apply_retention(alias, keep_versions)
+        return replace(built, previous=previous, dropped_versions=tuple(dropped), removed_half_built=tuple(half_built))
 
 
 def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool = True,
-                  index_params: dict | None = None, target_recall: float = 0.95, complete: bool = True) -> dict:
+                  index_params: dict | None = None, target_recall: float = defaults.TARGET_RECALL,
+                  complete: bool = True) -> BuiltVersion:
     """A new version of ``alias`` (every item embedded, IVF_PQ built, loaded, nprobe tuned),
     not yet serving. Call it holding the alias' build lock. On any failure the partial
     collection is dropped before the error propagates. ``complete=False`` leaves it unmarked
     (the rebuild marks it after validation): until then the next build removes it as half-built.
-
-    Returns ``{"collection", "alias", "rows", "items", "index", "nprobe", "index_recall@100"}``.
     """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     item_ids, vectors = item_vectors(trained, progress=progress)
-    items = _read(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
+    items = read_part(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
     chosen = choose_ivf_pq(len(item_ids), vectors.shape[1])
     params = IvfPqParams(**{**asdict(chosen), **(index_params or {})})
     params = replace(params, nprobe=min(params.nprobe, params.nlist))  # a smaller nlist bounds the default
     params.check(vectors.shape[1], len(item_ids))
     record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
-              "dataset": manifest["data"]["dataset"], "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "dataset": manifest["data"]["dataset"], "created_at": defaults.utc_now(),
               **params_record(params)}
     titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
     id_type = manifest["data"].get("id_type", "int64")
@@ -191,16 +177,15 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         store.insert(name, item_ids, vectors, titles, genres, progress=progress)
         info = store.build_index(name, params)
         nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
-                                      _read(manifest["prepared_dir"], "train"), target=target_recall)
+                                      read_part(manifest["prepared_dir"], "train"), target=target_recall)
         if complete:
             store.mark_complete(name)
     except BaseException:
         store.drop(name)
         raise
-    return {"collection": name, "alias": alias, "rows": int(info["indexed_rows"]), "items": len(item_ids),
-            "segments": store.segments(name), "index": params_record(params), "nprobe": nprobe,
-            "index_recall@100": round(recall, 4),
-            "model_id": manifest["model_id"], "model_dir": record["model_dir"]}
+    return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
+                        segments=tuple(store.segments(name)), index=params_record(params), nprobe=nprobe,
+                        index_recall=round(recall, 4), model_id=manifest["model_id"], model_dir=record["model_dir"])
 
 
 def _search_indices(store: ItemStore, name: str, nprobe: int, trained):
@@ -216,13 +201,13 @@ def _search_indices(store: ItemStore, name: str, nprobe: int, trained):
 
 
 def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
-                 n_queries: int = 1000, target: float = 0.95) -> tuple[int, float]:
+                 n_queries: int = 1000, target: float = defaults.TARGET_RECALL) -> tuple[int, float]:
     """Pick nprobe on real queries, the way they are served: a seeded sample of training
     users, each asking for their top 100 unseen items, against brute force over the same
     vectors. Record it with the collection so every later search uses it."""
     users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:n_queries])
     queries = user_vectors(trained, users)
-    seen = _seen(train_part, users, trained)
+    seen = seen_items(train_part, users, trained)
     k = min(100, len(trained.item_ids))
     exact = ev.exact_top_k(queries, vectors, seen, k)
 
@@ -231,7 +216,7 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
         approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
-    nprobe, recall = store.tune_nprobe(params, recall_at, target)
+    nprobe, recall = tune_nprobe(params, recall_at, target)
     store.set_record(name, nprobe=nprobe, tuning={"target_recall": target, "k": k, "queries": len(users),
                                                   "recall": round(recall, 4), "reached_target": recall >= target})
     if recall < target:
@@ -241,7 +226,7 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     return nprobe, recall
 
 
-def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
+def seen_items(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
     row_of = pd.Series(np.arange(len(users)), index=users)
     mine = train_part[train_part["user_id"].isin(users)]
     return ev.ItemSets.from_pairs(row_of.loc[mine["user_id"]].to_numpy(),
@@ -251,7 +236,7 @@ def _seen(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
 def check_ks(ks) -> tuple[int, ...]:
     """The cut-offs to report, sorted; each between 1 and Milvus' search limit."""
     if ks is None:
-        return ev.REPORT_KS
+        return defaults.REPORT_KS
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1 or ks[-1] > MAX_LIMIT:
         raise ConfigError(f"every k must be between 1 and {MAX_LIMIT} (Milvus' search limit), got {list(ks)}")
@@ -264,7 +249,7 @@ def check_eval_users(eval_users: int | None) -> None:
 
 
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
-                   ks: tuple[int, ...] = ev.REPORT_KS, eval_users: int | None = None, seed: int = 0) -> dict:
+                   ks: tuple[int, ...] = defaults.REPORT_KS, eval_users: int | None = None, seed: int = 0) -> dict:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
 
     Each user with held-out interactions is ranked once. Queries are users for protocols
@@ -278,19 +263,18 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
     trained = artifact.load(Path(model_dir))
     prepared = manifest["prepared_dir"]
     protocol = manifest["data"]["protocol"]
-    train_part, held_out = _read(prepared, "train"), _read(prepared, "held_out")
+    train_part, held_out = read_part(prepared, "train"), read_part(prepared, "held_out")
     users = np.unique(held_out["user_id"].to_numpy())
     if eval_users is not None and eval_users < len(users):
         users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
         held_out = held_out[held_out["user_id"].isin(users)].reset_index(drop=True)
     user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
     targets = trained.item_index(held_out["item_id"].to_numpy())
-    seen = _seen(train_part, users, trained) if excludes_seen(protocol) else ev.ItemSets.empty(len(users))
+    seen = seen_items(train_part, users, trained) if excludes_seen(protocol) else ev.ItemSets.empty(len(users))
     queries = user_vectors(trained, users)
     k = max(ks)
 
-    store = ItemStore(uri)
-    try:
+    with ItemStore(uri) as store:
         record = store.record(collection)
         if record.get("model_id") != manifest["model_id"]:
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
@@ -300,8 +284,6 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         started = time.perf_counter()
         rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
         milvus_seconds = time.perf_counter() - started
-    finally:
-        store.close()
     _, vectors = item_vectors(trained)
     started = time.perf_counter()
     rankings["exact"] = ev.exact_top_k(queries, vectors, seen, k)
@@ -350,9 +332,6 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         },
     }
     write_report(report, Path(report_dir))
-    store = ItemStore(uri)
-    try:  # the next rebuild compares its candidate with this
+    with ItemStore(uri) as store:  # the next rebuild compares its candidate with this
         store.set_record(collection, evaluation=evaluation_record(report))
-    finally:
-        store.close()
     return report

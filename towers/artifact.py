@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from towerbridge import defaults
 from towerbridge.errors import ArtifactError
-from towers.config import TowerConfig
-from towers.features import Encoder, FeatureSpec
-from towers.model import TwoTowerModel
-from towers.train import TrainedModel
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.features import Encoder, FeatureSpec
+from towerbridge.towers.model import TwoTowerModel
+from towerbridge.towers.trained import TrainedModel
 
 FORMAT = "towerbridge-model/2"
 FILES = ("manifest.json", "weights.pt", "inputs.npz", "user_vocab.parquet", "item_vocab.parquet")
@@ -60,7 +60,7 @@ def _write(trained: TrainedModel, directory: Path, partial: Path, extra: dict | 
     manifest = {
         "format": FORMAT,
         "model_id": directory.name,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": defaults.utc_now(),
         "config": trained.config.to_dict(),
         "features": {"spec": trained.spec.to_dict(),
                      "user_encoders": [encoder.to_dict() for encoder in trained.user_encoders],

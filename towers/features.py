@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from towerbridge.data.kinds import KINDS
 from towerbridge.errors import ConfigError
 
-KINDS = ("id", "categorical", "multi_hot", "text", "numeric", "bucketized", "time")
 MAX_TOKENS = 16
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -11,21 +11,6 @@ import torch
 KS = (1, 5, 10, 50, 100)
 
 
-def top_k_accuracy(scores: torch.Tensor, positive: torch.Tensor, ks: tuple[int, ...] = KS,
-                   sample_weight: torch.Tensor | None = None) -> dict[str, float]:
-    """Share of rows whose positive column is in the top k.
-
-    scores: ``[B, N]``; positive: ``[B]`` column indices; sample_weight: ``[B]``
-    (the weighted share: ``sum(w · hit) / sum(w)``).
-    """
-    positive_scores = scores.gather(1, positive[:, None])
-    rank = (scores > positive_scores).sum(dim=1)  # 0 = best
-    weight = torch.ones_like(rank, dtype=torch.float64) if sample_weight is None else sample_weight.double()
-    total = weight.sum().item()
-    return {f"top_{k}_accuracy": ((rank < k).double() * weight).sum().item() / total if total else 0.0
-            for k in ks}
-
-
 @torch.inference_mode()
 def factorized_top_k(query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor,
                      positive: torch.Tensor, ks: tuple[int, ...] = KS,
@@ -45,11 +30,3 @@ def factorized_top_k(query_embeddings: torch.Tensor, corpus_embeddings: torch.Te
     total = weight.sum().item()
     return {f"factorized_top_k/top_{k}_categorical_accuracy": ((rank < k).double() * weight).sum().item() / total
             for k in ks}
-
-
-def in_batch_top_k(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
-                   ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Top-k accuracy of each query's own candidate among the batch's candidates (the diagonal)."""
-    scores = query_embeddings @ candidate_embeddings.T
-    positive = torch.arange(len(scores), device=scores.device)
-    return {f"in_batch/{key}": value for key, value in top_k_accuracy(scores, positive, ks).items()}

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towers.config import TowerConfig
-from towers.features import Encoder
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.features import Encoder
 
 Inputs = dict[str, torch.Tensor]
 

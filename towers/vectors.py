@@ -13,23 +13,35 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from towers.train import TrainedModel, gather
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.trained import TrainedModel, gather
 
 BATCH = 65536
+
+
+def item_layout(embeddings: torch.Tensor, log_prior: torch.Tensor, config: TowerConfig) -> torch.Tensor:
+    """Item tower outputs ``[n, vector_dim - 1]`` and their items' log p(item) ``[n]`` as
+    stored in Milvus, ``[n, vector_dim]``."""
+    prior = log_prior * config.prior_weight if config.logq_correction else torch.zeros_like(log_prior)
+    return torch.cat([embeddings / config.temperature, prior[:, None].to(embeddings)], dim=1)
+
+
+def user_layout(embeddings: torch.Tensor) -> torch.Tensor:
+    """User tower outputs ``[n, vector_dim - 1]`` as the query vectors, ``[n, vector_dim]``."""
+    return torch.cat([embeddings, torch.ones(len(embeddings), 1, dtype=embeddings.dtype,
+                                             device=embeddings.device)], dim=1)
 
 
 @torch.inference_mode()
 def item_vectors(trained: TrainedModel, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Embed every item of the catalog. Returns ``(item_ids [n], vectors [n, vector_dim])``."""
-    config = trained.config
     n_items = len(trained.item_ids)
-    prior = trained.item_log_prior() * config.prior_weight if config.logq_correction else np.zeros(n_items)
-    vectors = np.empty((n_items, config.vector_dim), dtype=np.float32)
+    log_prior = torch.from_numpy(trained.item_log_prior())
+    vectors = np.empty((n_items, trained.config.vector_dim), dtype=np.float32)
     for start in tqdm(range(0, n_items, BATCH), desc="embed items", unit="batch", disable=not progress, leave=False):
         stop = min(start + BATCH, n_items)
         rows = gather(trained.item_inputs, torch.arange(start + 1, stop + 1))
-        vectors[start:stop, :-1] = (trained.model.item_tower(rows) / config.temperature).numpy()
-    vectors[:, -1] = prior
+        vectors[start:stop] = item_layout(trained.model.item_tower(rows), log_prior[start:stop], trained.config).numpy()
     return trained.item_ids, vectors
 
 
@@ -37,8 +49,8 @@ def item_vectors(trained: TrainedModel, progress: bool = False) -> tuple[np.ndar
 def user_vectors(trained: TrainedModel, user_ids: np.ndarray) -> np.ndarray:
     """Embed users by raw id; unknown ids get the all-unknown inputs. ``[n, vector_dim]``."""
     indices = torch.from_numpy(trained.user_index(np.asarray(user_ids)))
-    vectors = np.ones((len(indices), trained.config.vector_dim), dtype=np.float32)
+    vectors = np.empty((len(indices), trained.config.vector_dim), dtype=np.float32)
     for start in range(0, len(indices), BATCH):
         rows = gather(trained.user_inputs, indices[start:start + BATCH])
-        vectors[start:start + BATCH, :-1] = trained.model.user_tower(rows).numpy()
+        vectors[start:start + BATCH] = user_layout(trained.model.user_tower(rows)).numpy()
     return vectors

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from pymilvus import MilvusClient
 
-from flows.evaluate import evaluate
-from flows.pipeline import pipeline
-from towerbridge.evaluation import METRICS, REPORT_KS
-from towers import artifact
-from towers.vectors import item_vectors, user_vectors
+from towerbridge.defaults import REPORT_KS
+from towerbridge.evaluation import METRICS
+from towerbridge.flows.evaluate import evaluate
+from towerbridge.flows.pipeline import pipeline
+from towerbridge.towers import artifact
+from towerbridge.towers.vectors import item_vectors, user_vectors
 
 KS = (10, 50, 100)
 

@@ -3,8 +3,9 @@ here from the synthetic generator in exactly that format."""
 
 import csv
 
-from flows.pipeline import pipeline
+from towerbridge.data.options import DataOptions
 from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.flows.pipeline import pipeline
 
 
 def test_latest_format_through_the_whole_pipeline(milvus_uri, prefect_harness, tmp_path):
@@ -21,7 +22,7 @@ def test_latest_format_through_the_whole_pipeline(milvus_uri, prefect_harness, t
         writer.writerows((i, title.replace("The ", "Story, The ", 1), genres)
                          for i, title, genres in items.itertuples(index=False))
 
-    report = pipeline(dataset="movielens-latest", data_dir=str(directory), report_dir=str(tmp_path / "report"),
+    report = pipeline(data=DataOptions("movielens-latest", str(directory)), report_dir=str(tmp_path / "report"),
                       milvus_uri=milvus_uri)
     assert report["dataset"] == "movielens-latest" and report["users_evaluated"] > 1000
     assert report["model"]["hit_rate@100"] > report["popularity"]["hit_rate@100"]

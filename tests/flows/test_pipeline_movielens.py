@@ -2,8 +2,9 @@
 
 import pytest
 
-from flows.pipeline import pipeline
 from tests.conftest import SHARED_ML100K
+from towerbridge.data.options import DataOptions
+from towerbridge.flows.pipeline import pipeline
 
 pytestmark = pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason=f"MovieLens 100K not found at {SHARED_ML100K}")
 
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason=f"MovieLens 1
 @pytest.mark.parametrize("protocol, interactions, users", [("leave-last-out", 943, 943), ("tfrs", 20_000, 941)])
 def test_movielens_through_milvus_beats_popularity(milvus_uri, prefect_harness, tmp_path, protocol, interactions,
                                                    users):
-    report = pipeline(dataset="movielens-100k", data_dir=str(SHARED_ML100K), protocol=protocol,
+    report = pipeline(data=DataOptions("movielens-100k", str(SHARED_ML100K), protocol=protocol),
                       report_dir=str(tmp_path), milvus_uri=milvus_uri)
     assert (report["dataset"], report["protocol"]) == ("movielens-100k", protocol)
     assert report["interactions_evaluated"] == interactions and report["users_evaluated"] == users

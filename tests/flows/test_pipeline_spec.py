@@ -3,8 +3,9 @@ the Milvus collection gets a VARCHAR primary key and answers with the same strin
 
 from pymilvus import DataType, MilvusClient
 
-from flows.pipeline import pipeline
+from towerbridge.data.options import DataOptions
 from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.flows.pipeline import pipeline
 
 SPEC = """
 [interactions]
@@ -36,7 +37,7 @@ def test_string_ids_from_a_spec_through_milvus(milvus_uri, prefect_harness, tmp_
         ["sku", "name", "categories", "shelf"]].to_parquet(tmp_path / "catalog.parquet")
     (tmp_path / "shop.toml").write_text(SPEC)
 
-    report = pipeline(dataset="custom", spec_file=str(tmp_path / "shop.toml"), report_dir=str(tmp_path / "r"),
+    report = pipeline(data=DataOptions("custom", spec_file=str(tmp_path / "shop.toml")), report_dir=str(tmp_path / "r"),
                       milvus_uri=milvus_uri)
     assert report["model"]["hit_rate@100"] > report["popularity"]["hit_rate@100"]
 

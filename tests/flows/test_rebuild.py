@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from prefect import task
 
-import flows.rebuild as rebuild_flow
-from milvus import server
-from milvus.store import ItemStore
+import towerbridge.flows.rebuild as rebuild_flow
 from tests.conftest import run_rebuild, write_synthetic
 from towerbridge import settings
+from towerbridge.data.options import DataOptions
+from towerbridge.milvus import server
+from towerbridge.milvus.store import ItemStore
 
 ALIAS = "rebuild_test"
 
@@ -96,9 +97,14 @@ def test_a_failure_after_the_swap_puts_the_alias_back(two_rebuilds, milvus_uri, 
     assert (store.versions(ALIAS), store.alias_target(ALIAS)) == before
 
 
+def dimension(store, collection: str) -> int:
+    fields = store.client.describe_collection(collection)["fields"]
+    return int(next(field for field in fields if field["name"] == "embedding")["params"]["dim"])
+
+
 def test_readers_of_the_alias_see_no_failure_during_a_rebuild(two_rebuilds, milvus_uri, data_dir, store):
     before = store.alias_target(ALIAS)
-    vectors = np.random.default_rng(0).standard_normal((4, store.dimension(before))).astype(np.float32)
+    vectors = np.random.default_rng(0).standard_normal((4, dimension(store, before))).astype(np.float32)
     done, answers, failures = threading.Event(), [], []
 
     def analyst():
@@ -166,13 +172,16 @@ def test_the_nightly_deployment_has_its_schedule_time_zone_and_limit(prefect_har
     from prefect.client.orchestration import get_client
 
     rebuild_flow.nightly(cron="30 3 * * *", timezone="Europe/London",
-                         parameters={"dataset": "movielens-100k", "alias": "nightly_test"}).apply()
+                         parameters={"data": {"dataset": "movielens-100k"}, "alias": "nightly_test"}).apply()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("rebuild/nightly")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("30 3 * * *", "Europe/London")
     assert deployment.schedules[0].active
     assert deployment.global_concurrency_limit.limit == 1
-    assert deployment.parameters == {"dataset": "movielens-100k", "alias": "nightly_test"}
+    assert deployment.parameters == {"data": {"dataset": "movielens-100k"}, "alias": "nightly_test"}
+    # a scheduled run gets its parameters as JSON; the flow reads them as DataOptions
+    validated = rebuild_flow.rebuild.validate_parameters(deployment.parameters)
+    assert validated["data"] == DataOptions("movielens-100k")
     default = rebuild_flow.nightly(name="nightly-default")
     assert (default.schedules[0].schedule.cron, default.schedules[0].schedule.timezone) == ("0 2 * * *", "UTC")

@@ -90,7 +90,7 @@ def test_serve_registers_the_nightly_deployment_with_the_server(prefect_harness,
         schedule = deployment.schedules[0].schedule
         assert (schedule.cron, schedule.timezone) == ("15 1 * * *", "America/New_York")
         assert deployment.global_concurrency_limit.limit == 1
-        assert deployment.parameters["data_dir"] == data_dir
+        assert deployment.parameters["data"]["data_dir"] == data_dir
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]

@@ -1,7 +1,8 @@
 import pytest
 
-from milvus.store import ItemStore, IvfPqParams, choose_ivf_pq, version_name
 from towerbridge.errors import ConfigError
+from towerbridge.milvus.index import IvfPqParams, choose_ivf_pq, tune_nprobe
+from towerbridge.milvus.store import version_name
 
 
 @pytest.mark.parametrize("rows, dim, expected", [
@@ -47,5 +48,5 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
         asked.append(nprobe)
         return curve[nprobe]
 
-    assert ItemStore.tune_nprobe(IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16), recall_at) == expected
+    assert tune_nprobe(IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16), recall_at) == expected
     assert asked == sorted(asked) and asked[-1] <= 64

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from milvus.store import ItemStore, choose_ivf_pq
 from towerbridge.errors import CollectionError
+from towerbridge.milvus.index import choose_ivf_pq
+from towerbridge.milvus.store import ItemStore
 
 N, DIM = 2000, 16
 

@@ -6,11 +6,11 @@ import threading
 import numpy as np
 import pytest
 
-from milvus.store import ItemStore
 from tests.conftest import train_synthetic
 from towerbridge import steps
 from towerbridge.errors import CollectionError, ConfigError
-from towers.vectors import user_vectors
+from towerbridge.milvus.store import ItemStore
+from towerbridge.towers.vectors import user_vectors
 
 ALIAS = "versions_test"
 
@@ -33,11 +33,11 @@ def build(milvus_uri, model_dir, **options):
 
 def test_retention_keeps_exactly_n_and_the_alias_serves_the_newest(milvus_uri, model_dir, store):
     built = [build(milvus_uri, model_dir, keep_versions=2) for _ in range(3)]
-    assert store.versions(ALIAS) == sorted(b["collection"] for b in built[1:])
-    assert store.alias_target(ALIAS) == built[-1]["collection"]
-    assert built[-1]["previous"] == built[-2]["collection"]
-    assert built[-1]["dropped_versions"] == [built[0]["collection"]]
-    record = store.record(built[-1]["collection"])
+    assert store.versions(ALIAS) == sorted(b.collection for b in built[1:])
+    assert store.alias_target(ALIAS) == built[-1].collection
+    assert built[-1].previous == built[-2].collection
+    assert built[-1].dropped_versions == (built[0].collection,)
+    record = store.record(built[-1].collection)
     assert record["complete"] is True and record["model_dir"] == model_dir and record["nprobe"] >= 1
 
 
@@ -45,7 +45,7 @@ def test_a_half_built_version_is_removed_by_the_next_build(milvus_uri, model_dir
     orphan = store.create_version(ALIAS, "crashed0", 32, {"model_id": "crashed"})
     store.insert(orphan, np.arange(3), np.ones((3, 32), np.float32), ["a"] * 3, ["g"] * 3)
     built = build(milvus_uri, model_dir, keep_versions=2)
-    assert built["removed_half_built"] == [orphan]
+    assert built.removed_half_built == (orphan,)
     assert orphan not in store.versions(ALIAS)
 
 
@@ -60,12 +60,12 @@ def test_bad_index_params_are_refused_before_any_write(milvus_uri, model_dir, st
 
 def test_overridden_params_are_what_milvus_builds(milvus_uri, model_dir, store):
     built = build(milvus_uri, model_dir, index_params={"nlist": 8, "m": 16, "nbits": 6}, keep_versions=2)
-    index = store.describe_index(built["collection"])
+    index = store.describe_index(built.collection)
     assert (index["index_type"], int(index["nlist"]), int(index["m"]), int(index["nbits"])) == ("IVF_PQ", 8, 16, 6)
 
 
 def test_readers_of_the_alias_see_no_failure_while_versions_swap(milvus_uri, model_dir, store):
-    from towers import artifact
+    from towerbridge.towers import artifact
 
     trained = artifact.load(model_dir)
     queries = user_vectors(trained, trained.user_ids[:20])
@@ -106,7 +106,7 @@ def test_a_wrong_dimension_is_rejected_before_writing(store):
 
 @pytest.mark.parametrize("id_type", ["int64", "string"])
 def test_search_read_as_columns_matches_pymilvus_hits(store, id_type):
-    from milvus.store import IvfPqParams
+    from towerbridge.milvus.index import IvfPqParams
 
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((300, 8)).astype(np.float32)
@@ -134,7 +134,8 @@ def test_a_versions_text_limits_come_from_its_data_and_long_text_is_clipped_by_b
     """Milvus sizes segments by the schema's declared row size, so a version declares what its
     data needs (next power of two), not the caps; text over a limit is cut on a character
     boundary by UTF-8 bytes, Milvus' unit (a character cut would overflow with accents)."""
-    from milvus.store import TextLimits, choose_ivf_pq
+    from towerbridge.milvus.index import choose_ivf_pq
+    from towerbridge.milvus.store import TextLimits
 
     titles = ["Toy Story (1995)", "Amélie " * 3]
     genres = ["Animation|Children's|Comedy", "Comedy|Romance"]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import train_synthetic
 from towerbridge.errors import ArtifactError
-from towers import artifact
+from towerbridge.towers import artifact
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from milvus import server
-from milvus.store import ItemStore
-from tests.conftest import run_rebuild, towerbridge, write_synthetic
+from tests.conftest import own_server_home, run_rebuild, towerbridge, write_synthetic
+from towerbridge.milvus import server
+from towerbridge.milvus.store import ItemStore
 
 ALIAS = "fault_test"
 QUIET = {"log": lambda message: None}
@@ -34,15 +34,7 @@ def kill_server() -> None:
 @pytest.fixture(scope="module")
 def home(towerbridge_home, milvus_uri, prefect_harness, tmp_path_factory):
     """A TOWERBRIDGE_HOME with a server of its own (started per test), sharing the install."""
-    path = tmp_path_factory.mktemp("fault-home")
-    (path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TOWERBRIDGE_HOME", str(path))
-    try:
-        yield path
-    finally:
-        server.stop()
-        patch.undo()
+    yield from own_server_home(towerbridge_home, tmp_path_factory, "fault-home")
 
 
 @pytest.fixture(scope="module")

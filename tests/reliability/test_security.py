@@ -8,10 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from milvus import server
-from milvus.store import ItemStore, choose_ivf_pq, connect, id_filter
 from tests.conftest import towerbridge
 from towerbridge.errors import ConfigError
+from towerbridge.milvus import server
+from towerbridge.milvus.index import choose_ivf_pq
+from towerbridge.milvus.store import ItemStore, connect, id_filter
 
 FIRST_PASSWORD = "Milvus"  # Milvus' documented first password of its root user, changed to:
 PASSWORD = "tb-Secret-42"

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from towerbridge.errors import ConfigError
-from towers.features import MAX_TOKENS, Encoder, Feature, default_spec
+from towerbridge.towers.features import MAX_TOKENS, Encoder, Feature, default_spec
 
 
 def test_categorical_maps_unseen_and_missing_to_zero():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from towers.loss import (
+from towerbridge.towers.loss import (
     MASKED_LOGIT,
     correct_sampling_probability,
     mine_hard_negatives,
@@ -149,7 +149,7 @@ def test_rejects_bad_options(bad):
 
 def _step_by_step(query, candidate, temperature, probability, ids, weight, reduction):
     """The loss composed from the small functions, as autograd sees it step by step."""
-    from towers.loss import apply_temperature
+    from towerbridge.towers.loss import apply_temperature
 
     positive = torch.arange(len(query))
     logits = correct_sampling_probability(apply_temperature(query @ candidate.T, temperature), probability)

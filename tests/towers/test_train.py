@@ -8,10 +8,10 @@ import torch
 from towerbridge.data.split import leave_last_one_out
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.errors import ConfigError
-from towers import artifact
-from towers.config import TowerConfig
-from towers.train import train
-from towers.vectors import item_vectors, user_vectors
+from towerbridge.towers import artifact
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.train import train
+from towerbridge.towers.vectors import item_vectors, user_vectors
 
 CONFIG = TowerConfig(epochs=3, batch_size=256, seed=1)
 
@@ -107,7 +107,7 @@ def test_an_unreadable_checkpoint_is_ignored_not_unpickled(data, tmp_path, caplo
 
 
 def test_early_stopping_keeps_the_best_epoch(data):
-    from towers.train import pick_device, validation_hit_rate, validation_split
+    from towerbridge.towers.train import pick_device, validation_hit_rate, validation_split
 
     interactions, items = data
     config = TowerConfig(epochs=30, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=2,
@@ -136,7 +136,7 @@ def test_sparse_embedding_tables_learn_and_resume_exactly(data, tmp_path):
 
 
 def test_only_large_tables_are_sparse_by_default():
-    from towers.config import SPARSE_ROWS
+    from towerbridge.towers.config import SPARSE_ROWS
 
     config = TowerConfig()
     assert not config.sparse(SPARSE_ROWS) and config.sparse(SPARSE_ROWS + 1)

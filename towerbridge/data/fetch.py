@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from towerbridge import settings
+from towerbridge import defaults, settings
 from towerbridge.errors import DataError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -142,6 +141,6 @@ def fetch(name: str, force: bool = False, progress: bool = True, archive: Archiv
              f"unpacking the download with SHA-256 {digests['sha256']}")
     _unpack(zip_path, archive, target)
     settings.write_atomic(target / MARKER, json.dumps({"archive": archive.file, **digests,
-                                              "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+                                              "fetched_at": defaults.utc_now()}))
     zip_path.unlink(missing_ok=True)
     return target

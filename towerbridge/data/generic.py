@@ -41,8 +41,8 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import tomllib
 
+from towerbridge.data.kinds import KINDS
 from towerbridge.errors import DataError
-from towers.features import KINDS
 
 
 @dataclass

@@ -1,0 +1,23 @@
+"""Which dataset to read and how to filter and split it: one object for the CLI, the flows and the steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """dataset: ``synthetic``, a MovieLens name, or ``custom`` (with ``spec_file``);
+    data_dir: where its files are (default: the built-in or downloaded copy);
+    protocol: the evaluation split (``leave-last-out``, ``tfrs``, ``time-cutoff``);
+    filters: implicit-feedback options (``data/filters.py``), on top of a spec file's;
+    split_options: ``holdout``, ``test_fraction``, ``cutoff``, ``seed`` (``data/split.py``);
+    drop_unknown_items: drop interactions with items missing from the catalog instead of failing."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    spec_file: str | None = None
+    protocol: str = "leave-last-out"
+    filters: dict = field(default_factory=dict)
+    split_options: dict = field(default_factory=dict)
+    drop_unknown_items: bool = False

@@ -1,0 +1,28 @@
+"""Defaults shared by the CLI, the flows and the steps, each written once."""
+
+from __future__ import annotations
+
+import time
+
+from towerbridge.errors import ConfigError
+
+# Index recall@100 against exact search that tuning aims for and a new version must reach.
+TARGET_RECALL = 0.95
+# Complete versions of an alias kept after a build (the served one always among them).
+KEEP_VERSIONS = 3
+# The nightly rebuild: 02:00 UTC.
+NIGHTLY_CRON = "0 2 * * *"
+NIGHTLY_TIMEZONE = "UTC"
+# Cut-offs at which the evaluation reports every metric.
+REPORT_KS = (1, 5, 10, 20, 50, 100)
+
+
+def utc_now() -> str:
+    """The current time as recorded in manifests, versions and reports: ISO 8601, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def check_keep_versions(keep_versions: int, option: str = "keep_versions") -> int:
+    if keep_versions < 1:
+        raise ConfigError(f"{option} must be at least 1, got {keep_versions}")
+    return keep_versions
