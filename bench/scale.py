@@ -75,8 +75,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         return info.to_dict()
     report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"], (work / "collection").read_text(),
                                   str(work / "report"), eval_users=options["eval_users"])
-    return {"users_evaluated": report["users_evaluated"], "timing": report["timing"],
-            **{f"{name}_hit_rate@{k}": report[name].get(f"hit_rate@{k}")
+    return {"users_evaluated": report.users_evaluated, "timing": report.timing,
+            **{f"{name}_hit_rate@{k}": report.source(name).get(f"hit_rate@{k}")
                for name in ("model", "exact", "popularity") for k in (10, 100)}}
 
 

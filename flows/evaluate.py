@@ -8,18 +8,19 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from towerbridge import steps
 from towerbridge.milvus import server
 from towerbridge.report import report_markdown, report_table
+from towerbridge.results import EvaluationReport
 
 
 @task(name="evaluate-collection", retries=1, retry_delay_seconds=5)
 def evaluate_collection(model_dir: str, uri: str, collection: str, report_dir: str, ks: list[int],
-                        eval_users: int | None, seed: int) -> dict:
+                        eval_users: int | None, seed: int) -> EvaluationReport:
     return steps.evaluate_model(model_dir, uri, collection, report_dir, ks=tuple(ks), eval_users=eval_users,
                                 seed=seed)
 
 
 @flow(name="evaluate")
 def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str | None = None,
-             ks: list[int] | None = None, eval_users: int | None = None, seed: int = 0) -> dict:
+             ks: list[int] | None = None, eval_users: int | None = None, seed: int = 0) -> EvaluationReport:
     """Hit rate, recall, NDCG, MRR, coverage and mean popularity at each k (default
     1, 5, 10, 20, 50, 100) through Milvus, with exact search, popularity and random beside it.
 
@@ -32,6 +33,6 @@ def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str |
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
         report = evaluate_collection(model_dir, uri, collection, report_dir, list(ks), eval_users, seed)
     create_table_artifact(key="evaluation", table=report_table(report),
-                          description=f"Hit rate on {report['dataset']} ({report['protocol']})")
+                          description=f"Hit rate on {report.dataset} ({report.protocol})")
     create_markdown_artifact(key="evaluation-report", markdown=report_markdown(report, plot=None))
     return report

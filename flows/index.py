@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from towerbridge import defaults, steps
 from towerbridge.milvus import server
-from towerbridge.milvus.store import DEFAULT_ALIAS, check_name
+from towerbridge.milvus.schema import DEFAULT_ALIAS, check_name
 from towerbridge.results import BuiltVersion
 
 

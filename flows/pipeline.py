@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -12,7 +13,8 @@ from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.index import index
 from towerbridge.flows.train import train
 from towerbridge.milvus import server
-from towerbridge.milvus.store import DEFAULT_ALIAS, check_name
+from towerbridge.milvus.schema import DEFAULT_ALIAS, check_name
+from towerbridge.results import EvaluationReport
 from towerbridge.towers.config import TowerConfig
 
 
@@ -30,7 +32,7 @@ def pipeline(
     seed: int = TowerConfig.seed,
     ks: list[int] | None = None,
     eval_users: int | None = None,
-) -> dict:
+) -> EvaluationReport:
     """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
 
     Returns the evaluation report; it is also written to ``report_dir`` (default:
@@ -48,4 +50,4 @@ def pipeline(
                       keep_versions=keep_versions)
         report = evaluate(model_dir=trained["model_dir"], collection=built.collection,
                           report_dir=report_dir, milvus_uri=uri, ks=ks, eval_users=eval_users)
-    return {**report, "report_dir": str(Path(report_dir).resolve())}
+    return replace(report, report_dir=str(Path(report_dir).resolve()))

@@ -32,7 +32,8 @@ from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.train import train
 from towerbridge.milvus import server
-from towerbridge.milvus.store import DEFAULT_ALIAS, ItemStore, check_name
+from towerbridge.milvus.schema import DEFAULT_ALIAS, check_name
+from towerbridge.milvus.store import ItemStore
 from towerbridge.results import BuiltVersion
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
@@ -205,8 +206,8 @@ def rebuild(
             try:
                 report = evaluate(model_dir=model_dir, collection=built.collection,
                                   report_dir=str(directory / "report"), milvus_uri=uri, eval_users=eval_users)
-                summary.report = {key: report[key] for key in ("dataset", "protocol", "users_evaluated", "model",
-                                                               "ann_gap", "index_recall")}
+                summary.report = {key: getattr(report, key) for key in (
+                    "dataset", "protocol", "users_evaluated", "model", "ann_gap", "index_recall")}
                 summary.decision = decision = decide.validate(
                     built, report, serving["serving"], serving["record"], target_recall, metrics, tolerance,
                     serving_damaged=bool(serving["missing_files"]))

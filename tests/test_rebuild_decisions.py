@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+from tests.factories import evaluation_report
 from towerbridge import rebuild as decide
 from towerbridge.report import evaluation_record
 from towerbridge.results import BuiltVersion
@@ -12,8 +13,7 @@ BUILT = BuiltVersion(collection="items_v2", alias="items", rows=400, items=400, 
 
 
 def report(hit_rate: float, ndcg: float = 0.05, dataset: str = "synthetic", protocol: str = "leave-last-out"):
-    return {"dataset": dataset, "protocol": protocol, "users_evaluated": 500,
-            "model": {"hit_rate@10": hit_rate, "ndcg@10": ndcg, "recall@10": hit_rate}}
+    return evaluation_report(hit_rate, ndcg, dataset=dataset, protocol=protocol)
 
 
 def serving_record(hit_rate: float, **where) -> dict:
@@ -58,7 +58,7 @@ def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     decision = decide.validate(BUILT, report(0.08), "items_v1", serving_record(0.1), 0.95)
     summary = {"alias": "items", "outcome": "rejected", "started_at": "2026-11-28T02:00:00Z", "seconds": 61.2,
                "serving_before": "items_v1", "serving_after": "items_v1", "built": BUILT.to_dict(),
-               "report": report(0.08), "serving_evaluation": serving_record(0.1)["evaluation"],
+               "report": report(0.08).to_dict(), "serving_evaluation": serving_record(0.1)["evaluation"],
                "decision": decide.decision_dict(decision), "error": "RebuildRejected: candidate items_v2 rejected"}
     decide.write_summary(summary, tmp_path)
     text = (tmp_path / "rebuild.md").read_text()

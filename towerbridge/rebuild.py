@@ -13,7 +13,7 @@ from pathlib import Path
 from towerbridge import settings
 from towerbridge.errors import ConfigError
 from towerbridge.report import compare
-from towerbridge.results import BuiltVersion
+from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact
 
 DEFAULT_METRICS = ("hit_rate@10", "ndcg@10")
@@ -96,7 +96,7 @@ def serving_evaluation(record: dict) -> dict | None:
     return evaluation if isinstance(evaluation, dict) and isinstance(evaluation.get("model"), dict) else None
 
 
-def validate(built: BuiltVersion, report: dict, serving: str | None, serving_record: dict | None,
+def validate(built: BuiltVersion, report: EvaluationReport, serving: str | None, serving_record: dict | None,
              target_recall: float, metrics: tuple[str, ...] = DEFAULT_METRICS,
              tolerance: float = DEFAULT_TOLERANCE, serving_damaged: bool = False) -> Decision:
     """May the candidate ``built`` (with its evaluation ``report``) replace ``serving``?
@@ -122,12 +122,12 @@ def validate(built: BuiltVersion, report: dict, serving: str | None, serving_rec
                                                  "not compared")
     elif previous is None:
         decision.add("metrics vs serving", True, f"{serving} has no recorded evaluation: not compared")
-    elif (previous.get("dataset"), previous.get("protocol")) != (report["dataset"], report["protocol"]):
+    elif (previous.get("dataset"), previous.get("protocol")) != (report.dataset, report.protocol):
         decision.add("metrics vs serving", True,
                      f"{serving} was evaluated on {previous.get('dataset')} ({previous.get('protocol')}), "
-                     f"the candidate on {report['dataset']} ({report['protocol']}): not compared")
+                     f"the candidate on {report.dataset} ({report.protocol}): not compared")
     else:
-        passed, reason = compare(report, previous, metrics, tolerance)
+        passed, reason = compare(report.model, previous.get("model", {}), metrics, tolerance)
         decision.add("metrics vs serving", passed, f"{reason} (serving: {serving})")
     return decision
 

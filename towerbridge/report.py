@@ -12,36 +12,36 @@ import json
 from pathlib import Path
 
 from towerbridge import defaults, settings
+from towerbridge.results import SOURCES, EvaluationReport
 
-SOURCES = ("model", "exact", "popularity", "random")
 SOURCE_LABELS = {"model": "model (Milvus IVF_PQ)", "exact": "model (exact search)", "popularity": "popularity",
                  "random": "random"}
 
 
-def ks_of(report: dict) -> list[int]:
-    return sorted({int(key.split("@")[1]) for key in report["model"]})
+def ks_of(report: EvaluationReport) -> list[int]:
+    return sorted({int(key.split("@")[1]) for key in report.model})
 
 
-def report_table(report: dict) -> list[dict]:
+def report_table(report: EvaluationReport) -> list[dict]:
     """Hit rate per k for every source (the Prefect table artifact and the CLI's table)."""
-    return [{"k": k, **{source: round(report[source][f"hit_rate@{k}"], 4) for source in SOURCES}}
+    return [{"k": k, **{source: round(report.source(source)[f"hit_rate@{k}"], 4) for source in SOURCES}}
             for k in ks_of(report)]
 
 
-def report_markdown(report: dict, plot: str | None = "hit_rate.png") -> str:
+def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png") -> str:
     ks = ks_of(report)
-    model = report["model"]
+    model = report.model
     lines = [
-        f"# Evaluation: {report['dataset']} ({report['protocol']})",
+        f"# Evaluation: {report.dataset} ({report.protocol})",
         "",
-        f"{report['users_evaluated']:,} users, {report['queries']:,} queries (one per {report['query_unit']}); "
-        f"collection `{report['collection']}`, IVF_PQ {report['index']['params']}.",
+        f"{report.users_evaluated:,} users, {report.queries:,} queries (one per {report.query_unit}); "
+        f"collection `{report.collection}`, IVF_PQ {report.index['params']}.",
         "",
         "## Hit rate",
         "",
         "| k | " + " | ".join(SOURCE_LABELS[s] for s in SOURCES) + " |",
         "|---:|" + "---:|" * len(SOURCES),
-        *[f"| {k} | " + " | ".join(f"{report[s][f'hit_rate@{k}']:.4f}" for s in SOURCES) + " |" for k in ks],
+        *[f"| {k} | " + " | ".join(f"{report.source(s)[f'hit_rate@{k}']:.4f}" for s in SOURCES) + " |" for k in ks],
         "",
         "## The model through Milvus",
         "",
@@ -55,19 +55,19 @@ def report_markdown(report: dict, plot: str | None = "hit_rate.png") -> str:
         "",
         "| k | index recall vs exact | hit rate gap (Milvus − exact) | NDCG gap |",
         "|---:|---:|---:|---:|",
-        *[f"| {k} | {report['index_recall'][f'recall@{k}']:.4f} | {report['ann_gap'][f'hit_rate@{k}']:+.4f} | "
-          f"{report['ann_gap'][f'ndcg@{k}']:+.4f} |" for k in ks],
+        *[f"| {k} | {report.index_recall[f'recall@{k}']:.4f} | {report.ann_gap[f'hit_rate@{k}']:+.4f} | "
+          f"{report.ann_gap[f'ndcg@{k}']:+.4f} |" for k in ks],
         "",
-        f"Training: {report['training']['seconds']:.1f} s, {report['training']['epochs']} epochs. "
-        f"Ranking: Milvus {report['timing']['milvus_users_per_s']:,.0f} users/s, exact "
-        f"{report['timing']['exact_users_per_s']:,.0f} users/s.",
+        f"Training: {report.training['seconds']:.1f} s, {report.training['epochs']} epochs. "
+        f"Ranking: Milvus {report.timing['milvus_users_per_s']:,.0f} users/s, exact "
+        f"{report.timing['exact_users_per_s']:,.0f} users/s.",
     ]
     if plot:
         lines += ["", f"![hit rate against k]({plot})"]
     return "\n".join(lines) + "\n"
 
 
-def plot_hit_rate(report: dict, path: Path) -> None:
+def plot_hit_rate(report: EvaluationReport, path: Path) -> None:
     """Hit rate against k (log scale) for the model through Milvus, exact search and the baselines."""
     import matplotlib
 
@@ -79,14 +79,14 @@ def plot_hit_rate(report: dict, path: Path) -> None:
     styles = {"model": ("o-", 2.2), "exact": ("s--", 1.4), "popularity": ("^-", 1.4), "random": ("x:", 1.2)}
     for source in SOURCES:
         marker, width = styles[source]
-        axes.plot(ks, [report[source][f"hit_rate@{k}"] for k in ks], marker, linewidth=width,
+        axes.plot(ks, [report.source(source)[f"hit_rate@{k}"] for k in ks], marker, linewidth=width,
                   label=SOURCE_LABELS[source])
     axes.set_xscale("log")
     axes.set_xticks(ks, [str(k) for k in ks])
     axes.set_xlabel("k (top-k cut-off, log scale)")
     axes.set_ylabel("hit rate @ k")
-    axes.set_ylim(0, max(1e-3, max(report[s][f"hit_rate@{ks[-1]}"] for s in SOURCES)) * 1.1)
-    axes.set_title(f"{report['dataset']} ({report['protocol']}): hit rate against k")
+    axes.set_ylim(0, max(1e-3, max(report.source(s)[f"hit_rate@{ks[-1]}"] for s in SOURCES)) * 1.1)
+    axes.set_title(f"{report.dataset} ({report.protocol}): hit rate against k")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="upper left")
     figure.tight_layout()
@@ -97,34 +97,35 @@ def plot_hit_rate(report: dict, path: Path) -> None:
 _write = settings.write_atomic
 
 
-def write_report(report: dict, directory: Path) -> None:
+def write_report(report: EvaluationReport, directory: Path) -> None:
     """evaluation.json, evaluation.md and hit_rate.png, each written atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    _write(directory / "evaluation.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    _write(directory / "evaluation.json", lambda p: p.write_text(json.dumps(report.to_dict(), indent=2)))
     _write(directory / "hit_rate.png", lambda p: plot_hit_rate(report, p))
     _write(directory / "evaluation.md", lambda p: p.write_text(report_markdown(report)))
 
 
-def compare(candidate: dict, serving: dict, metrics: tuple[str, ...] = ("hit_rate@10", "ndcg@10"),
-            tolerance: float = 0.005, source: str = "model") -> tuple[bool, str]:
-    """May ``candidate`` replace ``serving``? It may when no chosen metric is worse by more
-    than ``tolerance`` (absolute). Returns ``(passed, reason)``."""
+def compare(candidate: dict[str, float], serving: dict[str, float],
+            metrics: tuple[str, ...] = ("hit_rate@10", "ndcg@10"), tolerance: float = 0.005) -> tuple[bool, str]:
+    """May a version with the metrics ``candidate`` replace one with ``serving`` (both the
+    model's metrics through Milvus, ``{"hit_rate@10": ...}``)? It may when no chosen metric
+    is worse by more than ``tolerance`` (absolute). Returns ``(passed, reason)``."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be 0 or more, got {tolerance}")
     worse = []
     for metric in metrics:
-        if metric not in candidate[source] or metric not in serving[source]:
+        if metric not in candidate or metric not in serving:
             return False, f"metric {metric} is missing from a report; cannot compare"
-        new, old = candidate[source][metric], serving[source][metric]
+        new, old = candidate[metric], serving[metric]
         if new < old - tolerance:
             worse.append(f"{metric} {new:.4f} < serving {old:.4f} - tolerance {tolerance}")
     if worse:
         return False, "candidate is worse: " + "; ".join(worse)
-    summary = ", ".join(f"{m} {candidate[source][m]:.4f} (serving {serving[source][m]:.4f})" for m in metrics)
+    summary = ", ".join(f"{m} {candidate[m]:.4f} (serving {serving[m]:.4f})" for m in metrics)
     return True, f"candidate is not worse beyond {tolerance}: {summary}"
 
 
-def evaluation_record(report: dict) -> dict:
+def evaluation_record(report: EvaluationReport) -> dict:
     """What a version keeps of its evaluation, for the next rebuild to compare against."""
-    return {"dataset": report["dataset"], "protocol": report["protocol"], "users": report["users_evaluated"],
-            "model": report["model"], "evaluated_at": defaults.utc_now()}
+    return {"dataset": report.dataset, "protocol": report.protocol, "users": report.users_evaluated,
+            "model": report.model, "evaluated_at": defaults.utc_now()}

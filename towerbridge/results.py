@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,66 @@ class BuiltVersion:
         record = asdict(self)
         record["index_recall@100"] = record.pop("index_recall")
         return {key: list(value) if isinstance(value, tuple) else value for key, value in record.items()}
+
+
+SOURCES = ("model", "exact", "popularity", "random")
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """One evaluation of a version: every metric at every k for each source.
+
+    model, exact, popularity, random: ``{"hit_rate@K": ..., "recall@K": ..., "ndcg@K": ...,
+    "mrr@K": ..., "coverage@K": ..., "mean_popularity@K": ...}`` for the model through Milvus,
+    the same model by exact search, and the two baselines;
+    ann_gap: model minus exact for the ranking metrics; index_recall: overlap of Milvus' top k
+    with exact search's; index: index type, metric, parameters and nprobe tuning of the version;
+    report_dir: where the files were written (set by the pipeline; not part of evaluation.json).
+    """
+
+    dataset: str
+    protocol: str
+    ks: tuple[int, ...]
+    users_evaluated: int
+    interactions_evaluated: int
+    queries: int
+    query_unit: str
+    model: dict[str, float]
+    exact: dict[str, float]
+    popularity: dict[str, float]
+    random: dict[str, float]
+    ann_gap: dict[str, float]
+    index_recall: dict[str, float]
+    index: dict
+    collection: str
+    alias: str | None
+    model_id: str
+    model_dir: str
+    training: dict
+    timing: dict
+    report_dir: str | None = None
+
+    def source(self, name: str) -> dict[str, float]:
+        """The metrics of one of ``SOURCES``."""
+        if name not in SOURCES:
+            raise ValueError(f"unknown source {name!r}; one of {', '.join(SOURCES)}")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        """The evaluation.json record (``report_dir`` only when set)."""
+        record = asdict(self)
+        record["ks"] = list(self.ks)
+        if record["report_dir"] is None:
+            del record["report_dir"]
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> EvaluationReport:
+        """Read an evaluation.json record; keys this version does not know are ignored."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in record and name != "report_dir"]
+        if missing:
+            raise ValueError(f"evaluation record lacks {', '.join(missing)}")
+        values = {name: record[name] for name in names if name in record}
+        values["ks"] = tuple(int(k) for k in values["ks"])
+        return cls(**values)

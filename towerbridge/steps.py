@@ -31,9 +31,10 @@ from towerbridge.data.options import DataOptions
 from towerbridge.data.split import SplitOptions, excludes_seen, scorable, split
 from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus.index import PLATEAU, IvfPqParams, choose_ivf_pq, params_record, tune_nprobe
-from towerbridge.milvus.store import DEFAULT_ALIAS, MAX_LIMIT, ItemStore, TextLimits
+from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, TextLimits
+from towerbridge.milvus.store import ItemStore
 from towerbridge.report import evaluation_record, write_report
-from towerbridge.results import BuiltVersion
+from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import default_spec
@@ -248,8 +249,8 @@ def check_eval_users(eval_users: int | None) -> None:
         raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")
 
 
-def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
-                   ks: tuple[int, ...] = defaults.REPORT_KS, eval_users: int | None = None, seed: int = 0) -> dict:
+def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, ks: tuple[int, ...] = defaults.REPORT_KS,
+                   eval_users: int | None = None, seed: int = 0) -> EvaluationReport:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
 
     Each user with held-out interactions is ranked once. Queries are users for protocols
@@ -299,38 +300,38 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str,
         relevant = ev.ItemSets.from_pairs(np.arange(len(targets)), targets, len(targets))
     metrics = {source: ev.ranking_metrics(top[rows], relevant, ks, trained.item_counts)
                for source, top in rankings.items()}
-    report = {
-        "dataset": manifest["data"]["dataset"],
-        "protocol": protocol,
-        "ks": list(ks),
-        "users_evaluated": len(users),
-        "interactions_evaluated": len(targets),
-        "queries": len(rows),
-        "query_unit": query_unit,
+    report = EvaluationReport(
+        dataset=manifest["data"]["dataset"],
+        protocol=protocol,
+        ks=tuple(ks),
+        users_evaluated=len(users),
+        interactions_evaluated=len(targets),
+        queries=len(rows),
+        query_unit=query_unit,
         **metrics,
-        "ann_gap": {key: round(metrics["model"][key] - metrics["exact"][key], 6)
-                    for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
-        "index_recall": ev.overlap(rankings["model"], rankings["exact"], ks),
-        "index": {"index_type": record["index_type"], "metric_type": record["metric_type"],
-                  "params": {**record["params"], "nprobe": nprobe}, "tuning": record.get("tuning")},
-        "collection": collection,
-        "alias": record.get("alias"),
-        "model_id": manifest["model_id"],
-        "model_dir": str(Path(model_dir).resolve()),
-        "training": {
+        ann_gap={key: round(metrics["model"][key] - metrics["exact"][key], 6)
+                 for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
+        index_recall=ev.overlap(rankings["model"], rankings["exact"], ks),
+        index={"index_type": record["index_type"], "metric_type": record["metric_type"],
+               "params": {**record["params"], "nprobe": nprobe}, "tuning": record.get("tuning")},
+        collection=collection,
+        alias=record.get("alias"),
+        model_id=manifest["model_id"],
+        model_dir=str(Path(model_dir).resolve()),
+        training={
             "seconds": manifest["train_seconds"],
             "epochs": len(manifest["history"]),
             "examples_per_s": round(sum(e["examples_per_s"] for e in manifest["history"])
                                     / max(1, len(manifest["history"])), 1),
             "train_interactions": manifest["data"]["train"],
         },
-        "timing": {
+        timing={
             "milvus_seconds": round(milvus_seconds, 3),
             "milvus_users_per_s": round(len(users) / max(milvus_seconds, 1e-9), 1),
             "exact_seconds": round(exact_seconds, 3),
             "exact_users_per_s": round(len(users) / max(exact_seconds, 1e-9), 1),
         },
-    }
+    )
     write_report(report, Path(report_dir))
     with ItemStore(uri) as store:  # the next rebuild compares its candidate with this
         store.set_record(collection, evaluation=evaluation_record(report))

@@ -2,6 +2,7 @@
 the built-in synthetic dataset at its default size."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from towerbridge.defaults import REPORT_KS
 from towerbridge.evaluation import METRICS
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.pipeline import pipeline
+from towerbridge.results import EvaluationReport
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors, user_vectors
 
@@ -23,7 +25,7 @@ KS = (10, 50, 100)
 def run(milvus_uri, prefect_harness, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("report")
     report = pipeline(report_dir=str(report_dir), milvus_uri=milvus_uri)
-    model_dir = Path(report["model_dir"])
+    model_dir = Path(report.model_dir)
     manifest = artifact.read_manifest(model_dir)
     prepared = Path(manifest["prepared_dir"])
     return {
@@ -48,6 +50,8 @@ def test_report_file_has_the_promised_shape(run):
     assert set(written["index_recall"]) == {f"recall@{k}" for k in REPORT_KS}
     assert written["index"]["index_type"] == "IVF_PQ"
     assert written["users_evaluated"] == written["queries"] == len(run["held_out"])
+    assert EvaluationReport.from_dict(written) == replace(run["report"], report_dir=None)
+    assert run["report"].report_dir == str(run["report_dir"].resolve())
     markdown = (run["report_dir"] / "evaluation.md").read_text()
     assert markdown.startswith("# Evaluation: synthetic") and "![hit rate against k](hit_rate.png)" in markdown
     assert not list(run["report_dir"].glob("*.partial"))
@@ -59,10 +63,10 @@ def test_ann_gap_is_within_what_the_index_recall_allows(run):
     # the share of users that differ is at most k * (1 - index recall@k).
     report = run["report"]
     for k in REPORT_KS:
-        gap = report["ann_gap"][f"hit_rate@{k}"]
-        assert gap == pytest.approx(report["model"][f"hit_rate@{k}"] - report["exact"][f"hit_rate@{k}"], abs=1e-6)
-        assert abs(gap) <= k * (1 - report["index_recall"][f"recall@{k}"]) + 1e-9, k
-        assert 0 < report["index_recall"][f"recall@{k}"] <= 1
+        gap = report.ann_gap[f"hit_rate@{k}"]
+        assert gap == pytest.approx(report.model[f"hit_rate@{k}"] - report.exact[f"hit_rate@{k}"], abs=1e-6)
+        assert abs(gap) <= k * (1 - report.index_recall[f"recall@{k}"]) + 1e-9, k
+        assert 0 < report.index_recall[f"recall@{k}"] <= 1
 
 
 def test_random_baseline_is_chance(run):
@@ -73,8 +77,8 @@ def test_random_baseline_is_chance(run):
     for k in (10, 100):
         p = np.minimum(1, k / unseen)
         spread = 4 * np.sqrt((p * (1 - p)).sum()) / len(p)
-        assert abs(report["random"][f"hit_rate@{k}"] - p.mean()) <= spread
-    assert report["model"]["hit_rate@10"] > 5 * report["random"]["hit_rate@10"]
+        assert abs(report.random[f"hit_rate@{k}"] - p.mean()) <= spread
+    assert report.model["hit_rate@10"] > 5 * report.random["hit_rate@10"]
 
 
 def test_plot_is_a_png_with_every_source(run):
@@ -86,26 +90,26 @@ def test_plot_is_a_png_with_every_source(run):
 
 
 def test_evaluating_a_sample_of_users_is_seeded(run, milvus_uri, tmp_path):
-    report, model_dir = run["report"], run["report"]["model_dir"]
-    first = evaluate(model_dir=model_dir, collection=report["collection"], report_dir=str(tmp_path / "a"),
+    report, model_dir = run["report"], run["report"].model_dir
+    first = evaluate(model_dir=model_dir, collection=report.collection, report_dir=str(tmp_path / "a"),
                      milvus_uri=milvus_uri, eval_users=300, ks=[10])
-    again = evaluate(model_dir=model_dir, collection=report["collection"], report_dir=str(tmp_path / "b"),
+    again = evaluate(model_dir=model_dir, collection=report.collection, report_dir=str(tmp_path / "b"),
                      milvus_uri=milvus_uri, eval_users=300, ks=[10])
-    assert first["users_evaluated"] == 300 < report["users_evaluated"]
-    assert first["ks"] == [10] and set(first["model"]) == {f"{metric}@10" for metric in METRICS}
-    assert first["model"] == again["model"] and first["random"] == again["random"]
+    assert first.users_evaluated == 300 < report.users_evaluated
+    assert first.ks == (10,) and set(first.model) == {f"{metric}@10" for metric in METRICS}
+    assert first.model == again.model and first.random == again.random
     # A sample estimates the full number: within 4 standard errors of it.
-    p = report["exact"]["hit_rate@10"]
-    assert abs(first["exact"]["hit_rate@10"] - p) <= 4 * np.sqrt(p * (1 - p) / 300)
+    p = report.exact["hit_rate@10"]
+    assert abs(first.exact["hit_rate@10"] - p) <= 4 * np.sqrt(p * (1 - p) / 300)
 
 
 def test_collection_holds_every_item_under_ivf_pq(run):
     client, report = run["client"], run["report"]
-    name = report["collection"]
-    assert client.describe_alias(report["alias"])["collection_name"] == name
+    name = report.collection
+    assert client.describe_alias(report.alias)["collection_name"] == name
     index = client.describe_index(name, "embedding")
     assert index["index_type"] == "IVF_PQ"
-    chosen = report["index"]["params"]
+    chosen = report.index["params"]
     assert {key: int(index[key]) for key in ("nlist", "m", "nbits")} == {
         key: chosen[key] for key in ("nlist", "m", "nbits")}
     assert index["indexed_rows"] == index["total_rows"] == len(run["items"])
@@ -135,18 +139,18 @@ def test_report_agrees_with_brute_force_within_ivf_pq_error(run):
     targets = held_out["item_id"].to_numpy()
     for k in KS:
         brute = float((exact[:, :k] == targets[:, None]).any(axis=1).mean())
-        assert report["exact"][f"hit_rate@{k}"] == pytest.approx(brute, abs=1e-3)
+        assert report.exact[f"hit_rate@{k}"] == pytest.approx(brute, abs=1e-3)
 
     # Milvus' own answers, fetched here directly, explain the model's numbers:
     # a hit can only change for users whose approximate top-k differs from the exact one.
     model, seen = run["model"], run["train"].groupby("user_id")["item_id"].apply(set)
     queries = user_vectors(model, held_out["user_id"].to_numpy())
-    nprobe = report["index"]["params"]["nprobe"]
+    nprobe = report.index["params"]["nprobe"]
     approximate = []
     for start in range(0, len(held_out), 500):
         users = held_out["user_id"].to_numpy()[start:start + 500]
         limit = 100 + max(len(seen[user]) for user in users)
-        hits = client.search(report["collection"], data=queries[start:start + 500], limit=limit,
+        hits = client.search(report.collection, data=queries[start:start + 500], limit=limit,
                              search_params={"metric_type": "IP", "params": {"nprobe": nprobe}})
         for user, found in zip(users, hits):
             kept = [hit["id"] for hit in found if hit["id"] not in seen[user]][:100]
@@ -154,17 +158,17 @@ def test_report_agrees_with_brute_force_within_ivf_pq_error(run):
     approximate = np.array(approximate)
     for k in KS:
         milvus_rate = float((approximate[:, :k] == targets[:, None]).any(axis=1).mean())
-        assert report["model"][f"hit_rate@{k}"] == pytest.approx(milvus_rate, abs=1e-3)
+        assert report.model[f"hit_rate@{k}"] == pytest.approx(milvus_rate, abs=1e-3)
         differs = np.mean([set(a[:k]) != set(e[:k]) for a, e in zip(approximate, exact)])
-        assert abs(report["model"][f"hit_rate@{k}"] - report["exact"][f"hit_rate@{k}"]) <= differs
-    assert report["index_recall"]["recall@100"] > 0.8
+        assert abs(report.model[f"hit_rate@{k}"] - report.exact[f"hit_rate@{k}"]) <= differs
+    assert report.index_recall["recall@100"] > 0.8
 
 
 def test_model_beats_popularity(run):
     report = run["report"]
-    assert report["model"]["hit_rate@10"] > 1.2 * report["popularity"]["hit_rate@10"]
+    assert report.model["hit_rate@10"] > 1.2 * report.popularity["hit_rate@10"]
     popular = run["train"]["item_id"].value_counts()
-    assert report["popularity"]["hit_rate@100"] > 0.1 and len(popular) > 100  # a real opponent
+    assert report.popularity["hit_rate@100"] > 0.1 and len(popular) > 100  # a real opponent
 
 
 def test_flow_runs_and_artifacts_are_recorded(run):
@@ -194,4 +198,4 @@ def test_flow_runs_and_artifacts_are_recorded(run):
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["k"] for row in table] == list(REPORT_KS)
     assert set(table[0]) == {"k", "model", "exact", "popularity", "random"}
-    assert table[2]["model"] == round(run["report"]["model"]["hit_rate@10"], 4)
+    assert table[2]["model"] == round(run["report"].model["hit_rate@10"], 4)

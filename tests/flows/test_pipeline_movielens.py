@@ -14,10 +14,10 @@ def test_movielens_through_milvus_beats_popularity(milvus_uri, prefect_harness, 
                                                    users):
     report = pipeline(data=DataOptions("movielens-100k", str(SHARED_ML100K), protocol=protocol),
                       report_dir=str(tmp_path), milvus_uri=milvus_uri)
-    assert (report["dataset"], report["protocol"]) == ("movielens-100k", protocol)
-    assert report["interactions_evaluated"] == interactions and report["users_evaluated"] == users
+    assert (report.dataset, report.protocol) == ("movielens-100k", protocol)
+    assert report.interactions_evaluated == interactions and report.users_evaluated == users
     for k in (10, 100):
-        assert report["model"][f"hit_rate@{k}"] > report["popularity"][f"hit_rate@{k}"]
+        assert report.model[f"hit_rate@{k}"] > report.popularity[f"hit_rate@{k}"]
     # nprobe is tuned after the build: recall of Milvus against exact search on these embeddings
-    assert report["index"]["tuning"]["recall"] >= 0.95
-    assert report["index_recall"]["recall@100"] >= 0.95
+    assert report.index["tuning"]["recall"] >= 0.95
+    assert report.index_recall["recall@100"] >= 0.95

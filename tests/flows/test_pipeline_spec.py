@@ -39,12 +39,12 @@ def test_string_ids_from_a_spec_through_milvus(milvus_uri, prefect_harness, tmp_
 
     report = pipeline(data=DataOptions("custom", spec_file=str(tmp_path / "shop.toml")), report_dir=str(tmp_path / "r"),
                       milvus_uri=milvus_uri)
-    assert report["model"]["hit_rate@100"] > report["popularity"]["hit_rate@100"]
+    assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]
 
     client = MilvusClient(milvus_uri)
-    fields = {f["name"]: f for f in client.describe_collection(report["collection"])["fields"]}
+    fields = {f["name"]: f for f in client.describe_collection(report.collection)["fields"]}
     assert fields["item_id"]["type"] == DataType.VARCHAR and fields["item_id"].get("is_primary")
-    rows = client.query(report["collection"], filter='item_id in ["SKU-1", "SKU-2"]',
+    rows = client.query(report.collection, filter='item_id in ["SKU-1", "SKU-2"]',
                         output_fields=["item_id", "title"])
     assert sorted(row["item_id"] for row in rows) == ["SKU-1", "SKU-2"]
-    assert client.get_collection_stats(report["collection"])["row_count"] == 600
+    assert client.get_collection_stats(report.collection)["row_count"] == 600
