@@ -1,4 +1,4 @@
-"""The one door to Milvus: schema, IVF_PQ parameters, versioned collections, alias, search.
+"""The one door to Milvus: connections, versioned collections, the alias, retention, search.
 
 Every other module asks this one to "load these embeddings as a new version",
 "point the alias at it", "search these vectors"; none of them calls pymilvus.
@@ -17,26 +17,29 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient
-from pymilvus.client.utils import check_status
 from pymilvus.exceptions import MilvusException
 from tqdm import tqdm
 
 from towerbridge import defaults, settings
 from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
-from towerbridge.milvus import server
+from towerbridge.milvus import answers, server
 from towerbridge.milvus.index import METRIC, IvfPqParams
+from towerbridge.milvus.schema import (
+    MAX_LIMIT,
+    PROPERTY_PREFIX,
+    VECTOR_FIELD,
+    TextLimits,
+    clip_text,
+    literal,
+    version_name,
+)
 from towerbridge.settings import redact
 
-DEFAULT_ALIAS = "towerbridge_items"
-PROPERTY_PREFIX = "towerbridge."
-VECTOR_FIELD = "embedding"
-MAX_LIMIT = 16384  # Milvus' cap on topk and on nq per search request
 PART_RESULTS = 100_000  # results per search request (queries x limit): the server reduces each in one go
 IN_FLIGHT = 4  # search requests on the wire at once
 # Signs of a server that is down or still recovering (after a crash its coordinators wait for
@@ -44,50 +47,9 @@ IN_FLIGHT = 4  # search requests on the wire at once
 RECOVERING = ("unavailable", "node not found", "node not match", "session not found", "not ready",
               "service not ready", "channel not found")
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
-TEXT_MAX = 1024
-ID_MAX = 512
-GENRES_MAX = 64  # genres per item
-GENRE_MAX = 128  # characters per genre
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-
-
-def _room(longest: int, cap: int, least: int) -> int:
-    """A schema limit for text whose longest value is ``longest``: the next power of two."""
-    return min(cap, max(least, 1 << max(0, longest - 1).bit_length()))
-
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes (Milvus' unit for VARCHAR lengths), on a character boundary."""
-    data = text.encode()
-    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
-
-
-@dataclass(frozen=True)
-class TextLimits:
-    """The maximum lengths (UTF-8 bytes) a version's schema declares for its text fields.
-
-    A version is written once, so its limits are taken from its own data (``of``): the next
-    power of two above the longest value, up to the caps. It does not change how Milvus cuts
-    a version into segments (the segment size setting does)."""
-    title: int = TEXT_MAX
-    genres: int = TEXT_MAX
-    genre_count: int = GENRES_MAX
-    genre: int = GENRE_MAX
-    item_id: int = ID_MAX
-
-    @classmethod
-    def of(cls, titles: list[str], genres: list[str], item_ids=None) -> TextLimits:
-        def longest(texts) -> int:
-            return max((len(t.encode()) for t in texts), default=0)
-
-        lists = [[g for g in text.split("|") if g] for text in genres]
-        return cls(title=_room(longest(titles), TEXT_MAX, 16), genres=_room(longest(genres), TEXT_MAX, 16),
-                   genre_count=_room(max(map(len, lists), default=0), GENRES_MAX, 1),
-                   genre=_room(max((longest(g) for g in lists), default=0), GENRE_MAX, 16),
-                   item_id=_room(longest(map(str, item_ids)) if item_ids is not None else ID_MAX, ID_MAX, 16))
 
 
 def connect(uri: str, token: str | None = None, attempts: int = 4, timeout: float = 10.0) -> MilvusClient:
@@ -124,24 +86,6 @@ def _rpc_cause(error: BaseException) -> grpc.RpcError | None:
     while seen is not None and not isinstance(seen, grpc.RpcError):
         seen = seen.__cause__ or seen.__context__
     return seen if seen is not None and callable(getattr(seen, "code", None)) else None
-
-
-def check_name(name: str, what: str = "alias") -> str:
-    """``name`` if Milvus accepts it as a collection or alias name, else a ConfigError. Names
-    also become file names (the rebuild's lock), so nothing else may pass."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{what} {name!r}: Milvus names are letters, digits and underscores, not starting "
-                          "with a digit, at most 255 characters")
-    return name
-
-
-def version_name(alias: str, model_id: str) -> str:
-    """``<alias>_v<UTC build time>_<model id's last 6 characters>``."""
-    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
-    name = f"{alias}_v{stamp}_{re.sub(r'[^A-Za-z0-9_]', '_', model_id[-6:])}"
-    if not _NAME.match(name):
-        raise ConfigError(f"cannot form a valid collection name from alias {alias!r} and model {model_id!r}")
-    return name
 
 
 def _batches(n_rows: int, row_bytes: int) -> Iterator[slice]:
@@ -185,11 +129,13 @@ class ItemStore:
     # --- versions -------------------------------------------------------------------------
 
     def create_version(self, alias: str, model_id: str, dim: int, record: dict, id_type: str = "int64",
-                       limits: TextLimits = TextLimits()) -> str:
+                       limits: TextLimits | None = None) -> str:
         """Create an empty collection for a new version; return its name.
 
         id_type: ``int64`` or ``string`` (a VARCHAR primary key), as the catalog's ids are.
-        limits: the text fields' maximum lengths; ``TextLimits.of(...)`` the data to be inserted."""
+        limits: the text fields' maximum lengths (default: the caps); ``TextLimits.of(...)`` the
+        data to be inserted."""
+        limits = limits or TextLimits()
         name = version_name(alias, model_id)
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False,
                                            description=json.dumps({**record, "id_type": id_type}, sort_keys=True))
@@ -223,8 +169,9 @@ class ItemStore:
         bar = tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False)
         for part in _batches(len(ids), row_bytes):
             rows = [
-                {"item_id": i, VECTOR_FIELD: v, "title": _clip(t, limits.title), "genres": _clip(g, limits.genres),
-                 "genre_list": [_clip(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
+                {"item_id": i, VECTOR_FIELD: v, "title": clip_text(t, limits.title),
+                 "genres": clip_text(g, limits.genres),
+                 "genre_list": [clip_text(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
                 for i, v, t, g in zip(ids[part], vectors[part], titles[part], genres[part])
             ]
             self._call(f"insert into {name}", self.client.insert, name, rows)
@@ -261,15 +208,7 @@ class ItemStore:
 
     def text_limits(self, name: str, params: dict[str, dict] | None = None) -> TextLimits:
         """The text limits ``name``'s schema declares (fields it lacks keep the caps)."""
-        params = params if params is not None else self._field_params(name)
-
-        def limit(field: str, key: str, default: int) -> int:
-            return int(params.get(field, {}).get(key, default))
-
-        return TextLimits(title=limit("title", "max_length", TEXT_MAX), genres=limit("genres", "max_length", TEXT_MAX),
-                          genre_count=limit("genre_list", "max_capacity", GENRES_MAX),
-                          genre=limit("genre_list", "max_length", GENRE_MAX),
-                          item_id=limit("item_id", "max_length", ID_MAX))
+        return TextLimits.declared(params if params is not None else self._field_params(name))
 
     def describe_index(self, name: str) -> dict:
         return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD)
@@ -514,7 +453,7 @@ class ItemStore:
         requests are on the wire at once (the server searches one while it reduces and sends
         another); requests carry vectors as bytes and ask for primary keys only, with eventual
         consistency (a version is flushed and never written again before it is searched); answers are read as columns
-        from the response (``_columns_from_flat``), not as pymilvus' one Python object per
+        from the response (``answers.read``), not as pymilvus' one Python object per
         hit, which cost three times the search itself. A request that fails transiently is
         sent again on its own, with ``_call``'s retries."""
         pending: deque = deque()
@@ -538,33 +477,11 @@ class ItemStore:
     def _collect(self, name: str, nprobe: int, vectors: np.ndarray, limit: int,
                  future) -> tuple[np.ndarray, np.ndarray]:
         try:
-            return self._answer(future, len(vectors), min(limit, MAX_LIMIT))
+            return answers.read(future, len(vectors), min(limit, MAX_LIMIT))
         except MilvusException:  # again on its own, with retries and a clear error
-            return self._call(f"search {name}", lambda: self._answer(self._submit(name, vectors, limit, nprobe),
+            return self._call(f"search {name}", lambda: answers.read(self._submit(name, vectors, limit, nprobe),
                                                                      len(vectors), min(limit, MAX_LIMIT)))
 
-    @staticmethod
-    def _answer(future, nq: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(future, MilvusException):
-            raise future
-        raw = getattr(future, "_future", None)
-        if raw is None:  # a pymilvus without the raw answer: read the parsed one
-            hits = future.result()
-            return _columns([list(h.ids) for h in hits], [list(h.distances) for h in hits], nq, limit)
-        try:
-            response = raw.result()
-        except grpc.RpcError as error:
-            code = error.code() if callable(getattr(error, "code", None)) else None
-            transient = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            raise MilvusException(code=2 if transient else 1, message=f"{code}: {error.details()}") from None
-        check_status(response.status)
-        results = response.results
-        topks = np.asarray(results.topks, dtype=np.int64)
-        if results.ids.HasField("str_id"):
-            found = np.asarray(results.ids.str_id.data, dtype=object)
-        else:
-            found = np.asarray(results.ids.int_id.data, dtype=np.int64)
-        return _columns_from_flat(found, np.asarray(results.scores, dtype=np.float32), topks, nq, limit)
 
 
 def _holds_file(directory: Path) -> bool:
@@ -576,48 +493,3 @@ def _one_line(message: str, keep: int = 400) -> str:
     is at the end, so a long one keeps its end."""
     message = " ".join(message.split())
     return message if len(message) <= keep else "..." + message[-keep:]
-
-
-def _columns_from_flat(found: np.ndarray, scores: np.ndarray, topks: np.ndarray, nq: int,
-                       limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Milvus' flat answer (every query's hits one after another, ``topks[q]`` of them for
-    query q) as ``[nq, limit]`` arrays padded with -1 / None and -inf."""
-    strings = found.dtype == object
-    ids = np.full((nq, limit), None if strings else -1, dtype=object if strings else np.int64)
-    out = np.full((nq, limit), -np.inf, dtype=np.float32)
-    if len(topks) != nq or topks.sum() != len(found):
-        raise MilvusException(code=1, message=f"search answered {len(topks)} queries with {len(found)} hits, "
-                                              f"expected {nq} queries")
-    if (topks == limit).all():  # the usual case: every query has its full answer
-        return found.reshape(nq, limit), scores.reshape(nq, limit)
-    rows = np.repeat(np.arange(nq), topks)
-    columns = np.arange(len(found)) - np.repeat(np.cumsum(topks) - topks, topks)
-    ids[rows, columns] = found
-    out[rows, columns] = scores
-    return ids, out
-
-
-def _columns(id_lists: list[list], score_lists: list[list], nq: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    topks = np.array([len(row) for row in id_lists], dtype=np.int64)
-    flat = [value for row in id_lists for value in row]
-    strings = any(isinstance(value, str) for value in flat)
-    found = np.array(flat, dtype=object if strings else np.int64)
-    scores = np.array([value for row in score_lists for value in row], dtype=np.float32)
-    return _columns_from_flat(found, scores, topks, nq, limit)
-
-
-def literal(value) -> str:
-    """A value as a Milvus expression literal: an int, or a double-quoted string with quotes
-    and backslashes escaped (Milvus 2.3 reads the JSON escapes; other text stays as is)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"an id must be an integer or a string, got {value!r}")
-    return str(int(value))
-
-
-def id_filter(ids: list, id_type: str) -> str:
-    """A filter expression matching these ids, with every value typed and quoted safely."""
-    if id_type == "string":
-        return f"item_id in [{', '.join(literal(str(value)) for value in ids)}]"
-    return f"item_id in [{', '.join(literal(int(value)) for value in ids)}]"
