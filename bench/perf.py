@@ -161,7 +161,7 @@ def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarra
 
 
 def milvus_build(store, ids: np.ndarray, vectors: np.ndarray, params, server_pid: int | None) -> tuple[dict, str]:
-    from towerbridge.milvus.store import TextLimits
+    from towerbridge.milvus.schema import TextLimits
 
     texts = [""] * len(ids)
     name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"},

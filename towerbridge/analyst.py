@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from towerbridge.errors import CollectionError, ConfigError, DataError
-from towerbridge.milvus.store import MAX_LIMIT, VECTOR_FIELD, ItemStore, id_filter
+from towerbridge.milvus.schema import MAX_LIMIT, VECTOR_FIELD, id_filter
+from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import user_vectors
 

@@ -2,7 +2,7 @@ import pytest
 
 from towerbridge.errors import ConfigError
 from towerbridge.milvus.index import IvfPqParams, choose_ivf_pq, tune_nprobe
-from towerbridge.milvus.store import version_name
+from towerbridge.milvus.schema import version_name
 
 
 @pytest.mark.parametrize("rows, dim, expected", [

@@ -135,7 +135,7 @@ def test_a_versions_text_limits_come_from_its_data_and_long_text_is_clipped_by_b
     data needs (next power of two), not the caps; text over a limit is cut on a character
     boundary by UTF-8 bytes, Milvus' unit (a character cut would overflow with accents)."""
     from towerbridge.milvus.index import choose_ivf_pq
-    from towerbridge.milvus.store import TextLimits
+    from towerbridge.milvus.schema import TextLimits
 
     titles = ["Toy Story (1995)", "Amélie " * 3]
     genres = ["Animation|Children's|Comedy", "Comedy|Romance"]

@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import own_server_home, run_doc_snippets, run_rebuild, towerbridge, train_synthetic, write_synthetic
 from towerbridge import steps
 from towerbridge.milvus import server
-from towerbridge.milvus.store import DEFAULT_ALIAS, ItemStore
+from towerbridge.milvus.schema import DEFAULT_ALIAS
+from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 
 QUIET = {"log": lambda message: None}

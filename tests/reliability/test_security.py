@@ -12,7 +12,8 @@ from tests.conftest import towerbridge
 from towerbridge.errors import ConfigError
 from towerbridge.milvus import server
 from towerbridge.milvus.index import choose_ivf_pq
-from towerbridge.milvus.store import ItemStore, connect, id_filter
+from towerbridge.milvus.schema import id_filter
+from towerbridge.milvus.store import ItemStore, connect
 
 FIRST_PASSWORD = "Milvus"  # Milvus' documented first password of its root user, changed to:
 PASSWORD = "tb-Secret-42"

@@ -1,0 +1,247 @@
+"""What each subcommand does, once its options are checked (``options``); printing is in
+``output``. Heavy imports (torch, Prefect, pymilvus) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from towerbridge import settings
+from towerbridge.cli.options import check_k, data_options, index_params, rebuild_parameters, training_options
+from towerbridge.cli.output import print_report, print_rows, quiet_prefect_tracebacks
+from towerbridge.errors import ConfigError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from towerbridge.milvus import server
+    from towerbridge.milvus.schema import check_name
+    from towerbridge.milvus.store import connect
+    from towerbridge.steps import check_ks
+
+    check_name(args.alias, "--alias")
+    if args.early_stopping < 0:
+        raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
+    training = training_options(args)
+    data = data_options(args)
+    index = index_params(args)
+    check_ks(args.ks)
+    with server.endpoint(args.milvus_uri) as uri:
+        connect(uri).close()  # fail fast, before any work
+        from towerbridge.flows.pipeline import pipeline  # imports Prefect: only when there is work to do
+
+        quiet_prefect_tracebacks()
+        report = pipeline(data=data, **training, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
+                          index_params=index, keep_versions=args.keep_versions,
+                          early_stopping_patience=args.early_stopping, ks=args.ks)
+        print_report(report)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from towerbridge.milvus import server
+    from towerbridge.milvus.store import connect
+
+    parameters = rebuild_parameters(args)
+    with server.endpoint(args.milvus_uri) as uri:
+        connect(uri).close()  # fail fast, before any work
+        from towerbridge.flows.rebuild import rebuild
+
+        quiet_prefect_tracebacks()
+        state = rebuild(**parameters, milvus_uri=uri, return_state=True)
+    directory = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id)
+    summary_file = directory / "rebuild.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if summary.get("decision"):
+        print()
+        for check in summary["decision"]["checks"]:
+            print(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['check']}: {check['detail']}")
+    if state.is_completed():
+        print(f"rebuild of {args.alias}: {summary['serving_after']} now serves "
+              f"(before: {summary.get('serving_before') or 'nothing'})")
+        if summary.get("dropped_versions"):
+            print(f"retention dropped: {', '.join(summary['dropped_versions'])}")
+        print(f"report: {directory}/rebuild.md")
+        return 0
+    error = state.result(raise_on_failure=False)
+    print(f"towerbridge: rebuild of {args.alias} {summary.get('outcome', 'failed')}: {error}", file=sys.stderr)
+    if summary:
+        print(f"serving: {summary.get('serving_after') or 'nothing'} (unchanged); report: {directory}/rebuild.md",
+              file=sys.stderr)
+    return 3 if summary.get("outcome") == "rejected" else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import zoneinfo
+
+    from prefect.settings import get_current_settings
+
+    try:
+        zoneinfo.ZoneInfo(args.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {args.timezone!r}: not an IANA time zone such as UTC or "
+                          "Europe/London") from None
+    parameters = rebuild_parameters(args)
+    parameters["data"] = asdict(parameters["data"])  # a deployment keeps its parameters as JSON
+    if args.milvus_uri:
+        parameters["milvus_uri"] = args.milvus_uri
+    if not get_current_settings().api.url:
+        raise ConfigError("schedules need a running Prefect server: start one with `prefect server start`, "
+                          "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Run nightly)")
+    from prefect import serve
+
+    from towerbridge.flows.rebuild import nightly
+
+    try:
+        deployment = nightly(cron=args.cron, timezone=args.timezone, parameters=parameters)
+    except ValueError as error:
+        raise ConfigError(f"--cron {args.cron!r}: {error}") from None
+    print(f"serving deployment rebuild/nightly: {args.cron} ({args.timezone}), one run at a time; Ctrl-C stops")
+    serve(deployment, print_starting_message=False)
+    return 0
+
+
+def _with_store(args: argparse.Namespace, work):
+    from towerbridge.milvus import server
+    from towerbridge.milvus.store import ItemStore
+
+    with server.endpoint(args.milvus_uri, log=lambda message: print(message, file=sys.stderr)) as uri, \
+            ItemStore(uri) as store:
+        return work(store)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    check_k(args.k)
+    rows = _with_store(args, lambda store: analyst.recommend(
+        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen))
+    print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
+                ["rank", "item_id", "score", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    check_k(args.k)
+    rows = _with_store(args, lambda store: analyst.similar(
+        store, args.collection or args.alias, args.item, args.k, args.filter or ""))
+    print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
+                ["rank", "item_id", "score", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
+    rows = _with_store(args, lambda store: analyst.query(store, args.collection or args.alias, args.filter,
+                                                         fields, args.limit))
+    print_rows(rows, fields or ["item_id", "title", "genres"], args.json)
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+
+    rows = _with_store(args, lambda store: analyst.versions(store, args.alias))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [{**row, "serving": "DAMAGED" if row["damaged"] else "*" if row["serving"] else "",
+              "index": f"{row['index_type']} nlist={row['params']['nlist']} m={row['params']['m']} "
+                       f"nbits={row['params']['nbits']}" if row["params"] else "",
+              "complete": "yes" if row["complete"] else "NO",
+              "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}"} for row in rows]
+    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "HR@10", "model_id", "created_at",
+                        "complete"], False)
+    for row in rows:
+        if row["damaged"]:
+            print(analyst.damaged_message(row["collection"], row["missing_files"])
+                  + (f"; alias {args.alias} still points at it" if row["alias_target"] else ""))
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """Run the benchmarks (bench/, beside this package in a clone) in a separate process."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise ConfigError("`towerbridge bench` runs from a clone of the towerbridge repository "
+                          "(the benchmarks in bench/ are not installed with the package)")
+    return subprocess.call([sys.executable, "-m", "bench", *argv], cwd=root)
+
+
+def cmd_milvus(args: argparse.Namespace) -> int:
+    from towerbridge import analyst
+    from towerbridge.milvus import server
+    from towerbridge.milvus.store import ItemStore
+
+    def damaged(state: server.ServerState) -> dict[str, list[str]]:
+        """Versions with files missing from the server's disk: Milvus can never load them."""
+        with ItemStore(state.uri) as store:
+            found = store.damaged()
+        for collection, missing in found.items():
+            print(f"warning: {analyst.damaged_message(collection, missing)}", file=sys.stderr)
+        return found
+
+    if settings.MilvusTarget.from_env().uri and args.action != "status":
+        print(f"note: MILVUS_URI is set ({settings.redact(settings.MilvusTarget.from_env().uri)}); "
+              "runs use that server, not the embedded one", file=sys.stderr)
+    if args.action == "start":
+        state, started = server.start_serving()
+        print(f"{'started' if started else 'already running'}: {state.uri} (pid {state.pid}, "
+              f"data {server.data_dir()})")
+        damaged(state)
+    elif args.action == "stop":
+        state = server.stop()
+        print(f"stopped (pid {state.pid})" if state else "not running")
+    else:
+        state = server.running()
+        info = {"running": bool(state), "data_dir": str(server.data_dir())}
+        if state:
+            info.update(uri=state.uri, pid=state.pid, version=state.version, damaged=damaged(state))
+        print(json.dumps(info) if args.json else
+              (f"running: {state.uri} (pid {state.pid}, Milvus {state.version}, data {info['data_dir']})"
+               if state else f"not running (data {info['data_dir']})"))
+        return 0 if state else 3
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from towerbridge import steps
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = steps.prepare_data(data_options(args), scratch)
+        summary = json.loads((Path(prepared) / "summary.json").read_text())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['dataset']} from {summary['source']}: {summary['interactions']:,} interactions, "
+          f"{summary['users']:,} users, {summary['items']:,} items")
+    for step in summary["filters"]["steps"]:
+        print(f"  filter {step['step']}: removed {step['removed']:,} of {step['interactions_before']:,}")
+    for what, counts in summary["dropped"].items():
+        print(f"  dropped ({what.replace('_', ' ')}): {counts['interactions']:,} interactions, "
+              f"e.g. {', '.join(counts['examples'])}")
+    print(f"  split {summary['protocol']}: {summary['train']:,} train, {summary['held_out']:,} held out")
+    for reason, count in summary["unscorable_held_out"].items():
+        print(f"  not scorable ({reason}): {count:,} held-out interactions left out")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from towerbridge.data import fetch
+
+    directory = fetch.fetch(args.name, force=args.force, warn=lambda message: print(message, file=sys.stderr))
+    print(f"{args.name}: {directory}")
+    print(f"use it with: towerbridge run --dataset {fetch.ARCHIVES[args.name].reader} --data-dir {directory}")
+    return 0

@@ -1,0 +1,191 @@
+"""The command line's options: how they are declared, and how they become checked, typed
+values before any work (a ConfigError names the option and what is wrong with it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from towerbridge import defaults
+from towerbridge.data.options import DataOptions
+from towerbridge.errors import ConfigError
+
+EPILOG = """\
+environment:
+  TOWERBRIDGE_HOME   where models, runs, datasets and the embedded Milvus live (default ~/.towerbridge)
+  MILVUS_URI         use this Milvus (e.g. http://localhost:19530 from docker-compose.milvus.yml)
+                     instead of the embedded server
+  MILVUS_TOKEN       credentials for MILVUS_URI ("user:password" or an API key); never printed
+  MILVUS_USER, MILVUS_PASSWORD  the same as two variables (MILVUS_TOKEN wins when both are set)
+  MILVUS_CA_CERT     PEM file of the CA that signed the server's certificate, for https:// URIs
+"""
+
+
+def subcommand(commands, name: str, **options) -> argparse.ArgumentParser:
+    """A subcommand, with the environment variables listed under its --help."""
+    if options.get("add_help", True):
+        options = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter, **options}
+    return commands.add_parser(name, **options)
+
+
+def add_data_options(command: argparse.ArgumentParser) -> None:
+    """Where the data comes from, how it is filtered and how it is split (run, data check)."""
+    from towerbridge.data.dataset import DATASETS
+    from towerbridge.data.filters import DEDUPLICATE
+    from towerbridge.data.split import PROTOCOLS
+
+    data = command.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic", choices=DATASETS,
+                      help="dataset to use (default: the built-in synthetic log); movielens-* read their files "
+                           "from --data-dir, or from a copy made by `towerbridge data fetch`")
+    data.add_argument("--data-dir", help="where the dataset's files are; for synthetic, a directory with "
+                                         "interactions.parquet and items.parquet (default: generate them)")
+    data.add_argument("--dataset-spec", metavar="FILE",
+                      help="your own CSV/Parquet tables, described in a TOML or YAML file (README: Your data)")
+    data.add_argument("--drop-unknown-items", action="store_true",
+                      help="drop (and count) interactions whose item is not in the items table, instead of "
+                           "stopping with an error")
+    filters = command.add_argument_group("implicit feedback (each step's counts are reported)")
+    filters.add_argument("--min-rating", type=float, help="keep interactions with rating >= this")
+    filters.add_argument("--dedupe", choices=DEDUPLICATE, help="keep-last: one interaction per user and item, "
+                                                              "the latest (default: keep-all)")
+    filters.add_argument("--min-user-interactions", type=int, metavar="N", help="drop users with fewer")
+    filters.add_argument("--min-item-interactions", type=int, metavar="N", help="drop items with fewer")
+    split = command.add_argument_group("evaluation split")
+    split.add_argument("--protocol", default="leave-last-out", choices=PROTOCOLS,
+                       help="leave-last-out (default): each user's last --holdout interactions are held out and "
+                            "items seen in training are not ranked; tfrs: a random split ranked over all items, "
+                            "comparable with the TensorFlow Recommenders tutorials; time-cutoff: interactions "
+                            "from --cutoff on are held out")
+    split.add_argument("--holdout", type=int, metavar="N", help="leave-last-out: interactions held out per user "
+                                                               "(default 1)")
+    split.add_argument("--test-fraction", type=float, help="tfrs: share of interactions held out (default 0.2)")
+    split.add_argument("--cutoff", metavar="WHEN", help="time-cutoff: unix seconds or a date (2024-05-01)")
+
+
+def add_build_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
+    """Milvus, index, training and evaluation options (run, rebuild, serve)."""
+    command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+    command.add_argument("--alias", default=default_alias, help=f"alias readers query (default: {default_alias})")
+    index = command.add_argument_group("index (default: chosen from the data)")
+    index.add_argument("--nlist", type=int, help="IVF lists (default about 4·sqrt(items), at most items/39)")
+    index.add_argument("--m", type=int, help="PQ sub-quantizers; must divide the vector dimension (default: the "
+                                             "dimension, one code per coordinate)")
+    index.add_argument("--nbits", type=int, help="bits per PQ code (default 8)")
+    index.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                       help="collection versions to keep; older ones are dropped (default 3)")
+    training = command.add_argument_group("training and evaluation")
+    training.add_argument("--epochs", type=int, default=config.epochs,
+                          help=f"training epochs (default: {config.epochs})")
+    training.add_argument("--ids-only", action="store_true",
+                          help="towers read only user and item ids, no other features")
+    training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
+    training.add_argument("--eval-users", type=int, metavar="N",
+                          help="evaluate a seeded random sample of N users (default: every user with "
+                               "held-out interactions)")
+
+
+def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
+    add_data_options(command)
+    add_build_options(command, default_alias, config)
+    checks = command.add_argument_group("validation (the candidate serves only if every check passes)")
+    checks.add_argument("--reuse-model", action="store_true",
+                        help="skip training: re-index the latest model under TOWERBRIDGE_HOME/models")
+    checks.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
+                        help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
+                             f"(default {defaults.TARGET_RECALL})")
+    checks.add_argument("--metrics", default="hit_rate@10,ndcg@10",
+                        help="metrics compared with the serving version's (default: hit_rate@10,ndcg@10)")
+    checks.add_argument("--tolerance", type=float, default=0.005,
+                        help="how much worse than the serving version a metric may be (absolute, default 0.005)")
+
+
+def ks_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        message = f"expected comma-separated whole numbers such as 1,10,100, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= 16384:
+        raise ConfigError(f"-k must be between 1 and 16384 (Milvus' limit), got {k}")
+
+
+def index_params(args: argparse.Namespace) -> dict:
+    """--nlist/--m/--nbits and --keep-versions, checked before any work."""
+    from towerbridge.towers.config import TowerConfig
+
+    defaults.check_keep_versions(args.keep_versions, "--keep-versions")
+    if args.m is not None and (args.m < 1 or TowerConfig.vector_dim % args.m):
+        raise ConfigError(f"--m {args.m} must divide the vector dimension {TowerConfig.vector_dim}")
+    if args.nbits is not None and not 1 <= args.nbits <= 16:
+        raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
+    if args.nlist is not None and args.nlist < 1:
+        raise ConfigError(f"--nlist must be at least 1, got {args.nlist}")
+    return {key: value for key, value in (("nlist", args.nlist), ("m", args.m), ("nbits", args.nbits))
+            if value is not None}
+
+
+def training_options(args: argparse.Namespace) -> dict:
+    from towerbridge.steps import check_eval_users
+
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    check_eval_users(args.eval_users)
+    return {"epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
+            "eval_users": args.eval_users}
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    """The dataset, filter and split options, checked first."""
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
+    if args.dataset_spec and not Path(args.dataset_spec).is_file():
+        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+    for option in ("holdout", "min_user_interactions", "min_item_interactions"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    cutoff = None
+    if args.cutoff is not None:
+        cutoff = int(args.cutoff) if args.cutoff.isdigit() else None
+        if cutoff is None:
+            import pandas as pd
+
+            parsed = pd.to_datetime(args.cutoff, utc=True, errors="coerce")
+            if pd.isna(parsed):
+                raise ConfigError(f"--cutoff {args.cutoff!r}: expected unix seconds or a date such as 2024-05-01")
+            cutoff = int(parsed.timestamp())
+    filters = {key: value for key, value in (
+        ("min_rating", args.min_rating), ("deduplicate", args.dedupe),
+        ("min_user_interactions", args.min_user_interactions),
+        ("min_item_interactions", args.min_item_interactions)) if value is not None}
+    split_options = {key: value for key, value in (
+        ("holdout", args.holdout), ("test_fraction", args.test_fraction), ("cutoff", cutoff)) if value is not None}
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    return DataOptions(dataset="custom" if args.dataset_spec else args.dataset, data_dir=args.data_dir,
+                       spec_file=args.dataset_spec, protocol=args.protocol, filters=filters,
+                       split_options=split_options, drop_unknown_items=args.drop_unknown_items)
+
+
+def rebuild_parameters(args: argparse.Namespace) -> dict:
+    """The rebuild flow's parameters from the command line, checked before any work."""
+    from towerbridge.milvus.schema import check_name
+
+    check_name(args.alias, "--alias")
+    if not 0 < args.target_recall <= 1:
+        raise ConfigError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance must be 0 or more, got {args.tolerance}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    known = ("hit_rate", "recall", "ndcg", "mrr")
+    for metric in metrics:
+        name, _, k = metric.partition("@")
+        if name not in known or not k.isdigit() or int(k) not in (1, 5, 10, 20, 50, 100):
+            raise ConfigError(f"--metrics: {metric!r} is not one of {', '.join(known)} at k 1, 5, 10, 20, 50 "
+                              "or 100 (e.g. hit_rate@10)")
+    return {"data": data_options(args), **training_options(args), "reuse_model": args.reuse_model,
+            "alias": args.alias, "index_params": index_params(args), "keep_versions": args.keep_versions,
+            "target_recall": args.target_recall, "metrics": metrics, "tolerance": args.tolerance}
