@@ -25,8 +25,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each with its own embedded Milvus
+# and Prefect server; a file's tests stay on one worker, so they share its module fixtures.
+TEST_WORKERS ?= 3
+
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -36,7 +36,8 @@ from towerbridge.errors import MilvusUnavailable
 SERVER_VERSION = "2.3.5"
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
-# Milvus' defaults; the first free port from each upwards is used.
+# Milvus' defaults (plus TOWERBRIDGE_MILVUS_PORT_OFFSET); the first free port from each upwards
+# is used. Each search window is 200 ports wide, so offsets 300 apart never meet.
 DEFAULT_PORTS = {
     "proxy_port": 19530, "metrics_port": 9091, "etcd_port": 2379, "etcd_peer_port": 2380,
     "root_coord_port": 53100, "proxy_internal_port": 19529, "query_coord_port": 19531,
@@ -272,7 +273,9 @@ def start(log=print, config: dict | None = None) -> tuple[ServerState, bool]:
         ports_file = base / "ports.json"
         previous = json.loads(ports_file.read_text()) if ports_file.exists() else {}
         taken: set[int] = set()
-        ports = {name: _free_port(previous.get(name, default), taken) for name, default in DEFAULT_PORTS.items()}
+        offset = settings.milvus_port_offset()
+        ports = {name: _free_port(previous.get(name, default + offset), taken)
+                 for name, default in DEFAULT_PORTS.items()}
         ports_file.write_text(json.dumps(ports))
         launch = {"target": str(target), "data_dir": str(base), "config": {**SERVER_CONFIG, **(config or {})},
                   "ports": ports}

@@ -16,6 +16,9 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="towerbridge-tests-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
+# Under pytest-xdist each worker's embedded servers prefer their own port range.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+os.environ["TOWERBRIDGE_MILVUS_PORT_OFFSET"] = str(300 * int(_WORKER.removeprefix("gw") or 0))
 for variable in ("MILVUS_URI", "MILVUS_TOKEN", "MILVUS_USER", "MILVUS_PASSWORD", "MILVUS_CA_CERT"):
     os.environ.pop(variable, None)
 

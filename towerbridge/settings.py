@@ -24,6 +24,16 @@ from towerbridge import defaults
 from towerbridge.errors import ConfigError, LockTimeout
 
 
+def milvus_port_offset() -> int:
+    """``TOWERBRIDGE_MILVUS_PORT_OFFSET``: added to the embedded server's preferred ports
+    (Milvus' defaults, 19530 and up), so that embedded servers of several homes on one
+    machine, started at the same moment, never reach for the same ports. Default 0."""
+    text = os.environ.get("TOWERBRIDGE_MILVUS_PORT_OFFSET", "").strip() or "0"
+    if not text.isdigit() or int(text) > 12000:
+        raise ConfigError(f"TOWERBRIDGE_MILVUS_PORT_OFFSET must be a whole number from 0 to 12000, got {text!r}")
+    return int(text)
+
+
 def home() -> Path:
     """The root directory of all towerbridge state, created on first use."""
     root = Path(os.environ.get("TOWERBRIDGE_HOME") or Path.home() / ".towerbridge").expanduser()
