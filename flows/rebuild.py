@@ -37,7 +37,6 @@ from towerbridge.milvus.store import ItemStore
 from towerbridge.results import BuiltVersion
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
-from towerbridge.towers.vectors import user_vectors
 
 TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
 
@@ -111,7 +110,9 @@ def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int
         trained = artifact.load(Path(model_dir))
         users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:16])
         record = store.record(collection)
-        ids, scores = store.search(alias, user_vectors(trained, users), k, int(record.get("nprobe", 1)))
+        train_part = steps.read_part(artifact.read_manifest(Path(model_dir))["prepared_dir"], "train")
+        ids, scores = store.search(alias, steps.user_queries(trained, users, train_part), k,
+                                   int(record.get("nprobe", 1)))
         short = int((~np.isfinite(scores)).any(axis=1).sum())
         if short:
             raise RuntimeError(f"alias {alias}: {short} of {len(users)} test searches returned fewer than {k} items")

@@ -38,6 +38,7 @@ from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import default_spec
+from towerbridge.towers.history import Histories
 from towerbridge.towers.train import train
 from towerbridge.towers.vectors import item_vectors, user_vectors
 
@@ -207,7 +208,7 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     users, each asking for their top 100 unseen items, against brute force over the same
     vectors. Record it with the collection so every later search uses it."""
     users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:n_queries])
-    queries = user_vectors(trained, users)
+    queries = user_queries(trained, users, train_part)
     seen = seen_items(train_part, users, trained)
     k = min(100, len(trained.item_ids))
     exact = ev.exact_top_k(queries, vectors, seen, k)
@@ -225,6 +226,14 @@ def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarr
                     f"than {PLATEAU} each doubling, so the index's codes (m {params.m}, {params.nbits} bits), not "
                     f"nprobe, limit recall below the target {target}")
     return nprobe, recall
+
+
+def user_queries(trained, users: np.ndarray, interactions: pd.DataFrame) -> np.ndarray:
+    """Query vectors of ``users``; the history towers read their histories in ``interactions``
+    (user_id, item_id, timestamp), the id tower only their ids and features."""
+    histories = None if trained.config.user_tower == "id" else \
+        Histories.from_interactions(interactions[interactions["user_id"].isin(users)], trained.item_index)
+    return user_vectors(trained, users, histories)
 
 
 def seen_items(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemSets:
@@ -272,7 +281,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
     targets = trained.item_index(held_out["item_id"].to_numpy())
     seen = seen_items(train_part, users, trained) if excludes_seen(protocol) else ev.ItemSets.empty(len(users))
-    queries = user_vectors(trained, users)
+    queries = user_queries(trained, users, train_part)
     k = max(ks)
 
     with ItemStore(uri) as store:

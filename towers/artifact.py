@@ -95,7 +95,8 @@ def load(directory: Path) -> TrainedModel:
     """Load a model artifact written by `save`."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    config = TowerConfig.from_dict(manifest["config"])
+    # models written before the history towers existed have the id tower
+    config = TowerConfig.from_dict({"user_tower": "id", **manifest["config"]})
     features = manifest["features"]
     user_encoders = [Encoder.from_dict(values) for values in features["user_encoders"]]
     item_encoders = [Encoder.from_dict(values) for values in features["item_encoders"]]

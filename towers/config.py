@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 from towerbridge.errors import ConfigError
 
-SPARSE_ROWS = 100_000  # sparse_embeddings="auto": tables larger than this get sparse gradients
+SPARSE_ROWS = 100_000
+USER_TOWERS = ("id", "sequence", "pooled")  # sparse_embeddings="auto": tables larger than this get sparse gradients
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class TowerConfig:
         validation set is the last interaction of up to ``validation_users`` sampled users,
         held out of training; the metric is factorized top-``validation_k`` accuracy.
     device: ``auto`` (the GPU when present), ``cpu`` or ``cuda``.
+    user_tower: the query tower. ``id``: the user's id and features; ``sequence``: causal
+        self-attention over the user's last ``history_length`` items (SASRec-style);
+        ``pooled``: a recency-weighted average of them. The history towers train on every
+        position of every history (next-item prediction) and need no user-id table.
+    history_length: items of a history the history towers read (the most recent ones).
+    attention_blocks, attention_heads, dropout: the sequence tower's shape.
+    full_softmax_items: history towers score every catalog item for every position when the
+        catalog has at most this many items; above it, in-batch and ``mixed_negatives``
+        sampled negatives with the logQ correction.
     """
 
     vector_dim: int = 32
@@ -58,6 +68,12 @@ class TowerConfig:
     batch_size: int = 1024
     learning_rate: float = 0.01
     seed: int = 0
+    user_tower: str = "id"
+    history_length: int = 200
+    attention_blocks: int = 2
+    attention_heads: int = 1
+    dropout: float = 0.2
+    full_softmax_items: int = 100_000
 
     def __post_init__(self) -> None:
         if self.vector_dim < 2:
@@ -81,6 +97,16 @@ class TowerConfig:
                               f"and {self.mixed_negatives}")
         if self.num_hard_negatives is not None and self.num_hard_negatives < 1:
             raise ConfigError(f"num_hard_negatives must be at least 1 when set, got {self.num_hard_negatives}")
+        if self.user_tower not in USER_TOWERS:
+            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
+        if self.history_length < 1 or self.attention_blocks < 0 or self.attention_heads < 1:
+            raise ConfigError("history_length and attention_heads must be >= 1 and attention_blocks >= 0, got "
+                              f"{self.history_length}, {self.attention_heads} and {self.attention_blocks}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.user_tower == "sequence" and self.tower_dim % self.attention_heads:
+            raise ConfigError(f"attention_heads {self.attention_heads} must divide the tower width "
+                              f"vector_dim - 1 = {self.tower_dim}")
         if any(width < 1 for width in self.hidden_dims):
             raise ConfigError(f"hidden_dims must be positive widths, got {list(self.hidden_dims)}")
 

@@ -14,11 +14,12 @@ from tqdm import tqdm
 
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec, check_columns, default_spec
+from towerbridge.towers.history import Histories
 from towerbridge.towers.loss import retrieval_loss
 from towerbridge.towers.metrics import factorized_top_k
 from towerbridge.towers.model import Inputs, TwoTowerModel
 from towerbridge.towers.trained import TrainedModel, gather, lookup
-from towerbridge.towers.vectors import item_layout, user_layout
+from towerbridge.towers.vectors import history_queries, item_layout, user_layout
 
 
 def encode(encoders: list[Encoder], ids: np.ndarray, table: pd.DataFrame | None, id_column: str,
@@ -174,27 +175,163 @@ def _load_checkpoint(directory: Path | None, config: TowerConfig) -> dict | None
 def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
           config: TowerConfig, spec: FeatureSpec | None = None, progress: bool = True,
           checkpoint_dir: str | Path | None = None) -> TrainedModel:
-    """Train both towers with the in-batch softmax on ``interactions`` (user_id, item_id).
+    """Train both towers on ``interactions`` (user_id, item_id, timestamp).
 
+    The id tower learns from one example per interaction with the in-batch softmax; the
+    history towers from every position of every user's history (``HistoryTask``).
     items: the whole catalog (``item_id`` and feature columns), so that items without
     training interactions still get an embedding from their features.
     users: ``user_id`` and feature columns, or None for id-only users.
     checkpoint_dir: after every epoch the model, optimizer and random state are saved
     there; a later call with the same config resumes after the last finished epoch.
     """
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    interactions, validation = validation_split(interactions, config)
-    trained = prepare(interactions, items, users, config, spec)
     device = pick_device(config.device)
+    if config.user_tower == "id":
+        interactions, validation = validation_split(interactions, config)
+        trained = prepare(interactions, items, users, config, spec)
+        task: InteractionTask | HistoryTask = InteractionTask(trained, interactions, validation, device)
+    else:
+        trained = prepare(interactions, items, users, config, spec)
+        task = HistoryTask(trained, Histories.from_interactions(interactions, trained.item_index), device)
+    return fit(trained, task, device, progress, Path(checkpoint_dir) if checkpoint_dir else None)
+
+
+class InteractionTask:
+    """The id tower's examples: one per training interaction, in-batch softmax with the logQ
+    correction (and ``mixed_negatives`` uniform extra negatives)."""
+
+    def __init__(self, trained: TrainedModel, interactions: pd.DataFrame, validation: pd.DataFrame | None,
+                 device: torch.device) -> None:
+        self.trained, self.validation, self.device = trained, validation, device
+        self.user_inputs = to_device(trained.user_inputs, device)
+        self.item_inputs = to_device(trained.item_inputs, device)
+        self.users = torch.from_numpy(trained.user_index(interactions["user_id"].to_numpy())).to(device)
+        self.items = torch.from_numpy(trained.item_index(interactions["item_id"].to_numpy())).to(device)
+        # In-batch negatives are drawn in proportion to training frequency: that is their sampling probability.
+        self.sampling_probability = torch.from_numpy(
+            np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float().to(device)
+        self.examples = len(self.users)
+
+    def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+        model, config = self.trained.model, self.trained.config
+        user_batch, item_batch = self.users[batch], self.items[batch]
+        extra = {}
+        if config.mixed_negatives:
+            # Mixed negative sampling: items drawn uniformly from the whole catalog.
+            n_catalog = len(self.trained.item_ids)
+            sampled = torch.from_numpy(generator.integers(1, n_catalog + 1, config.mixed_negatives)).to(self.device)
+            extra = {
+                "extra_candidate_embeddings": model.item_tower(gather(self.item_inputs, sampled)),
+                "extra_sampling_probability": torch.full((len(sampled),), 1.0 / n_catalog, device=self.device),
+                "extra_candidate_ids": sampled,
+            }
+        return retrieval_loss(
+            model.user_tower(gather(self.user_inputs, user_batch)),
+            model.item_tower(gather(self.item_inputs, item_batch)),
+            temperature=config.temperature,
+            candidate_sampling_probability=(
+                self.sampling_probability[item_batch] if config.logq_correction else None),
+            candidate_ids=item_batch,
+            num_hard_negatives=config.num_hard_negatives,
+            **extra,
+        )
+
+    def validate(self) -> float | None:
+        return None if self.validation is None else validation_hit_rate(self.trained, self.validation, self.device)
+
+
+class HistoryTask:
+    """The history towers' examples: one per user, predicting the next item at every
+    position of the user's last ``history_length + 1`` items.
+
+    The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
+    the batch's targets and ``mixed_negatives`` uniform samples with the logQ correction.
+    With early stopping, each user's last training item is the validation target, predicted
+    from the items before it, and never a training target."""
+
+    def __init__(self, trained: TrainedModel, histories: Histories, device: torch.device) -> None:
+        config = trained.config
+        self.trained, self.histories, self.device = trained, histories, device
+        self.user_inputs = to_device(trained.user_inputs, device)
+        self.item_inputs = to_device(trained.item_inputs, device)
+        hold = 1 if config.early_stopping_patience else 0
+        inputs, targets = histories.training_pairs(config.history_length, drop_last=hold)
+        has_target = (targets > 0).any(axis=1)
+        self.inputs = torch.from_numpy(inputs[has_target]).to(device)
+        self.targets = torch.from_numpy(targets[has_target]).to(device)
+        self.user_rows = torch.from_numpy(trained.user_index(histories.users[has_target])).to(device)
+        self.examples = len(self.inputs)
+        self.full = len(trained.item_ids) <= config.full_softmax_items
+        counts = np.concatenate([[0], trained.item_counts]).astype(np.float64)
+        self.sampling_probability = torch.from_numpy(counts / max(1.0, counts.sum())).float().to(device)
+        self.validation = None
+        if hold:
+            rows = np.flatnonzero(histories.lengths() >= 2)
+            rows = np.random.default_rng(config.seed).permutation(rows)[:config.validation_users]
+            rows = np.sort(rows)
+            self.validation = (histories.windows(rows, config.history_length, drop_last=1),
+                               histories.items[histories.starts[rows + 1] - 1],
+                               trained.user_index(histories.users[rows]))
+
+    def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+        model, config = self.trained.model, self.trained.config
+        inputs, targets = self.inputs[batch], self.targets[batch]
+        used = (inputs > 0).any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else inputs.shape[1] - 1
+        # columns of padding only are skipped
+        inputs, targets = inputs[:, start:].contiguous(), targets[:, start:].contiguous()
+        if self.full:
+            needed = torch.arange(len(self.trained.item_ids) + 1, device=self.device)
+        else:
+            sampled = torch.from_numpy(generator.integers(1, len(self.trained.item_ids) + 1,
+                                                          config.mixed_negatives)).to(self.device)
+            needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=self.device),
+                                             inputs.flatten(), targets.flatten(), sampled]))
+        vectors = model.item_tower(gather(self.item_inputs, needed))
+        vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])  # row 0 (padding) stays 0
+        position = torch.searchsorted(needed, inputs) if not self.full else inputs
+        queries = model.user_tower(vectors[position], inputs > 0, gather(self.user_inputs, self.user_rows[batch]))
+        keep = targets > 0
+        queries, positives = queries[keep], targets[keep]
+        if self.full:
+            logits = queries @ vectors[1:].T / config.temperature
+            return torch.nn.functional.cross_entropy(logits, positives - 1, reduction="sum")
+        columns = torch.searchsorted(needed, positives)
+        return retrieval_loss(queries, vectors[columns], temperature=config.temperature,
+                              candidate_sampling_probability=(
+                                  self.sampling_probability[positives] if config.logq_correction else None),
+                              candidate_ids=positives, num_hard_negatives=config.num_hard_negatives,
+                              extra_candidate_embeddings=vectors[torch.searchsorted(needed, sampled)],
+                              extra_sampling_probability=torch.full((len(sampled),), 1.0 / len(self.trained.item_ids),
+                                                                    device=self.device),
+                              extra_candidate_ids=sampled)
+
+    @torch.inference_mode()
+    def validate(self) -> float | None:
+        """Top-``validation_k`` accuracy of each sampled user's last training item over the catalog."""
+        if self.validation is None:
+            return None
+        windows, targets, user_rows = self.validation
+        model, config = self.trained.model, self.trained.config
+        model.eval()
+        queries = history_queries(self.trained, torch.from_numpy(windows).to(self.device),
+                                  gather(self.user_inputs, torch.from_numpy(user_rows).to(self.device)))
+        items = item_layout(model.item_tower(gather(self.item_inputs, torch.arange(
+            1, len(self.trained.item_ids) + 1, device=self.device))),
+            torch.from_numpy(self.trained.item_log_prior()).to(self.device), config)
+        model.train()
+        key = f"factorized_top_k/top_{config.validation_k}_categorical_accuracy"
+        return factorized_top_k(queries, items, torch.from_numpy(targets - 1).to(self.device),
+                                ks=(config.validation_k,))[key]
+
+
+def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torch.device, progress: bool,
+        checkpoint_dir: Path | None) -> TrainedModel:
+    """The epochs: shuffled batches of ``task``'s examples, a checkpoint after each epoch,
+    early stopping on ``task.validate()`` keeping the best epoch's weights."""
+    config = trained.config
     model = trained.model.to(device)
-    user_inputs, item_inputs = to_device(trained.user_inputs, device), to_device(trained.item_inputs, device)
     generator = np.random.default_rng(config.seed)
-    users_index = torch.from_numpy(trained.user_index(interactions["user_id"].to_numpy())).to(device)
-    items_index = torch.from_numpy(trained.item_index(interactions["item_id"].to_numpy())).to(device)
-    # In-batch negatives are drawn in proportion to training frequency: that is their sampling probability.
-    sampling_probability = torch.from_numpy(
-        np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float().to(device)
-    n_catalog = len(trained.item_ids)
     optimizer = make_optimizer(model, config)
 
     first_epoch, best = 0, {"metric": -1.0, "epoch": 0, "weights": None}
@@ -205,7 +342,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         generator.bit_generator.state = resumed["generator"]
         trained.history, first_epoch, best = resumed["history"], resumed["epoch"], resumed["best"]
 
-    n_examples = len(users_index)
+    n_examples = task.examples
     n_batches = -(-n_examples // config.batch_size)
     bar = tqdm(total=config.epochs * n_batches, initial=first_epoch * n_batches, desc="train", unit="batch",
                disable=not progress, dynamic_ncols=True, leave=False)
@@ -218,26 +355,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
             batch = order[start:start + config.batch_size]
             if len(batch) < 2:
                 continue  # a softmax over one candidate has nothing to learn from
-            user_batch, item_batch = users_index[batch], items_index[batch]
-            extra = {}
-            if config.mixed_negatives:
-                # Mixed negative sampling: items drawn uniformly from the whole catalog.
-                sampled = torch.from_numpy(generator.integers(1, n_catalog + 1, config.mixed_negatives)).to(device)
-                extra = {
-                    "extra_candidate_embeddings": model.item_tower(gather(item_inputs, sampled)),
-                    "extra_sampling_probability": torch.full((len(sampled),), 1.0 / n_catalog, device=device),
-                    "extra_candidate_ids": sampled,
-                }
-            loss = retrieval_loss(
-                model.user_tower(gather(user_inputs, user_batch)),
-                model.item_tower(gather(item_inputs, item_batch)),
-                temperature=config.temperature,
-                candidate_sampling_probability=(
-                    sampling_probability[item_batch] if config.logq_correction else None),
-                candidate_ids=item_batch,
-                num_hard_negatives=config.num_hard_negatives,
-                **extra,
-            )
+            loss = task.loss(batch, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -247,8 +365,8 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         record = {"epoch": epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
                   "seconds": round(seconds, 3), "examples_per_s": round(n_examples / seconds, 1)}
         stop = False
-        if validation is not None:
-            metric = validation_hit_rate(trained, validation, device)
+        metric = task.validate()
+        if metric is not None:
             record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
             if metric > best["metric"]:
                 best = {"metric": metric, "epoch": epoch + 1,

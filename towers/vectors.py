@@ -14,6 +14,8 @@ import torch
 from tqdm import tqdm
 
 from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.history import Histories
+from towerbridge.towers.model import Inputs
 from towerbridge.towers.trained import TrainedModel, gather
 
 BATCH = 65536
@@ -45,12 +47,39 @@ def item_vectors(trained: TrainedModel, progress: bool = False) -> tuple[np.ndar
     return trained.item_ids, vectors
 
 
+def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: Inputs) -> torch.Tensor:
+    """Query vectors (``user_layout``) of history windows ``[n, length]``: the history tower's
+    output at the last position."""
+    model = trained.model
+    needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=windows.device), windows.flatten()]))
+    item_inputs = {name: tensor.to(windows.device) for name, tensor in trained.item_inputs.items()}
+    vectors = model.item_tower(gather(item_inputs, needed))
+    vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+    out = model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
+    return user_layout(out[:, -1])
+
+
 @torch.inference_mode()
-def user_vectors(trained: TrainedModel, user_ids: np.ndarray) -> np.ndarray:
-    """Embed users by raw id; unknown ids get the all-unknown inputs. ``[n, vector_dim]``."""
-    indices = torch.from_numpy(trained.user_index(np.asarray(user_ids)))
+def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histories | None = None) -> np.ndarray:
+    """Query vectors of users by raw id, ``[n, vector_dim]``.
+
+    The id tower reads their ids and features (unknown ids get the all-unknown inputs). The
+    history towers read each user's last ``history_length`` items in ``histories`` (which
+    may be newer than the model) and their features; a user with no history gets the
+    vector of an empty one."""
+    user_ids = np.asarray(user_ids)
+    indices = torch.from_numpy(trained.user_index(user_ids))
     vectors = np.empty((len(indices), trained.config.vector_dim), dtype=np.float32)
-    for start in range(0, len(indices), BATCH):
-        rows = gather(trained.user_inputs, indices[start:start + BATCH])
-        vectors[start:start + BATCH] = user_layout(trained.model.user_tower(rows)).numpy()
+    if trained.config.user_tower == "id":
+        for start in range(0, len(indices), BATCH):
+            rows = gather(trained.user_inputs, indices[start:start + BATCH])
+            vectors[start:start + BATCH] = user_layout(trained.model.user_tower(rows)).numpy()
+        return vectors
+    if histories is None:
+        raise ValueError(f"the {trained.config.user_tower} tower builds query vectors from histories; none given")
+    windows = torch.from_numpy(histories.windows(histories.rows(user_ids), trained.config.history_length))
+    step = max(1, BATCH // trained.config.history_length)
+    for start in range(0, len(indices), step):
+        vectors[start:start + step] = history_queries(
+            trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step])).numpy()
     return vectors

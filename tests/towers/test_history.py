@@ -1,0 +1,103 @@
+"""The history towers: histories as windows, causality, padding, training on every position."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.history import Histories
+from towerbridge.towers.train import prepare, train
+from towerbridge.towers.vectors import history_queries, user_vectors
+
+
+def test_windows_are_right_aligned_and_left_padded():
+    histories = Histories.of([[5, 6, 7, 8], [9], []], users=np.array([10, 20, 30]))
+    assert histories.windows(np.array([0, 1, 2, -1]), 3).tolist() == [[6, 7, 8], [0, 0, 9], [0, 0, 0], [0, 0, 0]]
+    assert histories.windows(np.array([0]), 3, drop_last=1).tolist() == [[5, 6, 7]]
+    assert histories.rows(np.array([20, 25, 10])).tolist() == [1, -1, 0]
+
+
+def test_training_pairs_predict_the_next_item_at_every_position():
+    histories = Histories.of([[5, 6, 7, 8], [9]])
+    inputs, targets = histories.training_pairs(5)
+    assert inputs.tolist() == [[0, 0, 5, 6, 7], [0, 0, 0, 0, 0]]
+    assert targets.tolist() == [[0, 0, 6, 7, 8], [0, 0, 0, 0, 0]]
+    inputs, targets = histories.training_pairs(2, drop_last=1)  # the last item kept for validation
+    assert inputs.tolist() == [[5, 6], [0, 0]] and targets.tolist() == [[6, 7], [0, 0]]
+
+
+def test_histories_follow_time_and_leave_out_unknown_items():
+    interactions = pd.DataFrame({"user_id": [2, 1, 2, 1, 2], "item_id": [30, 10, 20, 99, 10],
+                                 "timestamp": [5, 1, 1, 0, 9]})
+    vocabulary = np.array([10, 20, 30])
+    histories = Histories.from_interactions(
+        interactions, lambda ids: np.where(np.isin(ids, vocabulary), np.searchsorted(vocabulary, ids) + 1, 0))
+    assert histories.users.tolist() == [1, 2]
+    assert histories.windows(np.array([0, 1]), 3).tolist() == [[0, 0, 1], [2, 3, 1]]
+
+
+@pytest.fixture(scope="module", params=["sequence", "pooled"])
+def model(request):
+    interactions, items = generate(SyntheticSpec(n_users=120, n_items=60, n_topics=4, seed=3))
+    config = TowerConfig(user_tower=request.param, history_length=12, epochs=1, batch_size=32, dropout=0.0)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()
+    return trained
+
+
+def _outputs(trained, windows: list[list[int]]) -> torch.Tensor:
+    tower = trained.model.user_tower
+    vectors = trained.model.item_tower({name: t for name, t in trained.item_inputs.items()})
+    vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+    windows = torch.tensor(windows)
+    with torch.no_grad():
+        return tower(vectors[windows], windows > 0, None)
+
+
+def test_a_later_item_never_changes_an_earlier_position(model):
+    before = _outputs(model, [[0, 0, 3, 8, 12, 5, 7, 9, 1, 4, 2, 6]])
+    after = _outputs(model, [[0, 0, 3, 8, 12, 5, 7, 9, 1, 4, 2, 44]])  # only the newest item differs
+    torch.testing.assert_close(before[0, :-1], after[0, :-1], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[0, -1], after[0, -1])
+
+
+def test_padding_changes_nothing(model):
+    padded = _outputs(model, [[0] * 9 + [3, 8, 12]])
+    less_padding = _outputs(model, [[0, 0, 3, 8, 12]])
+    none = _outputs(model, [[3, 8, 12]])
+    in_a_batch = _outputs(model, [[0] * 9 + [3, 8, 12], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
+    for other in (less_padding[0, -3:], none[0], in_a_batch[0, -3:]):
+        torch.testing.assert_close(padded[0, -3:], other, rtol=0, atol=1e-5)
+    assert torch.isfinite(padded).all()
+
+
+def test_serving_reads_the_last_position_of_the_users_window(model):
+    users = np.array([model.user_ids[0], -1])  # a known user, and one with no history
+    histories = Histories.of([[3, 8, 12], []], users=users)
+    vectors = user_vectors(model, users, histories)
+    expected = history_queries(model, torch.tensor([[0] * 9 + [3, 8, 12]]), {
+        name: t[[int(model.user_index(users[:1])[0])]] for name, t in model.user_inputs.items()})
+    np.testing.assert_allclose(vectors[0], expected[0].detach().numpy(), atol=1e-6)
+    assert vectors.shape == (2, model.config.vector_dim) and np.isfinite(vectors).all()
+    assert vectors[0, -1] == 1.0  # the layout's constant slot
+
+
+@pytest.mark.parametrize("tower", ["sequence", "pooled"])
+def test_training_on_every_position_learns_and_early_stopping_keeps_the_best_epoch(tower):
+    interactions, items = generate(SyntheticSpec(n_users=300, n_items=120, n_topics=6, seed=5))
+    config = TowerConfig(user_tower=tower, history_length=20, epochs=4, batch_size=64, learning_rate=0.005,
+                         early_stopping_patience=2, validation_users=200)
+    trained = train(interactions, items, None, config, progress=False)
+    losses = [epoch["loss_per_example"] for epoch in trained.history]
+    assert losses[-1] < losses[0]
+    assert all("validation_hit_rate@50" in epoch for epoch in trained.history)
+
+
+def test_sampled_negatives_train_where_the_catalog_is_too_large_for_a_full_softmax():
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=2, batch_size=64, full_softmax_items=10,
+                         mixed_negatives=32)
+    trained = train(interactions, items, None, config, progress=False)
+    assert np.isfinite([epoch["loss_per_example"] for epoch in trained.history]).all()
