@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def parse_value(text: str):
     for kind in (int, float):
         try:
@@ -94,7 +98,6 @@ def main() -> None:
     for tower in args.towers.split(","):
         mine = [row for row in rows if row["tower"] == tower]
         hr, ndcg = [r["hit_rate@10"] for r in mine], [r["ndcg@10"] for r in mine]
-        spread = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
         print(f"{tower:<10}{statistics.mean(hr):>11.4f} ± {spread(hr):.4f}"
               f"{statistics.mean(ndcg):>13.4f} ± {spread(ndcg):.4f}"
               f"{statistics.mean(r['train_seconds'] for r in mine):>9.1f}")
