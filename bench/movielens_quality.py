@@ -5,7 +5,7 @@ protocol (defaults, embedded Milvus), and reads each report. With ``--seeds N`` 
 retrains N more seeds per protocol and ranks by exact search (no Milvus), to show how much
 of a result is the seed.
 
-    python bench/movielens_quality.py --data-dir ../shared/datasets/ml-100k [--seeds 3] [--out FILE]
+    python bench/movielens_quality.py --data-dir ../shared/datasets/ml-100k [--seeds 3] [--user-tower T] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,29 +24,33 @@ GOALS = {  # hit rate goals with the defaults: (top-10, top-100)
 }
 
 
-def run_cli(data_dir: str, protocol: str, report_dir: Path) -> dict:
+def run_cli(data_dir: str, protocol: str, report_dir: Path, user_tower: str | None) -> dict:
     command = [sys.executable, "-m", "towerbridge.cli", "run", "--dataset", "movielens-100k",
-               "--data-dir", data_dir, "--protocol", protocol, "--report-dir", str(report_dir)]
+               "--data-dir", data_dir, "--protocol", protocol, "--report-dir", str(report_dir),
+               *(["--user-tower", user_tower] if user_tower else [])]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     report = json.loads((report_dir / "evaluation.json").read_text())
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    manifest = json.loads((Path(report["model_dir"]) / "manifest.json").read_text())
+    report["model_tower"] = manifest["config"].get("user_tower", "id")
     return report
 
 
-def seed_spread(data_dir: str, protocol: str, seeds: int) -> list[dict]:
+def seed_spread(data_dir: str, protocol: str, seeds: int, user_tower: str) -> list[dict]:
     """Hit rates by exact search for seeds 1..N (seed 0 is the CLI run)."""
     import numpy as np
     import pandas as pd
 
     from towerbridge import evaluation as ev
+    from towerbridge import steps
     from towerbridge.data import dataset
     from towerbridge.data.split import excludes_seen, split
     from towerbridge.towers.config import TowerConfig
     from towerbridge.towers.train import train
-    from towerbridge.towers.vectors import item_vectors, user_vectors
+    from towerbridge.towers.vectors import item_vectors
 
     data = dataset.load("movielens-100k", data_dir)
     train_part, held_out = split(data.interactions, protocol)
@@ -54,14 +58,15 @@ def seed_spread(data_dir: str, protocol: str, seeds: int) -> list[dict]:
     user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
     rows = []
     for seed in range(1, seeds + 1):
-        trained = train(train_part, data.items, data.users, TowerConfig(seed=seed), progress=False)
+        trained = train(train_part, data.items, data.users, TowerConfig.for_tower(user_tower, seed=seed),
+                        progress=False)
         if excludes_seen(protocol):
             row_of = pd.Series(np.arange(len(users)), index=users)
             seen = ev.ItemSets.from_pairs(row_of.loc[train_part["user_id"]].to_numpy(),
                                       trained.item_index(train_part["item_id"].to_numpy()), len(users))
         else:
             seen = ev.ItemSets(np.zeros(len(users) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        top = ev.exact_top_k(user_vectors(trained, users), item_vectors(trained)[1], seen, 100)
+        top = ev.exact_top_k(steps.user_queries(trained, users, train_part), item_vectors(trained)[1], seen, 100)
         rates = ev.hit_rates(top[user_row], trained.item_index(held_out["item_id"].to_numpy()), (10, 100))
         rows.append({"seed": seed, **rates})
     return rows
@@ -71,15 +76,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="MovieLens 100K directory (u.data, u.item, u.user)")
     parser.add_argument("--seeds", type=int, default=0, help="extra seeds to train per protocol (exact search)")
+    parser.add_argument("--user-tower", help="the query tower (default: the command's default)")
     parser.add_argument("--out", help="write all figures as JSON here")
     args = parser.parse_args()
 
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for protocol in GOALS:
-            results[protocol] = {"cli": run_cli(args.data_dir, protocol, Path(scratch) / protocol)}
+            results[protocol] = {"cli": run_cli(args.data_dir, protocol, Path(scratch) / protocol, args.user_tower)}
             if args.seeds:
-                results[protocol]["seeds"] = seed_spread(args.data_dir, protocol, args.seeds)
+                tower = args.user_tower or results[protocol]["cli"]["model_tower"]
+                results[protocol]["seeds"] = seed_spread(args.data_dir, protocol, args.seeds, tower)
 
     print(f"{'protocol':<16}{'source':<12}{'HR@10':>8}{'HR@100':>8}{'goal':>14}{'train s':>9}")
     for protocol, (goal10, goal100) in GOALS.items():

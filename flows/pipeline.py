@@ -26,7 +26,8 @@ def pipeline(
     alias: str = DEFAULT_ALIAS,
     index_params: dict | None = None,
     keep_versions: int = defaults.KEEP_VERSIONS,
-    epochs: int = TowerConfig.epochs,
+    user_tower: str = TowerConfig.user_tower,
+    epochs: int | None = None,
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
@@ -44,7 +45,8 @@ def pipeline(
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        trained = train(data=data, run_dir=str(run_dir), epochs=epochs, use_features=use_features,
+        trained = train(data=data, run_dir=str(run_dir), user_tower=user_tower, epochs=epochs,
+                        use_features=use_features,
                         early_stopping_patience=early_stopping_patience, seed=seed)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
                       keep_versions=keep_versions)

@@ -152,7 +152,8 @@ def rebuild(
     metrics: list[str] | None = None,
     tolerance: float = decide.DEFAULT_TOLERANCE,
     eval_users: int | None = None,
-    epochs: int = TowerConfig.epochs,
+    user_tower: str = TowerConfig.user_tower,
+    epochs: int | None = None,
     use_features: bool = TowerConfig.use_features,
     seed: int = TowerConfig.seed,
     lock_timeout_s: float = 3600.0,
@@ -200,7 +201,8 @@ def rebuild(
                 model_dir = decide.latest_model()
                 logger.info("reusing the latest model %s", model_dir)
             else:
-                model_dir = train(data=data, run_dir=str(directory / "run"), epochs=epochs,
+                model_dir = train(data=data, run_dir=str(directory / "run"), user_tower=user_tower,
+                                  epochs=epochs,
                                   use_features=use_features, seed=seed)["model_dir"]
             summary.model_dir = model_dir
             summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall)

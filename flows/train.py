@@ -26,9 +26,10 @@ def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_di
 def train(
     data: DataOptions | None = None,
     run_dir: str | None = None,
-    epochs: int = TowerConfig.epochs,
-    vector_dim: int = TowerConfig.vector_dim,
-    temperature: float = TowerConfig.temperature,
+    user_tower: str = TowerConfig.user_tower,
+    epochs: int | None = None,
+    vector_dim: int | None = None,
+    temperature: float | None = None,
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
@@ -36,10 +37,13 @@ def train(
     """Prepare the dataset ``data`` names (default: the built-in synthetic log): validate,
     filter, split; then train both towers.
 
-    Returns ``{"prepared_dir", "model_dir"}``.
+    user_tower: ``id``, ``sequence`` or ``pooled`` (TowerConfig); epochs, vector_dim and
+    temperature default to that tower's. Returns ``{"prepared_dir", "model_dir"}``.
     """
-    config = TowerConfig(epochs=epochs, vector_dim=vector_dim, temperature=temperature, use_features=use_features,
-                         early_stopping_patience=early_stopping_patience, seed=seed)
+    chosen = {name: value for name, value in (("epochs", epochs), ("vector_dim", vector_dim),
+                                               ("temperature", temperature)) if value is not None}
+    config = TowerConfig.for_tower(user_tower, **chosen, use_features=use_features,
+                                   early_stopping_patience=early_stopping_patience, seed=seed)
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
     prepared_dir = prepare_data(data or DataOptions(), str(run / "data"))
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),

@@ -23,6 +23,7 @@ from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus.schema import MAX_LIMIT, VECTOR_FIELD, id_filter
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
+from towerbridge.towers.history import Histories
 from towerbridge.towers.vectors import user_vectors
 
 RESULT_FIELDS = ("title", "genres")
@@ -87,25 +88,63 @@ def _nprobe(record: dict) -> int:
     return int(record.get("nprobe", record["params"]["nprobe"]))
 
 
+def _known_interactions(model_dir: Path) -> pd.DataFrame:
+    """Every interaction the model's prepared data holds (training and held out), the
+    freshest log towerbridge has for that model."""
+    manifest = artifact.read_manifest(model_dir)
+    parts = [Path(manifest["prepared_dir"]) / f"{name}.parquet" for name in ("train", "held_out")]
+    return pd.concat([pd.read_parquet(part, columns=["user_id", "item_id", "timestamp"])
+                      for part in parts if part.exists()], ignore_index=True)
+
+
 @_again_if_swapped
-def recommend(store: ItemStore, name: str, user: str, k: int = 10, expression: str = "",
-              include_seen: bool = False) -> list[dict]:
-    """The user's top ``k`` items by the model of the version behind ``name``."""
+def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10, expression: str = "",
+              include_seen: bool = False, history: list | None = None,
+              interactions: pd.DataFrame | None = None) -> list[dict]:
+    """Top ``k`` items by the model of the version behind ``name``, for a ``user``, or for
+    someone who just had the items ``history`` (oldest first; history towers only).
+
+    The history towers read the user's last items in ``interactions`` (user_id, item_id,
+    timestamp; default: the model's prepared data, training and held-out parts), so an
+    interaction newer than the model changes the answer. Items the user (or the history)
+    already had are left out unless ``include_seen``."""
     collection, record = _version(store, name)
     if expression:
         store.check_filter(collection, expression)
+    if (user is None) == (history is None):
+        raise ConfigError("recommend needs a user or a history (one of them)")
     model_dir = Path(record["model_dir"])
     trained = artifact.load(model_dir)
-    user_id = _typed_id(user, record, "user")
-    if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
-        raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection {collection}); "
-                        f"it was trained on {len(trained.user_ids):,} users")
-    seen: set = set()
-    if not include_seen:
-        manifest = artifact.read_manifest(model_dir)
-        train = pd.read_parquet(Path(manifest["prepared_dir"]) / "train.parquet", columns=["user_id", "item_id"])
-        seen = set(train.loc[train["user_id"] == user_id, "item_id"].tolist())
-    query = user_vectors(trained, np.array([user_id], dtype=trained.user_ids.dtype))[0]
+    tower = trained.config.user_tower
+    if history is not None:
+        if tower == "id":
+            raise ConfigError(f"model {record['model_id']} (collection {collection}) has the id tower, which "
+                              "cannot read a history; build a version with --user-tower sequence or pooled")
+        items = [_typed_id(str(item), record, "item") for item in history]
+        index = trained.item_index(np.array(items))
+        unknown = [item for item, i in zip(items, index) if i == 0]
+        if unknown:
+            raise DataError(f"history items {unknown[:5]} are not in model {record['model_id']}'s catalog")
+        query = user_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
+        seen = set() if include_seen else set(items)
+    else:
+        user_id = _typed_id(user, record, "user")
+        if tower == "id":  # the id tower knows the users it trained on; their seen items are those
+            if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
+                raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection "
+                                f"{collection}); it was trained on {len(trained.user_ids):,} users")
+            train = pd.read_parquet(Path(artifact.read_manifest(model_dir)["prepared_dir"]) / "train.parquet",
+                                    columns=["user_id", "item_id"])
+            mine, histories = train[train["user_id"] == user_id], None
+        else:
+            log = _known_interactions(model_dir) if interactions is None else interactions
+            mine = log[log["user_id"] == user_id]
+            if mine.empty:
+                raise DataError(f"user {user_id!r} has no interactions in the data of model {record['model_id']} "
+                                f"(collection {collection}); ask with a history of items instead")
+            histories = Histories.from_interactions(mine, trained.item_index)
+        query = user_vectors(trained, np.array([user_id], dtype=trained.user_ids.dtype), histories)[0]
+        seen = set() if include_seen else set(mine["item_id"].tolist())
     hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), _nprobe(record), expression,
                              RESULT_FIELDS)
     return [hit for hit in hits if hit["item_id"] not in seen][:k]

@@ -170,6 +170,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     params.check(vectors.shape[1], len(item_ids))
     record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
               "dataset": manifest["data"]["dataset"], "created_at": defaults.utc_now(),
+              "user_tower": manifest["config"].get("user_tower", "id"),
               **params_record(params)}
     titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
     id_type = manifest["data"].get("id_type", "int64")

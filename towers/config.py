@@ -6,8 +6,14 @@ from dataclasses import asdict, dataclass, fields
 
 from towerbridge.errors import ConfigError
 
-SPARSE_ROWS = 100_000
-USER_TOWERS = ("id", "sequence", "pooled")  # sparse_embeddings="auto": tables larger than this get sparse gradients
+SPARSE_ROWS = 100_000  # sparse_embeddings="auto": tables larger than this get sparse gradients
+USER_TOWERS = ("id", "sequence", "pooled")
+# What the history towers change from the defaults below (tuned on MovieLens 100K and a
+# synthetic log with sequential structure; BENCHMARKS.md): a batch is one history per user,
+# every catalog item is a negative (no sampling, so no logQ correction), and a wider tower.
+HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.001, "temperature": 0.05,
+                    "logq_correction": False, "epochs": 40}
+TOWER_DEFAULTS = {"id": {}, "sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -122,12 +128,22 @@ class TowerConfig:
         return {**asdict(self), "hidden_dims": list(self.hidden_dims)}
 
     @classmethod
+    def for_tower(cls, user_tower: str, **settings) -> TowerConfig:
+        """The defaults of the ``user_tower`` kind (``TOWER_DEFAULTS``), then ``settings``."""
+        return cls.from_dict({**settings, "user_tower": user_tower})
+
+    @classmethod
     def from_dict(cls, values: dict) -> TowerConfig:
+        """Settings by name; what ``values`` leaves out takes the defaults of its
+        ``user_tower`` (default ``id``)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model settings {unknown}; known: {sorted(known)}")
-        values = dict(values)
+        tower = values.get("user_tower", cls.user_tower)
+        if tower not in USER_TOWERS:
+            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {tower!r}")
+        values = {**TOWER_DEFAULTS[tower], **values}
         if "hidden_dims" in values:
             values["hidden_dims"] = tuple(values["hidden_dims"])
         return cls(**values)

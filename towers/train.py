@@ -212,6 +212,10 @@ class InteractionTask:
             np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float().to(device)
         self.examples = len(self.users)
 
+    def order(self, generator: np.random.Generator) -> np.ndarray:
+        """The examples of one epoch, shuffled."""
+        return generator.permutation(self.examples)
+
     def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
         model, config = self.trained.model, self.trained.config
         user_batch, item_batch = self.users[batch], self.items[batch]
@@ -261,6 +265,7 @@ class HistoryTask:
         self.targets = torch.from_numpy(targets[has_target]).to(device)
         self.user_rows = torch.from_numpy(trained.user_index(histories.users[has_target])).to(device)
         self.examples = len(self.inputs)
+        self.lengths = (inputs[has_target] > 0).sum(axis=1)
         self.full = len(trained.item_ids) <= config.full_softmax_items
         counts = np.concatenate([[0], trained.item_counts]).astype(np.float64)
         self.sampling_probability = torch.from_numpy(counts / max(1.0, counts.sum())).float().to(device)
@@ -272,6 +277,17 @@ class HistoryTask:
             self.validation = (histories.windows(rows, config.history_length, drop_last=1),
                                histories.items[histories.starts[rows + 1] - 1],
                                trained.user_index(histories.users[rows]))
+
+    def order(self, generator: np.random.Generator, pool: int = 32) -> np.ndarray:
+        """The histories of one epoch: shuffled, then sorted by length within pools of
+        ``pool`` batches, cut into batches, and the batches shuffled. A batch is padded to
+        its longest history, so batches of like lengths skip most of the padding."""
+        size = self.trained.config.batch_size
+        shuffled = generator.permutation(self.examples)
+        pools = [shuffled[start:start + size * pool] for start in range(0, self.examples, size * pool)]
+        ordered = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in pools])
+        batches = [ordered[start:start + size] for start in range(0, self.examples, size)]
+        return np.concatenate([batches[i] for i in generator.permutation(len(batches))])
 
     def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
         model, config = self.trained.model, self.trained.config
@@ -294,7 +310,7 @@ class HistoryTask:
         keep = targets > 0
         queries, positives = queries[keep], targets[keep]
         if self.full:
-            logits = queries @ vectors[1:].T / config.temperature
+            logits = (queries / config.temperature) @ vectors[1:].T
             return torch.nn.functional.cross_entropy(logits, positives - 1, reduction="sum")
         columns = torch.searchsorted(needed, positives)
         return retrieval_loss(queries, vectors[columns], temperature=config.temperature,
@@ -349,7 +365,7 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
     model.train()
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
-        order = torch.from_numpy(generator.permutation(n_examples)).to(device)
+        order = torch.from_numpy(task.order(generator)).to(device)
         epoch_loss = 0.0
         for start in range(0, n_examples, config.batch_size):
             batch = order[start:start + config.batch_size]

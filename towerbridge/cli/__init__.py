@@ -110,10 +110,14 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
         command.add_argument("--json", action="store_true", help="print JSON (a list of results)")
 
-    recommend = subcommand(commands, "recommend", help="top-k items for a user",
-                                    description="Recommend items for a user with the model that built the "
-                                                "version, leaving out items the user already had.")
-    recommend.add_argument("--user", required=True, help="user id")
+    recommend = subcommand(commands, "recommend", help="top-k items for a user, or after a history of items",
+                           description="Recommend items with the model that built the version, leaving out "
+                                       "items the user already had. With a history tower (--user-tower sequence "
+                                       "or pooled) the user's query reads their latest items in the model's "
+                                       "data, and --history asks for someone who just had the items given.")
+    recommend.add_argument("--user", help="user id")
+    recommend.add_argument("--history", metavar="ITEM,ITEM,...",
+                           help="item ids, oldest first, instead of --user (history towers only)")
     recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     recommend.add_argument("--filter", help="Milvus filter expression, e.g. 'genres like \"%%Comedy%%\"'")
     recommend.add_argument("--include-seen", action="store_true", help="keep items the user already had")

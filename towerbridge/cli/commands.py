@@ -10,7 +10,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from towerbridge import settings
-from towerbridge.cli.options import check_k, data_options, index_params, rebuild_parameters, training_options
+from towerbridge.cli.options import (
+    check_k,
+    data_options,
+    history_list,
+    index_params,
+    rebuild_parameters,
+    training_options,
+)
 from towerbridge.cli.output import print_report, print_rows, quiet_prefect_tracebacks
 from towerbridge.errors import ConfigError
 
@@ -116,8 +123,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from towerbridge import analyst
 
     check_k(args.k)
+    history = history_list(args.history) if args.history is not None else None
+    if (args.user is None) == (history is None):
+        raise ConfigError("recommend needs --user or --history (one of them)")
     rows = _with_store(args, lambda store: analyst.recommend(
-        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen))
+        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen, history))
     print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
                 ["rank", "item_id", "score", "title", "genres"], args.json)
     return 0

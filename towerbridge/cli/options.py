@@ -9,6 +9,7 @@ from pathlib import Path
 from towerbridge import defaults
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError
+from towerbridge.towers.config import USER_TOWERS
 
 EPILOG = """\
 environment:
@@ -75,8 +76,13 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     index.add_argument("--keep-versions", type=int, default=3, metavar="N",
                        help="collection versions to keep; older ones are dropped (default 3)")
     training = command.add_argument_group("training and evaluation")
-    training.add_argument("--epochs", type=int, default=config.epochs,
-                          help=f"training epochs (default: {config.epochs})")
+    training.add_argument("--user-tower", choices=USER_TOWERS, default=config.user_tower,
+                          help="the query tower: sequence (causal self-attention over the user's last items), "
+                               "pooled (a recency-weighted average of them) or id (the user's id and features); "
+                               f"default: {config.user_tower}")
+    training.add_argument("--epochs", type=int,
+                          help="training epochs (default: the tower's, "
+                               + ", ".join(f"{kind} {config.for_tower(kind).epochs}" for kind in USER_TOWERS) + ")")
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
@@ -108,6 +114,15 @@ def ks_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(message) from None
 
 
+def history_list(text: str) -> list[str]:
+    """--history: item ids, oldest first, comma-separated."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise ConfigError(f"--history: expected item ids separated by commas, oldest first (e.g. 50,172,133), "
+                          f"got {text!r}")
+    return items
+
+
 def check_k(k: int) -> None:
     if not 1 <= k <= 16384:
         raise ConfigError(f"-k must be between 1 and 16384 (Milvus' limit), got {k}")
@@ -118,8 +133,9 @@ def index_params(args: argparse.Namespace) -> dict:
     from towerbridge.towers.config import TowerConfig
 
     defaults.check_keep_versions(args.keep_versions, "--keep-versions")
-    if args.m is not None and (args.m < 1 or TowerConfig.vector_dim % args.m):
-        raise ConfigError(f"--m {args.m} must divide the vector dimension {TowerConfig.vector_dim}")
+    dim = TowerConfig.for_tower(args.user_tower).vector_dim
+    if args.m is not None and (args.m < 1 or dim % args.m):
+        raise ConfigError(f"--m {args.m} must divide the vector dimension {dim} (of the {args.user_tower} tower)")
     if args.nbits is not None and not 1 <= args.nbits <= 16:
         raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
     if args.nlist is not None and args.nlist < 1:
@@ -131,10 +147,10 @@ def index_params(args: argparse.Namespace) -> dict:
 def training_options(args: argparse.Namespace) -> dict:
     from towerbridge.steps import check_eval_users
 
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     check_eval_users(args.eval_users)
-    return {"epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
+    return {"user_tower": args.user_tower, "epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
             "eval_users": args.eval_users}
 
 

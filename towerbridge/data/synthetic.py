@@ -47,11 +47,54 @@ class SyntheticSpec:
     noise: float = 0.1
     taste_concentration: float = 0.1
     seed: int = 42
+    stickiness: float = 0.0
+    sequels: float = 0.0
 
     @property
     def name(self) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
         return f"synthetic-u{self.n_users}-i{self.n_items}-s{self.seed}-{digest}"
+
+
+def _last_start(starts: np.ndarray) -> np.ndarray:
+    """For each row, the index of the latest row at or before it where ``starts`` is True
+    (the first row must be one)."""
+    return np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
+
+
+def _sequential(rng: np.random.Generator, spec: SyntheticSpec, user_index: np.ndarray, topic: np.ndarray,
+                item_index: np.ndarray, noisy: np.ndarray, topic_items: list[np.ndarray],
+                topic_cdfs: list[np.ndarray]) -> np.ndarray:
+    """Order within each user's log (rows are in time order): a user stays on the topic of
+    their previous interaction with probability ``stickiness`` (else draws one from their
+    taste, as drawn above), and within a stay takes the next item of the topic's list (a
+    sequel) with probability ``sequels`` (else a popular item of the topic, as drawn above)."""
+    n = len(user_index)
+    first = np.r_[True, user_index[1:] != user_index[:-1]]
+    fresh = first | (rng.random(n) >= spec.stickiness)
+    topic = topic[_last_start(fresh)]  # a stay keeps the topic of the row that started it
+    position = np.empty(n, dtype=np.int64)
+    for t in np.unique(topic):
+        rows = np.flatnonzero(topic == t)
+        members = topic_items[t]
+        order = np.argsort(members)
+        at = np.searchsorted(members[order], item_index[rows]).clip(max=len(members) - 1)
+        found = members[order][at] == item_index[rows]
+        # an item drawn outside the topic (noise) starts from a random place in the list
+        position[rows] = np.where(found, order[at], rng.integers(0, len(members), len(rows)))
+    sequel = ~fresh & (rng.random(n) < spec.sequels) & ~noisy
+    base = _last_start(~sequel)
+    steps = np.arange(n) - base
+    result = item_index.copy()
+    for t in np.unique(topic):
+        rows = np.flatnonzero((topic == t) & sequel)
+        members = topic_items[t]
+        result[rows] = members[(position[base[rows]] + steps[rows]) % len(members)]
+    rows = np.flatnonzero(~sequel & ~noisy & ~fresh)  # a stay without a sequel: a popular item of the kept topic
+    for t in np.unique(topic[rows]):
+        mine = rows[topic[rows] == t]
+        result[mine] = topic_items[t][np.searchsorted(topic_cdfs[t], rng.random(len(mine)))]
+    return result
 
 
 def generate(spec: SyntheticSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -107,6 +150,8 @@ def generate(spec: SyntheticSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         item_index[rows] = topic_items[t][np.searchsorted(topic_cdfs[t], uniform[rows])]
     noisy = rng.random(user_index.size) < spec.noise
     item_index[noisy] = np.searchsorted(global_cdf, uniform[noisy]).clip(max=n_items - 1)
+    if spec.stickiness or spec.sequels:
+        item_index = _sequential(rng, spec, user_index, topic, item_index, noisy, topic_items, topic_cdfs)
 
     # Time: each user starts somewhere in the span and interacts every few hours to days.
     gaps = rng.exponential(86400.0, user_index.size)
