@@ -11,8 +11,8 @@ USER_TOWERS = ("id", "sequence", "pooled")
 # What the history towers change from the defaults below (tuned on MovieLens 100K and a
 # synthetic log with sequential structure; BENCHMARKS.md): a batch is one history per user,
 # every catalog item is a negative (no sampling, so no logQ correction), and a wider tower.
-HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.001, "temperature": 0.05,
-                    "logq_correction": False, "epochs": 40}
+HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
+                    "epochs": 40}
 TOWER_DEFAULTS = {"id": {}, "sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS}
 
 
