@@ -8,9 +8,9 @@ from towerbridge.errors import ConfigError
 
 SPARSE_ROWS = 100_000  # sparse_embeddings="auto": tables larger than this get sparse gradients
 USER_TOWERS = ("id", "sequence", "pooled")
-# What the history towers change from the defaults below (tuned on MovieLens 100K and a
-# synthetic log with sequential structure; BENCHMARKS.md): a batch is one history per user,
-# every catalog item is a negative (no sampling, so no logQ correction), and a wider tower.
+# What the history towers change from the defaults below (chosen on MovieLens 100K, figures
+# in BENCHMARKS.md): a batch is one history per user, every catalog item is a negative (no
+# sampling, so no logQ correction), and a wider tower.
 HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
                     "epochs": 40}
 TOWER_DEFAULTS = {"id": {}, "sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS}
