@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     # Prefect's temporary server sends telemetry unless told not to; a user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for that server by default; it takes 15-25 s on a loaded 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # gRPC's core logs TLS handshake details on stderr by default; our one-line errors say it.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
