@@ -47,15 +47,22 @@ def item_vectors(trained: TrainedModel, progress: bool = False) -> tuple[np.ndar
     return trained.item_ids, vectors
 
 
-def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: Inputs) -> torch.Tensor:
-    """Query vectors (``user_layout``) of history windows ``[n, length]``: the history tower's
-    output at the last position."""
-    model = trained.model
+def history_items(trained: TrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items the ``windows`` hold, sorted, and their item-tower vectors (padding, item 0,
+    first, as a zero vector): what ``history_queries`` reads."""
     needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=windows.device), windows.flatten()]))
     item_inputs = {name: tensor.to(windows.device) for name, tensor in trained.item_inputs.items()}
-    vectors = model.item_tower(gather(item_inputs, needed))
-    vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
-    out = model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
+    vectors = trained.model.item_tower(gather(item_inputs, needed))
+    return needed, torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+
+
+def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: Inputs,
+                    items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Query vectors (``user_layout``) of history windows ``[n, length]``: the history tower's
+    output at the last position. items: ``history_items`` of these windows or of more, when
+    embedding many batches of windows (computed here otherwise)."""
+    needed, vectors = items if items is not None else history_items(trained, windows)
+    out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
     return user_layout(out[:, -1])
 
 
@@ -79,7 +86,9 @@ def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histori
         raise ValueError(f"the {trained.config.user_tower} tower builds query vectors from histories; none given")
     windows = torch.from_numpy(histories.windows(histories.rows(user_ids), trained.config.history_length))
     step = max(1, BATCH // trained.config.history_length)
+    items = history_items(trained, windows)  # once for all batches
     for start in range(0, len(indices), step):
         vectors[start:start + step] = history_queries(
-            trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step])).numpy()
+            trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step]),
+            items).numpy()
     return vectors
