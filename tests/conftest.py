@@ -28,29 +28,6 @@ SHARED_ML100K = Path(os.environ.get("TOWERBRIDGE_ML100K_DIR")
                      or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k")
 
 
-# The test files that take longest (measured with --durations), longest first. They start
-# first, so that under pytest-xdist no worker begins a long file while the others run out
-# of work (the Makefile passes --no-loadscope-reorder, which keeps this order).
-LONGEST_FIRST = (
-    "reliability/test_data_kept.py", "reliability/test_faults.py", "flows/test_rebuild.py",
-    "reliability/test_faults_recovery.py", "flows/test_pipeline.py", "flows/test_rebuild_cli.py",
-    "test_cli.py", "test_bench.py", "milvus/test_versions.py", "flows/test_pipeline_movielens.py",
-    "test_analyst.py", "reliability/test_load.py", "towers/test_train.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    tests = Path(__file__).resolve().parent
-    renamed = [name for name in LONGEST_FIRST if not (tests / name).is_file()]
-    assert not renamed, f"LONGEST_FIRST in tests/conftest.py names files that are gone: {renamed}"
-
-    def rank(item) -> int:
-        name = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: a file's tests keep their order and stay together
-
-
 @pytest.fixture(scope="session", autouse=True)
 def towerbridge_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("towerbridge-home")
