@@ -54,6 +54,16 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api(prefect_harness) -> dict:
+    """The test harness' Prefect server, as environment for a command-line run: the command
+    runs its flow there instead of starting a temporary server of its own (15-40 s here).
+    `towerbridge run` in tests/test_cli.py keeps the temporary server, as a new user has it."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
 def own_server_home(towerbridge_home: Path, tmp_path_factory, name: str):
     """A TOWERBRIDGE_HOME for one test module, whose embedded server it may stop and start
     without disturbing the session's; it shares the session's server install. A generator

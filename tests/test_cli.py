@@ -64,11 +64,11 @@ def test_unknown_dataset_or_protocol_lists_the_choices(args, message):
     assert message in result.stderr and "choose from" in result.stderr
 
 
-def test_malformed_movielens_line_is_named_without_traceback(milvus_uri, tmp_path):
+def test_malformed_movielens_line_is_named_without_traceback(milvus_uri, prefect_api, tmp_path):
     (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n2\t2\t3\n")
     (tmp_path / "u.item").write_text("1|A (1995)|01-Jan-1995||x|" + "|".join(["0"] * 19) + "\n")
     (tmp_path / "u.user").write_text("1|24|M|technician|85711\n")
-    result = towerbridge("run", "--dataset", "movielens-100k", "--data-dir", str(tmp_path))
+    result = towerbridge("run", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), env=prefect_api)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("towerbridge: error: ")]

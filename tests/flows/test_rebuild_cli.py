@@ -19,11 +19,11 @@ def data_dir(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("rebuild-cli-data"), n_users=800, n_items=1100, n_topics=12, seed=41)
 
 
-def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, data_dir):
+def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, prefect_api, data_dir):
     options = ("--data-dir", data_dir, "--alias", ALIAS, "--epochs", "2", "--tolerance", "0.03")
-    first = towerbridge("rebuild", *options)
+    first = towerbridge("rebuild", *options, env=prefect_api)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = towerbridge("rebuild", *options)
+    second = towerbridge("rebuild", *options, env=prefect_api)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "ok   metrics vs serving: candidate is not worse beyond 0.03" in second.stdout
     served = [line for line in (first.stdout + second.stdout).splitlines() if " now serves " in line]
@@ -39,10 +39,10 @@ def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, da
     assert second_version in table and first_version in table
 
 
-def test_a_rejected_rebuild_exits_3_and_says_what_still_serves(milvus_uri, data_dir):
+def test_a_rejected_rebuild_exits_3_and_says_what_still_serves(milvus_uri, prefect_api, data_dir):
     before = json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout)
     result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--reuse-model", "--m", "4",
-                         "--nbits", "1")
+                         "--nbits", "1", env=prefect_api)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "FAIL index recall" in result.stdout
     assert f"rebuild of {ALIAS} rejected" in result.stderr and "(unchanged)" in result.stderr
@@ -68,14 +68,13 @@ def test_serve_without_a_prefect_server_says_how_to_start_one():
     assert "schedules need a running Prefect server: start one with `prefect server start`" in result.stderr
 
 
-def test_serve_registers_the_nightly_deployment_with_the_server(prefect_harness, data_dir):
+def test_serve_registers_the_nightly_deployment_with_the_server(prefect_api, data_dir):
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
 
     process = subprocess.Popen(
         [sys.executable, "-m", "towerbridge.cli", "serve", "--cron", "15 1 * * *", "--timezone", "America/New_York",
          "--data-dir", data_dir, "--alias", "served_test"],
-        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, stdout=subprocess.PIPE,
+        env={**os.environ, **prefect_api}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
         deadline, deployment = time.monotonic() + 180, None

@@ -61,7 +61,7 @@ def test_a_rebuild_whose_server_dies_mid_insert_and_comes_back_succeeds_by_retry
 
 @pytest.mark.parametrize("blocked_dir", ["rebuilds", "models"])
 def test_an_unwritable_path_fails_cleanly_and_serving_is_unchanged(blocked_dir, first_version, fault_data, fault_uri,
-                                                                   fault_home, tmp_path):
+                                                                   fault_home, prefect_api, tmp_path):
     # Root ignores permission bits, so the path is made unwritable another way: a file
     # stands where the rebuild wants a directory (its reports, or the trained model).
     serving_before = serving_now()
@@ -69,7 +69,7 @@ def test_an_unwritable_path_fails_cleanly_and_serving_is_unchanged(blocked_dir, 
     blocked.mkdir()
     (blocked / blocked_dir).write_text("not a directory")
     result = towerbridge("rebuild", "--data-dir", fault_data, "--alias", ALIAS, "--milvus-uri", fault_uri,
-                         "--epochs", "1", env={"TOWERBRIDGE_HOME": str(blocked)})
+                         "--epochs", "1", env={"TOWERBRIDGE_HOME": str(blocked), **prefect_api})
     print(f"\n{blocked_dir}: {[line for line in result.stderr.splitlines() if line.startswith('towerbridge:')]}")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
