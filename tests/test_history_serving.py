@@ -2,6 +2,10 @@
 history given by hand, checked against the tower applied directly; and the id tower's models
 still serve beside them."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,8 +37,8 @@ def built(milvus_uri, tmp_path_factory):
         version = steps.index_model(model_dir, milvus_uri, alias=alias, progress=False)
         models[tower] = {"dir": model_dir, "model": artifact.load(model_dir), "collection": version.collection}
     store = ItemStore(milvus_uri)
-    yield {"store": store, "models": models, "train": steps.read_part(prepared, "train"),
-           "held_out": steps.read_part(prepared, "held_out")}
+    yield {"store": store, "models": models, "data_dir": Path(data.data_dir),
+           "train": steps.read_part(prepared, "train"), "held_out": steps.read_part(prepared, "held_out")}
     store.close()
 
 
@@ -100,3 +104,24 @@ def test_the_command_takes_a_history(built, milvus_uri):
     assert result.returncode == 0, result.stderr
     both = towerbridge("recommend", "--history", items, "--user", "1", "--alias", ALIAS, "--milvus-uri", milvus_uri)
     assert both.returncode == 1 and "recommend needs --user or --history (one of them)" in both.stderr
+
+
+def test_the_command_reads_a_users_latest_items_from_newer_data(built, milvus_uri, tmp_path):
+    """`recommend --user U --data-dir DIR`: the newest log, with an interaction the model never
+    saw, answers as analyst.recommend given that log."""
+    log = pd.read_parquet(built["data_dir"] / "interactions.parquet")
+    user = int(log["user_id"].iloc[0])
+    before = analyst.recommend(built["store"], ALIAS, str(user), k=5)
+    newer = log[log["user_id"] == user].tail(1).assign(item_id=before[0]["item_id"],
+                                                       timestamp=log["timestamp"].max() + 3600)
+    latest = pd.concat([log, newer], ignore_index=True)
+    latest.to_parquet(tmp_path / "interactions.parquet")
+    shutil.copy(built["data_dir"] / "items.parquet", tmp_path / "items.parquet")
+    args = ("recommend", "--user", str(user), "--alias", ALIAS, "--milvus-uri", milvus_uri, "-k", "5", "--json")
+    result = towerbridge(*args, "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    got = [row["item_id"] for row in json.loads(result.stdout)]
+    expected = analyst.recommend(built["store"], ALIAS, str(user), k=5, interactions=latest)
+    assert got == [row["item_id"] for row in expected] and before[0]["item_id"] not in got
+    missing = towerbridge(*args, "--data-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "--data-dir " in missing.stderr and "not a directory" in missing.stderr

@@ -31,6 +31,7 @@ from towerbridge.cli.options import (
     EPILOG,
     add_build_options,
     add_data_options,
+    add_latest_data_options,
     add_rebuild_options,
     ks_list,
     subcommand,
@@ -113,14 +114,16 @@ def parser() -> argparse.ArgumentParser:
     recommend = subcommand(commands, "recommend", help="top-k items for a user, or after a history of items",
                            description="Recommend items with the model that built the version, leaving out "
                                        "items the user already had. With a history tower (--user-tower sequence "
-                                       "or pooled) the user's query reads their latest items in the model's "
-                                       "data, and --history asks for someone who just had the items given.")
+                                       "or pooled) the user's query reads their latest items: in the model's "
+                                       "own copy of its data, or in newer data given with --data-dir; "
+                                       "--history asks for someone who just had the items given.")
     recommend.add_argument("--user", help="user id")
     recommend.add_argument("--history", metavar="ITEM,ITEM,...",
                            help="item ids, oldest first, instead of --user (history towers only)")
     recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     recommend.add_argument("--filter", help="Milvus filter expression, e.g. 'genres like \"%%Comedy%%\"'")
     recommend.add_argument("--include-seen", action="store_true", help="keep items the user already had")
+    add_latest_data_options(recommend)
     add_target(recommend)
     recommend.set_defaults(handler=cmd_recommend)
 

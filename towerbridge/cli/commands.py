@@ -15,6 +15,7 @@ from towerbridge.cli.options import (
     data_options,
     history_list,
     index_params,
+    latest_interactions,
     rebuild_parameters,
     training_options,
 )
@@ -126,8 +127,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     history = history_list(args.history) if args.history is not None else None
     if (args.user is None) == (history is None):
         raise ConfigError("recommend needs --user or --history (one of them)")
+    interactions = latest_interactions(args)
+    if interactions is not None and history is not None:
+        raise ConfigError("--data-dir, --dataset and --dataset-spec give a user's latest items: use them with "
+                          "--user, not with --history")
     rows = _with_store(args, lambda store: analyst.recommend(
-        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen, history))
+        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen, history,
+        interactions))
     print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
                 ["rank", "item_id", "score", "title", "genres"], args.json)
     return 0

@@ -64,6 +64,33 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     split.add_argument("--cutoff", metavar="WHEN", help="time-cutoff: unix seconds or a date (2024-05-01)")
 
 
+def add_latest_data_options(command: argparse.ArgumentParser) -> None:
+    """The log a history tower reads a user's latest items from (recommend)."""
+    from towerbridge.data.dataset import DATASETS
+
+    latest = command.add_argument_group(
+        "the user's latest data (history towers; default: the model's own copy of the data it was trained on)")
+    latest.add_argument("--data-dir", help="read the user's items from this dataset's files, interactions newer "
+                                           "than the model included; items the model does not know are skipped")
+    latest.add_argument("--dataset", choices=DATASETS, help="which dataset --data-dir holds (default: synthetic)")
+    latest.add_argument("--dataset-spec", metavar="FILE", help="your own tables, described in a TOML or YAML file")
+
+
+def latest_interactions(args: argparse.Namespace):
+    """The interactions (user_id, item_id, timestamp) of the data given to recommend, or
+    None for the model's own copy."""
+    if not (args.data_dir or args.dataset_spec or args.dataset):
+        return None
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
+    if args.dataset_spec and not Path(args.dataset_spec).is_file():
+        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+    from towerbridge.data.dataset import load
+
+    dataset = load(args.dataset or "synthetic", args.data_dir, args.dataset_spec)
+    return dataset.interactions[["user_id", "item_id", "timestamp"]]
+
+
 def add_build_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
     """Milvus, index, training and evaluation options (run, rebuild, serve)."""
     command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
