@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from towerbridge import steps
+from towerbridge import defaults, steps
 from towerbridge.milvus import server
 from towerbridge.report import report_markdown, report_table
 from towerbridge.results import EvaluationReport
@@ -29,7 +29,7 @@ def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str |
     publishes the table and the summary as Prefect artifacts. Returns the report.
     """
     ks = steps.check_ks(ks)
-    steps.check_eval_users(eval_users)
+    defaults.check_eval_users(eval_users)
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
         report = evaluate_collection(model_dir, uri, collection, report_dir, list(ks), eval_users, seed)
     create_table_artifact(key="evaluation", table=report_table(report),

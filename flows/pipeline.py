@@ -41,7 +41,7 @@ def pipeline(
     """
     check_name(alias)
     steps.check_ks(ks)
-    steps.check_eval_users(eval_users)
+    defaults.check_eval_users(eval_users)
     run_dir = settings.state_dir("runs") / settings.new_id()
     report_dir = report_dir or str(run_dir / "report")
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:

@@ -176,7 +176,7 @@ def rebuild(
     if tolerance < 0:
         raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
     defaults.check_keep_versions(keep_versions)
-    steps.check_eval_users(eval_users)
+    defaults.check_eval_users(eval_users)
     if retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {retries}")
     inspect, build, swap, retain = (t.with_options(retries=retries) for t in (

@@ -26,3 +26,8 @@ def check_keep_versions(keep_versions: int, option: str = "keep_versions") -> in
     if keep_versions < 1:
         raise ConfigError(f"{option} must be at least 1, got {keep_versions}")
     return keep_versions
+
+
+def check_eval_users(eval_users: int | None) -> None:
+    if eval_users is not None and eval_users < 1:
+        raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")

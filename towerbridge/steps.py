@@ -254,11 +254,6 @@ def check_ks(ks) -> tuple[int, ...]:
     return ks
 
 
-def check_eval_users(eval_users: int | None) -> None:
-    if eval_users is not None and eval_users < 1:
-        raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")
-
-
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, ks: tuple[int, ...] = defaults.REPORT_KS,
                    eval_users: int | None = None, seed: int = 0) -> EvaluationReport:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
@@ -269,7 +264,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     eval_users: evaluate a seeded sample of that many users instead of all of them.
     """
     ks = check_ks(ks)
-    check_eval_users(eval_users)
+    defaults.check_eval_users(eval_users)
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     prepared = manifest["prepared_dir"]

@@ -26,8 +26,6 @@ from towerbridge.errors import ConfigError
 def cmd_run(args: argparse.Namespace) -> int:
     from towerbridge.milvus import server
     from towerbridge.milvus.schema import check_name
-    from towerbridge.milvus.store import connect
-    from towerbridge.steps import check_ks
 
     check_name(args.alias, "--alias")
     if args.early_stopping < 0:
@@ -35,6 +33,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     training = training_options(args)
     data = data_options(args)
     index = index_params(args)
+    from towerbridge.milvus.store import connect  # the heavy imports come after the cheap checks
+    from towerbridge.steps import check_ks
+
     check_ks(args.ks)
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri).close()  # fail fast, before any work
@@ -50,9 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from towerbridge.milvus import server
-    from towerbridge.milvus.store import connect
 
     parameters = rebuild_parameters(args)
+    from towerbridge.milvus.store import connect
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri).close()  # fail fast, before any work
         from towerbridge.flows.rebuild import rebuild
@@ -121,8 +122,6 @@ def _with_store(args: argparse.Namespace, work):
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from towerbridge import analyst
-
     check_k(args.k)
     history = history_list(args.history) if args.history is not None else None
     if (args.user is None) == (history is None):
@@ -131,6 +130,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if interactions is not None and history is not None:
         raise ConfigError("--data-dir, --dataset and --dataset-spec give a user's latest items: use them with "
                           "--user, not with --history")
+    from towerbridge import analyst  # after the cheap checks: it imports torch
     rows = _with_store(args, lambda store: analyst.recommend(
         store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen, history,
         interactions))
@@ -140,9 +140,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from towerbridge import analyst
-
     check_k(args.k)
+    from towerbridge import analyst
     rows = _with_store(args, lambda store: analyst.similar(
         store, args.collection or args.alias, args.item, args.k, args.filter or ""))
     print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
@@ -151,10 +150,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from towerbridge import analyst
-
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    from towerbridge import analyst
     fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
     rows = _with_store(args, lambda store: analyst.query(store, args.collection or args.alias, args.filter,
                                                          fields, args.limit))
@@ -233,10 +231,11 @@ def cmd_milvus(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     import tempfile
 
+    data = data_options(args)
     from towerbridge import steps
 
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = steps.prepare_data(data_options(args), scratch)
+        prepared = steps.prepare_data(data, scratch)
         summary = json.loads((Path(prepared) / "summary.json").read_text())
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -172,11 +172,9 @@ def index_params(args: argparse.Namespace) -> dict:
 
 
 def training_options(args: argparse.Namespace) -> dict:
-    from towerbridge.steps import check_eval_users
-
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    check_eval_users(args.eval_users)
+    defaults.check_eval_users(args.eval_users)
     return {"user_tower": args.user_tower, "epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
             "eval_users": args.eval_users}
 
