@@ -1,9 +1,9 @@
 """The nightly rebuild on the real embedded Milvus under Prefect's test harness: versions and
-the alias, rejected and rolled-back candidates, Milvus going away mid-rebuild, readers
-during a rebuild, and the scheduled deployment."""
+the alias, rejected and rolled-back candidates, readers during a rebuild, and the scheduled
+deployment. Milvus going away mid-rebuild (killed, or stopped cleanly) is in
+tests/reliability/test_faults.py."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +13,6 @@ import towerbridge.flows.rebuild as rebuild_flow
 from tests.conftest import run_rebuild, write_synthetic
 from towerbridge import settings
 from towerbridge.data.options import DataOptions
-from towerbridge.milvus import server
 from towerbridge.milvus.store import ItemStore
 
 ALIAS = "rebuild_test"
@@ -127,45 +126,6 @@ def test_readers_of_the_alias_see_no_failure_during_a_rebuild(two_rebuilds, milv
     assert state.is_completed() and summary["serving_after"] != before
     assert failures == []
     assert len(answers) > 20 and all(full == len(vectors) for full in answers)
-
-
-def test_stopping_milvus_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds(
-        milvus_uri, prefect_harness, towerbridge_home, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("TOWERBRIDGE_HOME", str(tmp_path))  # a server of its own, to stop
-    # the session server (milvus_uri) installed the package once; this home shares it
-    (tmp_path / "milvus-server").symlink_to(towerbridge_home / "milvus-server")
-    state, _ = server.start(log=lambda message: None)
-    try:
-        first_state, first = run(state.uri, data_dir, alias="stop_test")
-        assert first_state.is_completed()
-        watcher = ItemStore(state.uri)
-        outcome = {}
-        thread = threading.Thread(target=lambda: outcome.update(
-            result=run(state.uri, data_dir, alias="stop_test", retries=0, reuse_model=True)))
-        thread.start()
-        deadline = time.monotonic() + 300
-        while len(candidates := [v for v in watcher.versions("stop_test") if v != first["serving_after"]]) < 1:
-            assert time.monotonic() < deadline and thread.is_alive(), "the candidate never appeared"
-            time.sleep(0.1)
-        watcher.close()
-        server.stop()  # the candidate exists and is being filled: Milvus goes away under it
-        thread.join(600)
-        failed_state, failed = outcome["result"]
-        assert failed_state.is_failed() and failed["outcome"] == "failed"
-        assert "Milvus" in failed["error"] and "Traceback" not in failed["error"]
-
-        state, _ = server.start(log=lambda message: None)
-        after = ItemStore(state.uri)
-        assert after.alias_target("stop_test") == first["serving_after"]  # serving survived
-        next_state, following = run(state.uri, data_dir, alias="stop_test", reuse_model=True)
-        assert next_state.is_completed() and following["outcome"] == "swapped"
-        assert following["removed_half_built"] == candidates
-        assert after.alias_target("stop_test") == following["serving_after"]
-        assert after.versions("stop_test") == [first["serving_after"], following["serving_after"]]
-        after.close()
-    finally:
-        server.stop()
-        monkeypatch.undo()
 
 
 def test_the_nightly_deployment_has_its_schedule_time_zone_and_limit(prefect_harness):

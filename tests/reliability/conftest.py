@@ -67,18 +67,19 @@ def serving_now() -> tuple[str | None, list[str]]:
         store.close()
 
 
-def kill_at(monkeypatch, method: str, after: bool = False) -> dict:
+def kill_at(monkeypatch, method: str, after: bool = False, stop: bool = False) -> dict:
     """Kill the server the first time ItemStore.<method> is called (before it talks to the
-    server, or right after it returned when ``after``)."""
+    server, or right after it returned when ``after``); with ``stop``, stop it cleanly instead."""
     original, seen = getattr(ItemStore, method), {"calls": 0}
+    end = server.stop if stop else kill_server
 
     def wrapped(self, *args, **kwargs):
         seen["calls"] += 1
         if seen["calls"] == 1 and not after:
-            kill_server()
+            end()
         result = original(self, *args, **kwargs)
         if seen["calls"] == 1 and after:
-            kill_server()
+            end()
         return result
 
     monkeypatch.setattr(ItemStore, method, wrapped)

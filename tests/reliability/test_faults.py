@@ -1,6 +1,7 @@
 """Faults injected into real nightly rebuilds: the embedded Milvus server is killed (SIGKILL)
-at one step of the rebuild. Each case must end in a clean failure, with the alias serving
-what it served before, and the next rebuild must succeed."""
+at one step of the rebuild, or stopped cleanly as an operator would. Each case must end in
+a clean failure, with the alias serving what it served before, and the next rebuild must
+succeed and remove what the failed one left half built."""
 
 import pytest
 
@@ -8,12 +9,13 @@ from tests.reliability.conftest import QUIET, kill_at, rebuild, serving_now
 from towerbridge.milvus import server
 from towerbridge.milvus.store import ItemStore
 
-# step -> (ItemStore method where the server dies, killed after the call returned)
+# step -> (ItemStore method where the server dies, killed after the call returned, how)
 KILL_POINTS = {
-    "insert": ("insert", False),
-    "index-build": ("describe_index", False),  # first poll of the build, after create_index was accepted
-    "alias-swap": ("point_alias", False),
-    "evaluation": ("search_many", False),
+    "insert": ("insert", False, "kill"),
+    "insert-clean-stop": ("insert", False, "stop"),  # `towerbridge milvus stop` under a rebuild
+    "index-build": ("describe_index", False, "kill"),  # first poll of the build, after create_index was accepted
+    "alias-swap": ("point_alias", False, "kill"),
+    "evaluation": ("search_many", False, "kill"),
 }
 
 
@@ -21,9 +23,9 @@ KILL_POINTS = {
 def test_a_server_killed_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds(step, first_version, fault_data,
                                                                                  fault_uri, monkeypatch):
     serving_before, _ = serving_now()
-    method, after = KILL_POINTS[step]
+    method, after, how = KILL_POINTS[step]
     with monkeypatch.context() as patch:
-        seen = kill_at(patch, method, after)
+        seen = kill_at(patch, method, after, stop=how == "stop")
         state, summary = rebuild(fault_data)
     print(f"\n{step}: {summary['error']}")  # shown with -rP; RELIABILITY.md quotes it
     assert seen["calls"] >= 1, f"the rebuild never reached {method}"
@@ -34,11 +36,15 @@ def test_a_server_killed_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds
     server.start(**QUIET)  # the operator (or systemd) brings Milvus back
     serving, versions = serving_now()
     assert serving == serving_before  # nothing reached the alias
+    with ItemStore(fault_uri) as store:
+        half_built = [v for v in versions if not store.record(v).get("complete")]
     next_state, following = rebuild(fault_data)
     assert next_state.is_completed() and following["outcome"] == "swapped", following.get("error")
+    assert following["removed_half_built"] == half_built
     serving, versions = serving_now()
     assert serving == following["serving_after"] and serving in versions
     # what the failed rebuild left half-built is gone now
-    assert all(ItemStore(fault_uri).record(v).get("complete") for v in versions)
+    with ItemStore(fault_uri) as store:
+        assert all(store.record(v).get("complete") for v in versions)
 
 
