@@ -124,18 +124,22 @@ def run_rebuild(data_dir: str, alias: str, uri: str | None = None, **options):
     return state, json.loads(summary_file.read_text())
 
 
-DOC_SNIPPETS = Path(__file__).resolve().parents[1] / "docs" / "adhoc-queries.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def run_doc_snippets(monkeypatch) -> list[str]:
-    """Every python block of docs/adhoc-queries.md, run in order in one namespace as a reader
-    would paste them (against the embedded server of TOWERBRIDGE_HOME); the lines they print."""
+def run_doc_snippets(monkeypatch, page: str = "adhoc-queries.md", alias: str | None = None) -> list[str]:
+    """Every python block of a docs/ page, run in order in one namespace as a reader would
+    paste them (against the embedded server of TOWERBRIDGE_HOME); the lines they print.
+    ``alias``: read this alias instead of the default one the page names."""
     import contextlib
     import io
     import re
 
-    blocks = re.findall(r"```python\n(.*?)```", DOC_SNIPPETS.read_text(), flags=re.S)
-    assert len(blocks) >= 6
+    path = DOCS / page
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    assert blocks, f"{path} has no python blocks"
+    if alias:
+        blocks = [block.replace('"towerbridge_items"', repr(alias)) for block in blocks]
     monkeypatch.delenv("MILVUS_URI", raising=False)  # the first block finds the embedded server itself
     # ... with the `towerbridge` command, installed beside this interpreter
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -143,5 +147,5 @@ def run_doc_snippets(monkeypatch) -> list[str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         for block in blocks:
-            exec(compile(block, str(DOC_SNIPPETS), "exec"), namespace)  # noqa: S102 (our own documentation)
+            exec(compile(block, str(path), "exec"), namespace)  # noqa: S102 (our own documentation)
     return printed.getvalue().splitlines()

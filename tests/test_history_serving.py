@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import towerbridge, write_synthetic
+from tests.conftest import run_doc_snippets, towerbridge, write_synthetic
 from towerbridge import analyst, steps
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError, DataError
@@ -90,7 +90,7 @@ def test_an_id_tower_model_still_serves_and_refuses_a_history(built):
 
 
 def test_unknown_history_items_and_users_without_history_are_named(built):
-    with pytest.raises(DataError, match=r"history items \[999999\] are not in model"):
+    with pytest.raises(DataError, match=r"history items \[999999\] are not in the model's catalog"):
         analyst.recommend(built["store"], ALIAS, history=["999999"])
     with pytest.raises(DataError, match="user 987654 has no interactions"):
         analyst.recommend(built["store"], ALIAS, "987654")
@@ -125,3 +125,12 @@ def test_the_command_reads_a_users_latest_items_from_newer_data(built, milvus_ur
     assert got == [row["item_id"] for row in expected] and before[0]["item_id"] not in got
     missing = towerbridge(*args, "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "--data-dir " in missing.stderr and "not a directory" in missing.stderr
+
+
+def test_the_documented_python_snippets_answer_as_recommend_does(built, monkeypatch):
+    """docs/history-queries.md, run as a reader pastes it, against this module's version."""
+    printed = run_doc_snippets(monkeypatch, "history-queries.md", alias=ALIAS)
+    assert printed[0].split()[0] == "sequence"
+    got = [int(line.split()[0]) for line in printed[1:]]
+    expected = analyst.recommend(built["store"], ALIAS, history=["50", "172", "133"], k=10)
+    assert len(got) == 10 and got == [row["item_id"] for row in expected]

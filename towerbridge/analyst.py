@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from towerbridge.errors import CollectionError, ConfigError, DataError
+from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
 from towerbridge.milvus.schema import MAX_LIMIT, VECTOR_FIELD, id_filter
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 from towerbridge.towers.history import Histories
-from towerbridge.towers.vectors import user_vectors
+from towerbridge.towers.vectors import history_vector, user_vectors
 
 RESULT_FIELDS = ("title", "genres")
 
@@ -117,15 +117,11 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
     trained = artifact.load(model_dir)
     tower = trained.config.user_tower
     if history is not None:
-        if tower == "id":
-            raise ConfigError(f"model {record['model_id']} (collection {collection}) has the id tower, which "
-                              "cannot read a history; build a version with --user-tower sequence or pooled")
         items = [_typed_id(str(item), record, "item") for item in history]
-        index = trained.item_index(np.array(items))
-        unknown = [item for item, i in zip(items, index) if i == 0]
-        if unknown:
-            raise DataError(f"history items {unknown[:5]} are not in model {record['model_id']}'s catalog")
-        query = user_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
+        try:
+            query = history_vector(trained, items)
+        except TowerbridgeError as error:
+            raise type(error)(f"model {record['model_id']} (collection {collection}): {error}") from None
         seen = set() if include_seen else set(items)
     else:
         user_id = _typed_id(user, record, "user")

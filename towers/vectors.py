@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from towerbridge.errors import ConfigError, DataError
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
 from towerbridge.towers.model import Inputs
@@ -92,3 +93,16 @@ def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histori
             trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step]),
             items).numpy()
     return vectors
+
+
+def history_vector(trained: TrainedModel, items: list) -> np.ndarray:
+    """The query vector ``[vector_dim]`` of someone who just had ``items`` (raw item ids,
+    oldest first), with no user id: what `towerbridge recommend --history` searches with."""
+    if trained.config.user_tower == "id":
+        raise ConfigError("this model has the id tower, which cannot read a history; build one with "
+                          "--user-tower sequence or pooled")
+    index = trained.item_index(np.asarray(items, dtype=trained.item_ids.dtype))
+    unknown = [item for item, i in zip(items, index) if i == 0]
+    if unknown:
+        raise DataError(f"history items {unknown[:5]} are not in the model's catalog")
+    return user_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
