@@ -76,15 +76,20 @@ def add_latest_data_options(command: argparse.ArgumentParser) -> None:
     latest.add_argument("--dataset-spec", metavar="FILE", help="your own tables, described in a TOML or YAML file")
 
 
+def check_data_paths(args: argparse.Namespace) -> None:
+    """--data-dir and --dataset-spec name what exists, checked before any work."""
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
+    if args.dataset_spec and not Path(args.dataset_spec).is_file():
+        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+
+
 def latest_interactions(args: argparse.Namespace):
     """The interactions (user_id, item_id, timestamp) of the data given to recommend, or
     None for the model's own copy."""
     if not (args.data_dir or args.dataset_spec or args.dataset):
         return None
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
-    if args.dataset_spec and not Path(args.dataset_spec).is_file():
-        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+    check_data_paths(args)
     from towerbridge.data.dataset import load
 
     dataset = load(args.dataset or "synthetic", args.data_dir, args.dataset_spec)
@@ -181,10 +186,7 @@ def training_options(args: argparse.Namespace) -> dict:
 
 def data_options(args: argparse.Namespace) -> DataOptions:
     """The dataset, filter and split options, checked first."""
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: not a directory")
-    if args.dataset_spec and not Path(args.dataset_spec).is_file():
-        raise ConfigError(f"--dataset-spec {args.dataset_spec}: file not found")
+    check_data_paths(args)
     for option in ("holdout", "min_user_interactions", "min_item_interactions"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
