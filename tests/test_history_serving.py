@@ -82,6 +82,10 @@ def test_an_id_tower_model_still_serves_and_refuses_a_history(built):
     user = int(model.user_ids[0])
     got = analyst.recommend(built["store"], ID_ALIAS, str(user), k=5)
     assert len(got) == 5
+    newer = pd.DataFrame({"user_id": [user], "item_id": [got[0]["item_id"]], "timestamp": [0]})
+    log = pd.concat([built["train"], newer], ignore_index=True)  # newer data: the first item is now seen
+    assert [row["item_id"] for row in analyst.recommend(built["store"], ID_ALIAS, str(user), k=4,
+                                                        interactions=log)] == [row["item_id"] for row in got[1:]]
     record = built["store"].record(built["models"]["id"]["collection"])
     assert record["user_tower"] == "id"
     assert built["store"].record(built["models"]["sequence"]["collection"])["user_tower"] == "sequence"

@@ -107,7 +107,8 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
     The history towers read the user's last items in ``interactions`` (user_id, item_id,
     timestamp; default: the model's prepared data, training and held-out parts), so an
     interaction newer than the model changes the answer. Items the user (or the history)
-    already had are left out unless ``include_seen``."""
+    already had are left out unless ``include_seen``: for the id tower, those in
+    ``interactions`` when given, else its training data."""
     collection, record = _version(store, name)
     if expression:
         store.check_filter(collection, expression)
@@ -125,13 +126,14 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
         seen = set() if include_seen else set(items)
     else:
         user_id = _typed_id(user, record, "user")
-        if tower == "id":  # the id tower knows the users it trained on; their seen items are those
+        if tower == "id":  # the id tower knows the users it trained on; newer data only adds seen items
             if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
                 raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection "
                                 f"{collection}); it was trained on {len(trained.user_ids):,} users")
-            train = pd.read_parquet(Path(artifact.read_manifest(model_dir)["prepared_dir"]) / "train.parquet",
-                                    columns=["user_id", "item_id"])
-            mine, histories = train[train["user_id"] == user_id], None
+            prepared = Path(artifact.read_manifest(model_dir)["prepared_dir"])
+            log = interactions if interactions is not None else pd.read_parquet(
+                prepared / "train.parquet", columns=["user_id", "item_id"])
+            mine, histories = log[log["user_id"] == user_id], None
         else:
             log = _known_interactions(model_dir) if interactions is None else interactions
             mine = log[log["user_id"] == user_id]

@@ -69,7 +69,8 @@ def add_latest_data_options(command: argparse.ArgumentParser) -> None:
     from towerbridge.data.dataset import DATASETS
 
     latest = command.add_argument_group(
-        "the user's latest data (history towers; default: the model's own copy of the data it was trained on)")
+        "the user's latest data (default: the model's own copy of the data it was trained on); a history tower "
+        "reads the user's items from it, and both towers leave out the items the user had in it")
     latest.add_argument("--data-dir", help="read the user's items from this dataset's files, interactions newer "
                                            "than the model included; items the model does not know are skipped")
     latest.add_argument("--dataset", choices=DATASETS, help="which dataset --data-dir holds (default: synthetic)")
