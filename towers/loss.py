@@ -176,3 +176,68 @@ def retrieval_loss(
     if num_hard_negatives is not None:
         logits, positive = mine_hard_negatives(logits, positive, num_hard_negatives)
     return softmax_cross_entropy(logits, positive, sample_weight, reduction)
+
+
+# Rows of the [rows, catalog] score block that the full softmax works on at a time: about
+# 4M scores (16 MB), small enough to be reused from the allocator's pool rather than mapped
+# afresh by the kernel for every batch, and to stay mostly in cache.
+FULL_SOFTMAX_BLOCK = 1 << 22
+
+
+class _FullSoftmax(torch.autograd.Function):
+    """Summed cross-entropy of each query against every catalog item, in blocks of rows.
+
+    The same value and gradients as ``cross_entropy((queries / temperature) @ items.T,
+    positive, reduction="sum")``, without ever holding the ``[P, N]`` score matrix: the
+    forward pass keeps only each row's log-normaliser, and the backward pass recomputes a
+    block's scores to form its softmax. One more matrix product than autograd's way, but on a
+    2-core CPU autograd's way spent most of its time on page faults of the fresh ``[P, N]``
+    tensors (scores, log-softmax and its gradient, ~350 MB each at 25k positions x 3.4k
+    items): measured 2.4x faster per batch (tests/towers/test_loss.py checks the equality)."""
+
+    @staticmethod
+    def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+        scaled = queries / temperature
+        rows = max(1, FULL_SOFTMAX_BLOCK // max(1, len(items)))
+        normaliser = torch.empty(len(queries), dtype=queries.dtype, device=queries.device)
+        block = queries.new_empty((min(rows, len(queries)), len(items)))
+        for start in range(0, len(queries), rows):
+            scores = block[:min(rows, len(queries) - start)]
+            torch.mm(scaled[start:start + rows], items.T, out=scores)
+            top = scores.amax(dim=1, keepdim=True)
+            normaliser[start:start + rows] = scores.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
+        ctx.temperature, ctx.rows = temperature, rows
+        ctx.save_for_backward(scaled, items, positive, normaliser)
+        return (normaliser - (scaled * items[positive]).sum(dim=1)).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        scaled, items, positive, normaliser = ctx.saved_tensors
+        rows = ctx.rows
+        d_queries = torch.empty_like(scaled)
+        d_items = torch.zeros_like(items)
+        block = scaled.new_empty((min(rows, len(scaled)), len(items)))
+        for start in range(0, len(scaled), rows):
+            count = min(rows, len(scaled) - start)
+            softmax = block[:count]
+            torch.mm(scaled[start:start + count], items.T, out=softmax)
+            softmax.sub_(normaliser[start:start + count, None]).exp_()
+            softmax[torch.arange(count, device=softmax.device), positive[start:start + count]] -= 1
+            torch.mm(softmax, items, out=d_queries[start:start + count])  # d/d(scaled queries)
+            d_items.addmm_(softmax.T, scaled[start:start + count])
+        return (d_queries.mul_(grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
+                d_items.mul_(grad) if ctx.needs_input_grad[1] else None, None, None)
+
+
+def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Summed softmax cross-entropy of each query ``[P, dim]`` over the whole catalog
+    ``items`` ``[N, dim]``; ``positive`` ``[P]``: each query's item (a row of ``items``).
+    The history towers' loss when the catalog is small enough to score in full."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if len(positive) != len(queries):
+        raise ValueError(f"{len(queries)} queries but {len(positive)} positives")
+    return _FullSoftmax.apply(queries, items, positive, temperature)

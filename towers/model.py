@@ -80,6 +80,22 @@ class Features(nn.Module):
         return self.project(self.tower(inputs))
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` drawn from ``torch.rand_like``: the same distribution, and on a CPU 2x
+    faster than the Bernoulli sampler ``nn.Dropout`` uses (measured forward and backward on
+    a ``[128, 200, 64]`` batch, where the sequence tower's seven dropouts were an eighth of a
+    training step)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class AttentionBlock(nn.Module):
     """Pre-norm causal self-attention and a feed-forward layer, each with a residual."""
 
@@ -88,9 +104,9 @@ class AttentionBlock(nn.Module):
         self.heads = heads
         self.attention_norm, self.feed_forward_norm = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.feed_forward = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout),
+        self.feed_forward = nn.Sequential(nn.Linear(width, width), nn.GELU(), Dropout(dropout),
                                           nn.Linear(width, width))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -123,7 +139,7 @@ class HistoryTower(nn.Module):
                 raise ValueError(f"attention_heads {config.attention_heads} must divide the tower width {width}")
             self.positions = nn.Embedding(config.history_length, width)
             nn.init.normal_(self.positions.weight, std=0.02)
-            self.drop = nn.Dropout(config.dropout)
+            self.drop = Dropout(config.dropout)
             self.blocks = nn.ModuleList([AttentionBlock(width, config.attention_heads, config.dropout)
                                          for _ in range(config.attention_blocks)])
             self.norm = nn.LayerNorm(width)

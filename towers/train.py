@@ -15,7 +15,7 @@ from tqdm import tqdm
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec, check_columns, default_spec
 from towerbridge.towers.history import Histories
-from towerbridge.towers.loss import retrieval_loss
+from towerbridge.towers.loss import full_softmax_loss, retrieval_loss
 from towerbridge.towers.metrics import factorized_top_k
 from towerbridge.towers.model import Inputs, TwoTowerModel
 from towerbridge.towers.trained import TrainedModel, gather, lookup
@@ -310,8 +310,7 @@ class HistoryTask:
         keep = targets > 0
         queries, positives = queries[keep], targets[keep]
         if self.full:
-            logits = (queries / config.temperature) @ vectors[1:].T
-            return torch.nn.functional.cross_entropy(logits, positives - 1, reduction="sum")
+            return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature)
         columns = torch.searchsorted(needed, positives)
         return retrieval_loss(queries, vectors[columns], temperature=config.temperature,
                               candidate_sampling_probability=(

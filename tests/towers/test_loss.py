@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from towerbridge.towers import loss as loss_module
 from towerbridge.towers.loss import (
     MASKED_LOGIT,
     correct_sampling_probability,
+    full_softmax_loss,
     mine_hard_negatives,
     remove_accidental_hits,
     retrieval_loss,
@@ -177,3 +179,22 @@ def test_the_fused_loss_and_its_gradients_match_the_step_by_step_loss(reduction)
     # and against finite differences
     assert torch.autograd.gradcheck(lambda q, c: retrieval_loss(q, c, 0.3, probability[:7], ids[:7], weight),
                                     (query, candidate[:7].detach().requires_grad_()))
+
+
+@pytest.mark.parametrize("block", [1 << 22, 40])  # one block; blocks of 40 // 9 = 4 rows, the last one short
+def test_the_full_softmax_matches_cross_entropy_over_the_catalog(monkeypatch, block):
+    monkeypatch.setattr(loss_module, "FULL_SOFTMAX_BLOCK", block)
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    positive = torch.tensor([0, 3, 3, 8, 1, 2, 7, 7, 4, 5, 6])  # repeats: two queries may want one item
+    mine = full_softmax_loss(query, items, positive, 0.3)
+    reference = torch.nn.functional.cross_entropy((query / 0.3) @ items.T, positive, reduction="sum")
+    assert mine.item() == pytest.approx(reference.item(), rel=1e-12)
+    for ours, theirs in zip(torch.autograd.grad(mine, (query, items)), torch.autograd.grad(reference, (query, items))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, c: full_softmax_loss(q, c, positive, 0.3), (query, items))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        full_softmax_loss(query, items, positive, 0.0)
+    with pytest.raises(ValueError, match="11 queries but 3 positives"):
+        full_softmax_loss(query, items, positive[:3], 0.3)
