@@ -23,7 +23,8 @@ if stage == "generate":
     from towerbridge.data.dataset import write_parquet
     from towerbridge.data.synthetic import SyntheticSpec, generate
     interactions, catalog = generate(SyntheticSpec(n_users=int(users), n_items=int(items),
-                                                   mean_interactions=float(mean), seed=1))
+                                                   mean_interactions=float(mean), seed=1,
+                                                   stickiness=0.0, sequels=0.0))
     write_parquet(interactions, __import__("pathlib").Path(workdir) / "interactions.parquet")
     write_parquet(catalog, __import__("pathlib").Path(workdir) / "items.parquet")
     info = {"interactions": len(interactions), "users": int(interactions["user_id"].nunique()),

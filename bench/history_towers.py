@@ -4,7 +4,11 @@ and training time per tower and seed, leave-last-out with seen items left out.
     python -m bench.history_towers --dataset movielens-100k --data-dir ../shared/datasets/ml-100k \
         --towers id,pooled,sequence --seeds 0,1,2 [--set epochs=40 --set dropout=0.3] [--out FILE]
 
-``--set`` overrides a TowerConfig field for the history towers (repeatable). The split is
+    python -m bench.history_towers --dataset synthetic --synthetic n_users=6040 --synthetic n_items=3416 \
+        --synthetic mean_interactions=330 --towers sequence --seeds 0   # a MovieLens-1M-sized log
+
+``--set`` overrides a TowerConfig field for the history towers (repeatable); ``--synthetic``
+a field of the generated log (``SyntheticSpec``; default: the built-in log). The split is
 the pipeline's own (``steps.prepare_data``), so figures compare with ``towerbridge run``.
 """
 
@@ -48,6 +52,19 @@ def evaluate(trained, train_part, held_out) -> dict:
     return {"hit_rate@10": round(metrics["hit_rate@10"], 4), "ndcg@10": round(metrics["ndcg@10"], 4)}
 
 
+def generate_log(fields: dict, directory: Path) -> str:
+    """A synthetic log with ``fields`` changed from the built-in one, written as Parquet."""
+    from towerbridge.data.dataset import write_parquet
+    from towerbridge.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(**{key: parse_value(value) for key, value in fields.items()})
+    interactions, items = generate(spec)
+    directory.mkdir(parents=True)
+    write_parquet(interactions, directory / "interactions.parquet")
+    write_parquet(items, directory / "items.parquet")
+    return str(directory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="movielens-100k")
@@ -56,6 +73,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a TowerConfig setting for the history towers")
+    parser.add_argument("--synthetic", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a SyntheticSpec field of the generated log (dataset synthetic, no --data-dir)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", help="write every figure as JSON here")
     args = parser.parse_args()
@@ -74,7 +93,13 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = steps.prepare_data(DataOptions(args.dataset, args.data_dir), scratch)
+        data_dir = args.data_dir
+        if args.synthetic:
+            data_dir = generate_log(dict(item.split("=", 1) for item in args.synthetic), Path(scratch) / "raw")
+        prepared = steps.prepare_data(DataOptions(args.dataset, data_dir), scratch)
+        summary = json.loads((Path(prepared) / "summary.json").read_text())
+        print(json.dumps({key: summary.get(key) for key in ("users", "items", "interactions", "train", "held_out")}),
+              flush=True)
         train_part, held_out = steps.read_part(prepared, "train"), steps.read_part(prepared, "held_out")
         items = steps.read_part(prepared, "items")
         users_file = Path(prepared) / "users.parquet"

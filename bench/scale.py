@@ -52,7 +52,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         from towerbridge.data.synthetic import SyntheticSpec, generate
 
         interactions, catalog = generate(SyntheticSpec(n_users=options["users"], n_items=options["items"],
-                                                       mean_interactions=options["mean"], seed=1))
+                                                       mean_interactions=options["mean"], seed=1,
+                                                       stickiness=0.0, sequels=0.0))
         (work / "raw").mkdir(exist_ok=True)
         write_parquet(interactions, work / "raw" / "interactions.parquet")
         write_parquet(catalog, work / "raw" / "items.parquet")
@@ -64,7 +65,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         return {key: summary[key] for key in ("users", "items", "interactions", "train", "held_out")}
     if stage == "train":
         model_dir = steps.train_model(str(work / "prepared"), str(work / "models"),
-                                      {"epochs": options["epochs"], "vector_dim": options["dim"]}, progress=False)
+                                      {"user_tower": "id", "epochs": options["epochs"],
+                                       "vector_dim": options["dim"]}, progress=False)
         (work / "model_dir").write_text(model_dir)
         manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
         return {"train_seconds": manifest["train_seconds"], "history": manifest["history"]}

@@ -26,7 +26,7 @@ def pipeline(
     alias: str = DEFAULT_ALIAS,
     index_params: dict | None = None,
     keep_versions: int = defaults.KEEP_VERSIONS,
-    user_tower: str = TowerConfig.user_tower,
+    user_tower: str | None = None,
     epochs: int | None = None,
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,

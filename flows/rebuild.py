@@ -152,7 +152,7 @@ def rebuild(
     metrics: list[str] | None = None,
     tolerance: float = decide.DEFAULT_TOLERANCE,
     eval_users: int | None = None,
-    user_tower: str = TowerConfig.user_tower,
+    user_tower: str | None = None,
     epochs: int | None = None,
     use_features: bool = TowerConfig.use_features,
     seed: int = TowerConfig.seed,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from towerbridge import settings, steps
+from towerbridge import defaults, settings, steps
 from towerbridge.data.options import DataOptions
 from towerbridge.towers.config import TowerConfig
 
@@ -26,7 +26,7 @@ def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_di
 def train(
     data: DataOptions | None = None,
     run_dir: str | None = None,
-    user_tower: str = TowerConfig.user_tower,
+    user_tower: str | None = None,
     epochs: int | None = None,
     vector_dim: int | None = None,
     temperature: float | None = None,
@@ -37,15 +37,18 @@ def train(
     """Prepare the dataset ``data`` names (default: the built-in synthetic log): validate,
     filter, split; then train both towers.
 
-    user_tower: ``id``, ``sequence`` or ``pooled`` (TowerConfig); epochs, vector_dim and
-    temperature default to that tower's. Returns ``{"prepared_dir", "model_dir"}``.
+    user_tower: ``sequence``, ``pooled`` or ``id`` (TowerConfig); default ``sequence``, or ``id``
+    for the ``tfrs`` protocol (``defaults.user_tower_for``); epochs, vector_dim and temperature
+    default to that tower's. Returns ``{"prepared_dir", "model_dir"}``.
     """
     chosen = {name: value for name, value in (("epochs", epochs), ("vector_dim", vector_dim),
                                                ("temperature", temperature)) if value is not None}
-    config = TowerConfig.for_tower(user_tower, **chosen, use_features=use_features,
+    data = data or DataOptions()
+    tower = defaults.user_tower_for(data.protocol, user_tower)
+    config = TowerConfig.for_tower(tower, **chosen, use_features=use_features,
                                    early_stopping_patience=early_stopping_patience, seed=seed)
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
-    prepared_dir = prepare_data(data or DataOptions(), str(run / "data"))
+    prepared_dir = prepare_data(data, str(run / "data"))
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),
                              str(run / "checkpoint"))
     return {"prepared_dir": prepared_dir, "model_dir": model_dir}

@@ -15,7 +15,7 @@ from towerbridge import analyst, steps
 from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
-from towerbridge.towers.vectors import item_vectors, user_vectors
+from towerbridge.towers.vectors import item_vectors
 
 ALIAS = "analyst_test"
 
@@ -28,18 +28,21 @@ def built(milvus_uri, tmp_path_factory):
     items = pd.read_parquet(f"{prepared}/items.parquet")
     result = steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False)
     store = ItemStore(milvus_uri)
+    # what recommend reads a user's latest items from, by default: the model's data, both parts
+    known = pd.concat([pd.read_parquet(f"{prepared}/{part}.parquet") for part in ("train", "held_out")])
     yield {"store": store, "model": artifact.load(model_dir), "items": items, "collection": result.collection,
-           "train": pd.read_parquet(f"{prepared}/train.parquet")}
+           "train": pd.read_parquet(f"{prepared}/train.parquet"), "known": known}
     store.close()
 
 
 def test_recommend_matches_brute_force_and_leaves_out_seen_items(built):
-    model, train, store = built["model"], built["train"], built["store"]
+    model, known, store = built["model"], built["known"], built["store"]
+    assert model.config.user_tower == "sequence"  # the default
     ids, vectors = item_vectors(model)
     overlaps = []
     for user in model.user_ids[:40]:
-        seen = set(train.loc[train["user_id"] == user, "item_id"])
-        scores = user_vectors(model, np.array([user]))[0] @ vectors.T
+        seen = set(known.loc[known["user_id"] == user, "item_id"])
+        scores = steps.user_queries(model, np.array([user]), known)[0] @ vectors.T
         exact = [i for i in ids[np.argsort(-scores)] if i not in seen][:10]
         got = analyst.recommend(store, ALIAS, str(user), k=10)
         assert len(got) == 10 and not seen & {row["item_id"] for row in got}
@@ -89,7 +92,7 @@ def test_collections_lists_the_served_version(built):
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda s: analyst.recommend(s, ALIAS, "999999"), DataError, "user 999999 is not known to model"),
+    (lambda s: analyst.recommend(s, ALIAS, "999999"), DataError, "user 999999 has no interactions in the data of"),
     (lambda s: analyst.recommend(s, ALIAS, "abc"), DataError, "user id 'abc': this collection's ids are integers"),
     (lambda s: analyst.similar(s, ALIAS, "999999"), DataError, "item 999999 is not in collection"),
     (lambda s: analyst.similar(s, ALIAS, "5 or true"), DataError, "item id '5 or true': this collection's ids are"),
@@ -167,7 +170,7 @@ def test_the_commands_print_json(built):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["recommend", "--user", "999999", "--alias", ALIAS], "user 999999 is not known to model"),
+    (["recommend", "--user", "999999", "--alias", ALIAS], "user 999999 has no interactions in the data of model"),
     (["similar", "--item", "999999", "--alias", ALIAS], "item 999999 is not in collection"),
     (["query", "--filter", "item_id >>> 3", "--alias", ALIAS], "invalid filter 'item_id >>> 3'"),
     (["recommend", "--user", "1", "--collection", "nope_v1"], "no collection or alias named 'nope_v1'"),

@@ -28,13 +28,14 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
 @pytest.mark.parametrize("args, message", [
     (["run", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["run", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: not a directory"),
-    (["run", "--m", "5"], "--m 5 must divide the vector dimension 32 (of the id tower)"),
+    (["run", "--m", "5", "--user-tower", "id"], "--m 5 must divide the vector dimension 32 (of the id tower)"),
+    (["run", "--m", "7"], "--m 7 must divide the vector dimension 65 (of the sequence tower)"),
     (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
     (["run", "--eval-users", "0"], "eval_users (--eval-users) must be at least 1, got 0"),
     (["run", "--ks", "10,0"], "every k must be between 1 and 16384 (Milvus' search limit), got [0, 10]"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
-    result = towerbridge(*args)
+    result = towerbridge(*args, timeout=60)  # refused at once; a minute means it went on to work
     assert result.returncode == 1
     assert result.stderr.strip() == f"towerbridge: error: {message}"
 

@@ -91,6 +91,8 @@ def test_an_id_tower_model_still_serves_and_refuses_a_history(built):
     assert built["store"].record(built["models"]["sequence"]["collection"])["user_tower"] == "sequence"
     with pytest.raises(ConfigError, match="has the id tower, which cannot read a history"):
         analyst.recommend(built["store"], ID_ALIAS, history=["1", "2"])
+    with pytest.raises(DataError, match="user 999999 is not known to model"):
+        analyst.recommend(built["store"], ID_ALIAS, "999999")
 
 
 def test_unknown_history_items_and_users_without_history_are_named(built):

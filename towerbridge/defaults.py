@@ -13,6 +13,11 @@ KEEP_VERSIONS = 3
 # The nightly rebuild: 02:00 UTC.
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
+# The query tower, unless chosen: the sequence tower reads the user's history and wins where the
+# held-out items are the user's next ones (leave-last-out, time-cutoff); under the random split
+# of the tfrs protocol they are not, and the id tower wins there (figures in BENCHMARKS.md).
+DEFAULT_USER_TOWER = "sequence"
+RANDOM_SPLIT_USER_TOWER = "id"
 # Cut-offs at which the evaluation reports every metric.
 REPORT_KS = (1, 5, 10, 20, 50, 100)
 
@@ -20,6 +25,13 @@ REPORT_KS = (1, 5, 10, 20, 50, 100)
 def utc_now() -> str:
     """The current time as recorded in manifests, versions and reports: ISO 8601, UTC."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def user_tower_for(protocol: str, chosen: str | None = None) -> str:
+    """The query tower to train: ``chosen``, else the default for the evaluation ``protocol``."""
+    if chosen:
+        return chosen
+    return RANDOM_SPLIT_USER_TOWER if protocol == "tfrs" else DEFAULT_USER_TOWER
 
 
 def check_keep_versions(keep_versions: int, option: str = "keep_versions") -> int:

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from towerbridge.defaults import DEFAULT_USER_TOWER
 from towerbridge.errors import ConfigError
 
 SPARSE_ROWS = 100_000  # sparse_embeddings="auto": tables larger than this get sparse gradients
-USER_TOWERS = ("id", "sequence", "pooled")
-# What the history towers change from the defaults below (chosen on MovieLens 100K, figures
-# in BENCHMARKS.md): a batch is one history per user, every catalog item is a negative (no
-# sampling, so no logQ correction), and a wider tower.
+USER_TOWERS = ("sequence", "pooled", "id")
+# The settings whose defaults depend on the user tower (chosen on MovieLens 100K, figures in
+# BENCHMARKS.md). The history towers: a batch is one history per user, every catalog item is a
+# negative (no sampling, so no logQ correction), and a wider tower. The id tower: one example
+# per interaction, in-batch negatives with the logQ correction.
 HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
                     "epochs": 40}
-TOWER_DEFAULTS = {"id": {}, "sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS}
+TOWER_DEFAULTS = {"sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS,
+                  "id": {"vector_dim": 32, "batch_size": 1024, "learning_rate": 0.01, "logq_correction": True,
+                         "epochs": 8}}
 
 
 @dataclass(frozen=True)
 class TowerConfig:
     """Model shape and training settings.
 
+    vector_dim, batch_size, learning_rate, logq_correction, epochs: None (the default) takes
+        the user tower's value from ``TOWER_DEFAULTS``.
     vector_dim: length of the vectors stored in Milvus. The towers output
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
@@ -55,26 +61,26 @@ class TowerConfig:
         sampled negatives with the logQ correction.
     """
 
-    vector_dim: int = 32
+    vector_dim: int | None = None
     feature_dim: int = 32
     use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
-    logq_correction: bool = True
+    logq_correction: bool | None = None
     prior_weight: float = 0.85
     num_hard_negatives: int | None = None
     mixed_negatives: int = 0
     optimizer: str = "adam"
     sparse_embeddings: str = "auto"
-    epochs: int = 8
+    epochs: int | None = None
     early_stopping_patience: int = 0
     validation_users: int = 1000
     validation_k: int = 50
     device: str = "auto"
-    batch_size: int = 1024
-    learning_rate: float = 0.01
+    batch_size: int | None = None
+    learning_rate: float | None = None
     seed: int = 0
-    user_tower: str = "id"
+    user_tower: str = DEFAULT_USER_TOWER
     history_length: int = 200
     attention_blocks: int = 2
     attention_heads: int = 1
@@ -82,6 +88,11 @@ class TowerConfig:
     full_softmax_items: int = 100_000
 
     def __post_init__(self) -> None:
+        if self.user_tower not in USER_TOWERS:
+            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
+        for name, value in TOWER_DEFAULTS[self.user_tower].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.vector_dim < 2:
             raise ConfigError(f"vector_dim must be at least 2, got {self.vector_dim}")
         if self.temperature <= 0:
@@ -103,8 +114,6 @@ class TowerConfig:
                               f"and {self.mixed_negatives}")
         if self.num_hard_negatives is not None and self.num_hard_negatives < 1:
             raise ConfigError(f"num_hard_negatives must be at least 1 when set, got {self.num_hard_negatives}")
-        if self.user_tower not in USER_TOWERS:
-            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
         if self.history_length < 1 or self.attention_blocks < 0 or self.attention_heads < 1:
             raise ConfigError("history_length and attention_heads must be >= 1 and attention_blocks >= 0, got "
                               f"{self.history_length}, {self.attention_heads} and {self.attention_blocks}")
@@ -135,15 +144,11 @@ class TowerConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TowerConfig:
         """Settings by name; what ``values`` leaves out takes the defaults of its
-        ``user_tower`` (default ``id``)."""
+        ``user_tower`` (default ``DEFAULT_USER_TOWER``)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model settings {unknown}; known: {sorted(known)}")
-        tower = values.get("user_tower", cls.user_tower)
-        if tower not in USER_TOWERS:
-            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {tower!r}")
-        values = {**TOWER_DEFAULTS[tower], **values}
         if "hidden_dims" in values:
-            values["hidden_dims"] = tuple(values["hidden_dims"])
+            values = {**values, "hidden_dims": tuple(values["hidden_dims"])}
         return cls(**values)

@@ -1,5 +1,6 @@
 """The pipeline flow end to end: real Prefect (test harness), real embedded Milvus,
-the built-in synthetic dataset at its default size."""
+the built-in synthetic dataset at its default size, the default (sequence) tower trained for a
+few epochs (its quality at the default 40: BENCHMARKS.md)."""
 
 import json
 from dataclasses import replace
@@ -15,16 +16,18 @@ from towerbridge.evaluation import METRICS
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.pipeline import pipeline
 from towerbridge.results import EvaluationReport
+from towerbridge.steps import user_queries
 from towerbridge.towers import artifact
-from towerbridge.towers.vectors import item_vectors, user_vectors
+from towerbridge.towers.vectors import item_vectors
 
 KS = (10, 50, 100)
+EPOCHS = 5
 
 
 @pytest.fixture(scope="module")
 def run(milvus_uri, prefect_harness, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("report")
-    report = pipeline(report_dir=str(report_dir), milvus_uri=milvus_uri)
+    report = pipeline(report_dir=str(report_dir), milvus_uri=milvus_uri, epochs=EPOCHS)
     model_dir = Path(report.model_dir)
     manifest = artifact.read_manifest(model_dir)
     prepared = Path(manifest["prepared_dir"])
@@ -44,6 +47,7 @@ def test_report_file_has_the_promised_shape(run):
     for key in ("dataset", "protocol", "model", "popularity", "index", "collection", "alias"):
         assert key in written
     assert written["dataset"] == "synthetic" and written["protocol"] == "leave-last-out"
+    assert run["model"].config.user_tower == "sequence" and len(run["model"].history) == EPOCHS
     assert written["ks"] == list(REPORT_KS) == [1, 5, 10, 20, 50, 100]
     for source in ("model", "exact", "popularity", "random"):
         assert set(written[source]) == {f"{metric}@{k}" for metric in METRICS for k in REPORT_KS}
@@ -123,7 +127,7 @@ def _brute_force(run):
     """Top-100 per held-out user by plain numpy, seen items removed; raw item ids."""
     model, held_out, train = run["model"], run["held_out"], run["train"]
     ids, vectors = item_vectors(model)
-    queries = user_vectors(model, held_out["user_id"].to_numpy())
+    queries = user_queries(model, held_out["user_id"].to_numpy(), train)
     seen = train.groupby("user_id")["item_id"].apply(set)
     scores = queries @ vectors.T
     top = []
@@ -144,7 +148,7 @@ def test_report_agrees_with_brute_force_within_ivf_pq_error(run):
     # Milvus' own answers, fetched here directly, explain the model's numbers:
     # a hit can only change for users whose approximate top-k differs from the exact one.
     model, seen = run["model"], run["train"].groupby("user_id")["item_id"].apply(set)
-    queries = user_vectors(model, held_out["user_id"].to_numpy())
+    queries = user_queries(model, held_out["user_id"].to_numpy(), run["train"])
     nprobe = report.index["params"]["nprobe"]
     approximate = []
     for start in range(0, len(held_out), 500):

@@ -23,6 +23,6 @@ def test_latest_format_through_the_whole_pipeline(milvus_uri, prefect_harness, t
                          for i, title, genres in items.itertuples(index=False))
 
     report = pipeline(data=DataOptions("movielens-latest", str(directory)), report_dir=str(tmp_path / "report"),
-                      milvus_uri=milvus_uri)
+                      milvus_uri=milvus_uri, epochs=5)
     assert report.dataset == "movielens-latest" and report.users_evaluated > 1000
     assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]

@@ -38,7 +38,7 @@ def test_string_ids_from_a_spec_through_milvus(milvus_uri, prefect_harness, tmp_
     (tmp_path / "shop.toml").write_text(SPEC)
 
     report = pipeline(data=DataOptions("custom", spec_file=str(tmp_path / "shop.toml")), report_dir=str(tmp_path / "r"),
-                      milvus_uri=milvus_uri)
+                      milvus_uri=milvus_uri, epochs=5)
     assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]
 
     client = MilvusClient(milvus_uri)

@@ -72,9 +72,9 @@ def test_each_rebuild_leaves_a_markdown_artifact(two_rebuilds):
 
 def test_a_rejected_candidate_leaves_the_alias_and_no_orphan(two_rebuilds, milvus_uri, data_dir, store):
     before = (store.versions(ALIAS), store.alias_target(ALIAS))
-    # 4 one-bit codes per vector: no nprobe brings recall near the target, so validation fails
+    # 5 one-bit codes per vector: no nprobe brings recall near the target, so validation fails
     # (the catalog has over 1,024 items: Milvus 2.3 searches smaller segments exactly, index or not).
-    state, summary = run(milvus_uri, data_dir, index_params={"m": 4, "nbits": 1}, reuse_model=True)
+    state, summary = run(milvus_uri, data_dir, index_params={"m": 5, "nbits": 1}, reuse_model=True)
     assert state.is_failed() and summary["outcome"] == "rejected"
     assert "index recall: recall@100 against exact search" in summary["decision"]["reason"]
     assert summary["candidate_dropped"] is True

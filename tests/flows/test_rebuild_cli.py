@@ -41,7 +41,7 @@ def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, pr
 
 def test_a_rejected_rebuild_exits_3_and_says_what_still_serves(milvus_uri, prefect_api, data_dir):
     before = json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout)
-    result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--reuse-model", "--m", "4",
+    result = towerbridge("rebuild", "--data-dir", data_dir, "--alias", ALIAS, "--reuse-model", "--m", "5",
                          "--nbits", "1", env=prefect_api)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "FAIL index recall" in result.stdout

@@ -10,7 +10,7 @@ from tests.conftest import train_synthetic
 from towerbridge import steps
 from towerbridge.errors import CollectionError, ConfigError
 from towerbridge.milvus.store import ItemStore
-from towerbridge.towers.vectors import user_vectors
+from towerbridge.towers.vectors import item_vectors
 
 ALIAS = "versions_test"
 
@@ -51,24 +51,24 @@ def test_a_half_built_version_is_removed_by_the_next_build(milvus_uri, model_dir
 
 def test_bad_index_params_are_refused_before_any_write(milvus_uri, model_dir, store):
     before = (store.versions(ALIAS), store.alias_target(ALIAS))
-    with pytest.raises(ConfigError, match="m=5 must divide the vector dimension 32"):
-        build(milvus_uri, model_dir, index_params={"m": 5})
+    with pytest.raises(ConfigError, match="m=7 must divide the vector dimension 65"):
+        build(milvus_uri, model_dir, index_params={"m": 7})
     with pytest.raises(ConfigError, match="nlist=100000 must be between 1 and min"):
         build(milvus_uri, model_dir, index_params={"nlist": 100_000})
     assert (store.versions(ALIAS), store.alias_target(ALIAS)) == before
 
 
 def test_overridden_params_are_what_milvus_builds(milvus_uri, model_dir, store):
-    built = build(milvus_uri, model_dir, index_params={"nlist": 8, "m": 16, "nbits": 6}, keep_versions=2)
+    built = build(milvus_uri, model_dir, index_params={"nlist": 8, "m": 13, "nbits": 6}, keep_versions=2)
     index = store.describe_index(built.collection)
-    assert (index["index_type"], int(index["nlist"]), int(index["m"]), int(index["nbits"])) == ("IVF_PQ", 8, 16, 6)
+    assert (index["index_type"], int(index["nlist"]), int(index["m"]), int(index["nbits"])) == ("IVF_PQ", 8, 13, 6)
 
 
 def test_readers_of_the_alias_see_no_failure_while_versions_swap(milvus_uri, model_dir, store):
     from towerbridge.towers import artifact
 
     trained = artifact.load(model_dir)
-    queries = user_vectors(trained, trained.user_ids[:20])
+    queries = item_vectors(trained)[1][:20]  # any vectors of the collection's dimension
     reader = ItemStore(milvus_uri)
     results, failures, stop = [], [], threading.Event()
 

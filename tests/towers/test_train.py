@@ -1,4 +1,5 @@
-"""Training, artifacts and cold start on a small synthetic catalog."""
+"""Training of the id tower, artifacts and cold start on a small synthetic catalog (the
+history towers' own training: test_history.py)."""
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,12 @@ from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.train import train
 from towerbridge.towers.vectors import item_vectors, user_vectors
 
-CONFIG = TowerConfig(epochs=3, batch_size=256, seed=1)
+
+def id_tower(**settings) -> TowerConfig:
+    return TowerConfig(user_tower="id", **settings)
+
+
+CONFIG = id_tower(epochs=3, batch_size=256, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def test_cold_items_are_embedded_from_their_features(data):
     interactions, items = data
     cold = items["item_id"].to_numpy()[::10]  # every tenth item never appears in training
     warm_log = interactions[~interactions["item_id"].isin(cold)]
-    trained = train(warm_log, items, None, TowerConfig(epochs=6, batch_size=256, seed=1), progress=False)
+    trained = train(warm_log, items, None, id_tower(epochs=6, batch_size=256, seed=1), progress=False)
     ids, vectors = item_vectors(trained)
     embeddings = torch.nn.functional.normalize(torch.from_numpy(vectors[:, :-1]), dim=1).numpy()
     genres = items.set_index("item_id")["genres"].reindex(ids).str.split("|").map(set).to_numpy()
@@ -72,17 +78,17 @@ def test_users_table_features_are_used():
     interactions = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3], "timestamp": [1, 2, 3, 4]})
     items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["a", "b", "c"], "genres": ["X", "Y", "X|Y"]})
     users = pd.DataFrame({"user_id": [1, 2], "age": [20, 60], "gender": ["F", "M"]})
-    trained = train(interactions, items, users, TowerConfig(epochs=1, batch_size=4), progress=False)
+    trained = train(interactions, items, users, id_tower(epochs=1, batch_size=4), progress=False)
     assert [f.column for f in trained.spec.user] == ["user_id", "age", "gender"]
     np.testing.assert_array_equal(trained.user_inputs["gender"].numpy(), [0, 1, 2])
 
 
 def test_checkpoint_resume_continues_exactly(data, tmp_path):
     interactions, items = data
-    straight = train(interactions, items, None, TowerConfig(epochs=4, batch_size=256, seed=2), progress=False)
-    train(interactions, items, None, TowerConfig(epochs=2, batch_size=256, seed=2), progress=False,
+    straight = train(interactions, items, None, id_tower(epochs=4, batch_size=256, seed=2), progress=False)
+    train(interactions, items, None, id_tower(epochs=2, batch_size=256, seed=2), progress=False,
           checkpoint_dir=tmp_path)  # "interrupted" after two epochs
-    resumed = train(interactions, items, None, TowerConfig(epochs=4, batch_size=256, seed=2), progress=False,
+    resumed = train(interactions, items, None, id_tower(epochs=4, batch_size=256, seed=2), progress=False,
                     checkpoint_dir=tmp_path)
     assert [e["epoch"] for e in resumed.history] == [1, 2, 3, 4]
     np.testing.assert_allclose(item_vectors(resumed)[1], item_vectors(straight)[1], rtol=1e-5, atol=1e-6)
@@ -90,9 +96,9 @@ def test_checkpoint_resume_continues_exactly(data, tmp_path):
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path):
     interactions, items = data
-    train(interactions, items, None, TowerConfig(epochs=1, batch_size=256, seed=2), progress=False,
+    train(interactions, items, None, id_tower(epochs=1, batch_size=256, seed=2), progress=False,
           checkpoint_dir=tmp_path)
-    fresh = train(interactions, items, None, TowerConfig(epochs=1, batch_size=128, seed=2), progress=False,
+    fresh = train(interactions, items, None, id_tower(epochs=1, batch_size=128, seed=2), progress=False,
                   checkpoint_dir=tmp_path)
     assert len(fresh.history) == 1 and fresh.config.batch_size == 128
 
@@ -100,7 +106,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(data, tmp_path):
 def test_an_unreadable_checkpoint_is_ignored_not_unpickled(data, tmp_path, caplog):
     interactions, items = data
     (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x04\x95 truncated or hostile")
-    trained = train(interactions, items, None, TowerConfig(epochs=1, batch_size=256, seed=2), progress=False,
+    trained = train(interactions, items, None, id_tower(epochs=1, batch_size=256, seed=2), progress=False,
                     checkpoint_dir=tmp_path)
     assert [e["epoch"] for e in trained.history] == [1]  # trained from the start
     assert "ignoring unreadable checkpoint" in caplog.text
@@ -110,7 +116,7 @@ def test_early_stopping_keeps_the_best_epoch(data):
     from towerbridge.towers.train import pick_device, validation_hit_rate, validation_split
 
     interactions, items = data
-    config = TowerConfig(epochs=30, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=2,
+    config = id_tower(epochs=30, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=2,
                          validation_users=300, validation_k=10)
     trained = train(interactions, items, None, config, progress=False)
     metrics = [e["validation_hit_rate@10"] for e in trained.history]
@@ -125,11 +131,11 @@ def test_sparse_embedding_tables_learn_and_resume_exactly(data, tmp_path):
     # "always" forces what "auto" does for tables over SPARSE_ROWS rows: SparseAdam on them.
     interactions, items = data
     sparse = dict(batch_size=256, seed=2, sparse_embeddings="always")
-    trained = train(interactions, items, None, TowerConfig(epochs=4, **sparse), progress=False)
+    trained = train(interactions, items, None, id_tower(epochs=4, **sparse), progress=False)
     assert trained.model.user_tower.inputs["user_id"].sparse
     assert trained.history[-1]["loss_per_example"] < trained.history[0]["loss_per_example"]
-    train(interactions, items, None, TowerConfig(epochs=2, **sparse), progress=False, checkpoint_dir=tmp_path)
-    resumed = train(interactions, items, None, TowerConfig(epochs=4, **sparse), progress=False,
+    train(interactions, items, None, id_tower(epochs=2, **sparse), progress=False, checkpoint_dir=tmp_path)
+    resumed = train(interactions, items, None, id_tower(epochs=4, **sparse), progress=False,
                     checkpoint_dir=tmp_path)
     assert [e["epoch"] for e in resumed.history] == [1, 2, 3, 4]
     np.testing.assert_allclose(item_vectors(resumed)[1], item_vectors(trained)[1], rtol=1e-5, atol=1e-6)
@@ -144,3 +150,24 @@ def test_only_large_tables_are_sparse_by_default():
     assert not TowerConfig(sparse_embeddings="never").sparse(10**7)
     with pytest.raises(ConfigError, match="sparse_embeddings"):
         TowerConfig(sparse_embeddings="yes")
+
+
+def test_each_user_tower_has_its_own_defaults_and_settings_override_them():
+    from towerbridge.towers.config import DEFAULT_USER_TOWER, TOWER_DEFAULTS
+
+    assert TowerConfig().user_tower == DEFAULT_USER_TOWER == "sequence"
+    for tower, chosen in TOWER_DEFAULTS.items():
+        for config in (TowerConfig(user_tower=tower), TowerConfig.for_tower(tower),
+                       TowerConfig.from_dict({"user_tower": tower})):
+            assert {name: getattr(config, name) for name in chosen} == chosen
+    assert TowerConfig(user_tower="id").vector_dim == 32 and TowerConfig().vector_dim == 65
+    assert id_tower(epochs=3).epochs == 3
+    assert TowerConfig.from_dict(TowerConfig(user_tower="id").to_dict()) == TowerConfig(user_tower="id")
+
+
+def test_the_default_tower_follows_the_protocol_unless_chosen():
+    from towerbridge.defaults import user_tower_for
+
+    assert user_tower_for("leave-last-out") == user_tower_for("time-cutoff") == "sequence"
+    assert user_tower_for("tfrs") == "id"  # a random split: the held-out items are not the next ones
+    assert user_tower_for("tfrs", "pooled") == "pooled" and user_tower_for("leave-last-out", "id") == "id"

@@ -109,10 +109,11 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     index.add_argument("--keep-versions", type=int, default=3, metavar="N",
                        help="collection versions to keep; older ones are dropped (default 3)")
     training = command.add_argument_group("training and evaluation")
-    training.add_argument("--user-tower", choices=USER_TOWERS, default=config.user_tower,
+    training.add_argument("--user-tower", choices=USER_TOWERS,
                           help="the query tower: sequence (causal self-attention over the user's last items), "
                                "pooled (a recency-weighted average of them) or id (the user's id and features); "
-                               f"default: {config.user_tower}")
+                               f"default: {defaults.DEFAULT_USER_TOWER}, or {defaults.RANDOM_SPLIT_USER_TOWER} with "
+                               "--protocol tfrs (a random split, where the held-out items are not the next ones)")
     training.add_argument("--epochs", type=int,
                           help="training epochs (default: the tower's, "
                                + ", ".join(f"{kind} {config.for_tower(kind).epochs}" for kind in USER_TOWERS) + ")")
@@ -166,9 +167,10 @@ def index_params(args: argparse.Namespace) -> dict:
     from towerbridge.towers.config import TowerConfig
 
     defaults.check_keep_versions(args.keep_versions, "--keep-versions")
-    dim = TowerConfig.for_tower(args.user_tower).vector_dim
+    tower = defaults.user_tower_for(getattr(args, "protocol", "leave-last-out"), args.user_tower)
+    dim = TowerConfig.for_tower(tower).vector_dim
     if args.m is not None and (args.m < 1 or dim % args.m):
-        raise ConfigError(f"--m {args.m} must divide the vector dimension {dim} (of the {args.user_tower} tower)")
+        raise ConfigError(f"--m {args.m} must divide the vector dimension {dim} (of the {tower} tower)")
     if args.nbits is not None and not 1 <= args.nbits <= 16:
         raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
     if args.nlist is not None and args.nlist < 1:

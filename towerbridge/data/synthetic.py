@@ -1,11 +1,18 @@
-"""A deterministic synthetic interaction log with a latent taste structure.
+"""A deterministic synthetic interaction log with a latent taste structure and an order.
 
 Items belong to latent topics (one, sometimes two); a topic maps to a visible
 genre, several topics per genre. Every user has a taste: a sparse mixture over
 topics. Each interaction picks a topic from the user's taste (or, with
 probability ``noise``, any item by global popularity) and then an item of that
-topic with probability proportional to its popularity. Popularity is Zipf-skewed, so a popularity baseline is a fair
-opponent, but it cannot know a user's topics; a two-tower model can learn them.
+topic with probability proportional to its popularity. Popularity is Zipf-skewed, so a
+popularity baseline is a fair opponent, but it cannot know a user's topics; a two-tower
+model can learn them.
+
+The order matters too (``stickiness``, ``sequels``): a user tends to stay on the topic of
+their last interaction, and within a stay often takes the next item of the topic's list,
+as one watches a series. A query tower that reads the history can learn what comes next;
+one that knows only the user's id cannot. ``stickiness=0, sequels=0`` gives a log without
+order (each interaction drawn independently).
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ class SyntheticSpec:
     noise: float = 0.1
     taste_concentration: float = 0.1
     seed: int = 42
-    stickiness: float = 0.0
-    sequels: float = 0.0
+    stickiness: float = 0.7
+    sequels: float = 0.3
 
     @property
     def name(self) -> str:
