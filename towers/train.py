@@ -340,6 +340,18 @@ class HistoryTask:
                                 ks=(config.validation_k,))[key]
 
 
+def _torch_rng(device: torch.device) -> torch.Tensor:
+    """The state of the random generator dropout draws from on ``device``."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_torch_rng(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    else:
+        torch.set_rng_state(state.cpu())
+
+
 def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torch.device, progress: bool,
         checkpoint_dir: Path | None) -> TrainedModel:
     """The epochs: shuffled batches of ``task``'s examples, a checkpoint after each epoch,
@@ -355,6 +367,8 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         generator.bit_generator.state = resumed["generator"]
+        if "torch_rng" in resumed:  # dropout's masks go on as they would have (older checkpoints lack it)
+            _set_torch_rng(resumed["torch_rng"], device)
         trained.history, first_epoch, best = resumed["history"], resumed["epoch"], resumed["best"]
 
     n_examples = task.examples
@@ -393,7 +407,7 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
             _save_checkpoint(checkpoint_dir, {
                 "config": config.to_dict(), "epoch": epoch + 1, "history": trained.history, "best": best,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.bit_generator.state,
+                "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device),
             })
         if stop:
             break

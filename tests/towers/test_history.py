@@ -95,6 +95,20 @@ def test_training_on_every_position_learns_and_early_stopping_keeps_the_best_epo
     assert all("validation_hit_rate@50" in epoch for epoch in trained.history)
 
 
+def test_a_resumed_history_tower_ends_where_a_straight_run_ends(tmp_path):
+    # dropout draws from torch's generator: its state travels in the checkpoint with numpy's
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=9))
+    config = {"user_tower": "sequence", "history_length": 16, "batch_size": 64, "dropout": 0.3, "seed": 3}
+    straight = train(interactions, items, None, TowerConfig(**config, epochs=3), progress=False)
+    train(interactions, items, None, TowerConfig(**config, epochs=2), progress=False, checkpoint_dir=tmp_path)
+    torch.rand(1000)  # whatever else ran in between
+    resumed = train(interactions, items, None, TowerConfig(**config, epochs=3), progress=False,
+                    checkpoint_dir=tmp_path)
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3]
+    for name, weights in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], weights, rtol=1e-5, atol=1e-6)
+
+
 def test_sampled_negatives_train_where_the_catalog_is_too_large_for_a_full_softmax():
     interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
     config = TowerConfig(user_tower="sequence", history_length=16, epochs=2, batch_size=64, full_softmax_items=10,
