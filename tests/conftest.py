@@ -22,9 +22,8 @@ os.environ["TOWERBRIDGE_MILVUS_PORT_OFFSET"] = str(300 * int(_WORKER.removeprefi
 for variable in ("MILVUS_URI", "MILVUS_TOKEN", "MILVUS_USER", "MILVUS_PASSWORD", "MILVUS_CA_CERT"):
     os.environ.pop(variable, None)
 # Several workers on few cores: each process (a worker, the commands and servers it starts)
-# gets its share of the cores as threads. With a thread per core in each of three workers on
-# two cores, OpenMP's threads waited on one another and the sequence tower trained 10x slower
-# (92 s an epoch against 9 s, three processes at once).
+# gets its share of the cores as threads. With a thread per core in each worker, OpenMP's
+# threads spin waiting on one another and small operations (the sequence tower's) crawl.
 _SHARE = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))

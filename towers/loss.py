@@ -190,10 +190,10 @@ class _FullSoftmax(torch.autograd.Function):
     The same value and gradients as ``cross_entropy((queries / temperature) @ items.T,
     positive, reduction="sum")``, without ever holding the ``[P, N]`` score matrix: the
     forward pass keeps only each row's log-normaliser, and the backward pass recomputes a
-    block's scores to form its softmax. One more matrix product than autograd's way, but on a
-    2-core CPU autograd's way spent most of its time on page faults of the fresh ``[P, N]``
-    tensors (scores, log-softmax and its gradient, ~350 MB each at 25k positions x 3.4k
-    items): measured 2.4x faster per batch (tests/towers/test_loss.py checks the equality)."""
+    block's scores to form its softmax. One more matrix product than autograd's way, which
+    allocates fresh ``[P, N]`` tensors (scores, log-softmax and its gradient, ~350 MB each at
+    25k positions x 3.4k items) and on a CPU spends more time faulting their pages in than
+    computing (figures in BENCHMARKS.md; tests/towers/test_loss.py checks the equality)."""
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
