@@ -5,7 +5,7 @@ and training time per tower and seed, leave-last-out with seen items left out.
         --towers id,pooled,sequence --seeds 0,1,2 [--set epochs=40 --set dropout=0.3] [--out FILE]
 
     python -m bench.history_towers --dataset synthetic --synthetic n_users=6040 --synthetic n_items=3416 \
-        --synthetic mean_interactions=330 --towers sequence --seeds 0   # a MovieLens-1M-sized log
+        --synthetic mean_interactions=270 --synthetic seed=1 --towers sequence --seeds 0   # MovieLens-1M size
 
 ``--set`` overrides a TowerConfig field for the history towers (repeatable); ``--synthetic``
 a field of the generated log (``SyntheticSpec``; default: the built-in log). The split is
