@@ -158,12 +158,14 @@ def rebuild(
     seed: int = TowerConfig.seed,
     lock_timeout_s: float = 3600.0,
     retries: int = 2,
+    prepared_dir: str | None = None,
 ) -> decide.RebuildSummary:
     """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
     passes validation: every item indexed, index recall >= ``target_recall``, and
     ``metrics`` (default hit_rate@10, ndcg@10) not worse than the serving version's beyond
     ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
     ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
+    ``prepared_dir``: the latest data prepared already, instead of ``data`` (see the train flow).
 
     Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
@@ -203,7 +205,7 @@ def rebuild(
             else:
                 model_dir = train(data=data, run_dir=str(directory / "run"), user_tower=user_tower,
                                   epochs=epochs,
-                                  use_features=use_features, seed=seed)["model_dir"]
+                                  use_features=use_features, seed=seed, prepared_dir=prepared_dir)["model_dir"]
             summary.model_dir = model_dir
             summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall)
             try:

@@ -8,6 +8,8 @@ from prefect import flow, task
 
 from towerbridge import defaults, settings, steps
 from towerbridge.data.options import DataOptions
+from towerbridge.data.prepare import read_summary
+from towerbridge.errors import ConfigError
 from towerbridge.towers.config import TowerConfig
 
 
@@ -33,22 +35,26 @@ def train(
     use_features: bool = TowerConfig.use_features,
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
+    prepared_dir: str | None = None,
 ) -> dict:
     """Prepare the dataset ``data`` names (default: the built-in synthetic log): validate,
-    filter, split; then train both towers.
+    filter, split; then train both towers. ``prepared_dir``: data prepared already
+    (``towerbridge.data.prepare.prepare_data``; the command line does it before starting any
+    server, so bad data fails in seconds), used instead of ``data``.
 
     user_tower: ``sequence``, ``pooled`` or ``id`` (TowerConfig); default ``sequence``, or ``id``
     for the ``tfrs`` protocol (``defaults.user_tower_for``); epochs, vector_dim and temperature
     default to that tower's. Returns ``{"prepared_dir", "model_dir"}``.
     """
+    if data is not None and prepared_dir is not None:
+        raise ConfigError("give the train flow data or prepared_dir, not both")
+    run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
+    prepared_dir = prepared_dir or prepare_data(data or DataOptions(), str(run / "data"))
     chosen = {name: value for name, value in (("epochs", epochs), ("vector_dim", vector_dim),
                                                ("temperature", temperature)) if value is not None}
-    data = data or DataOptions()
-    tower = defaults.user_tower_for(data.protocol, user_tower)
+    tower = defaults.user_tower_for(read_summary(prepared_dir)["protocol"], user_tower)
     config = TowerConfig.for_tower(tower, **chosen, use_features=use_features,
                                    early_stopping_patience=early_stopping_patience, seed=seed)
-    run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
-    prepared_dir = prepare_data(data, str(run / "data"))
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),
                              str(run / "checkpoint"))
     return {"prepared_dir": prepared_dir, "model_dir": model_dir}

@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     training = training_options(args)
     data = data_options(args)
     index = index_params(args)
+    prepared = prepare_before_servers(data)
     from towerbridge.milvus.store import connect  # the heavy imports come after the cheap checks
     from towerbridge.steps import check_ks
 
@@ -42,17 +43,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         from towerbridge.flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         quiet_prefect_tracebacks()
-        report = pipeline(data=data, **training, report_dir=args.report_dir, milvus_uri=uri, alias=args.alias,
-                          index_params=index, keep_versions=args.keep_versions,
+        report = pipeline(prepared_dir=prepared, **training, report_dir=args.report_dir, milvus_uri=uri,
+                          alias=args.alias, index_params=index, keep_versions=args.keep_versions,
                           early_stopping_patience=args.early_stopping, ks=args.ks)
         print_report(report)
     return 0
+
+
+def prepare_before_servers(data) -> str:
+    """Load, validate, filter and split the data before any server (Milvus, Prefect) starts, so
+    bad data fails in seconds; the flows train on the directory this writes."""
+    from towerbridge.data.prepare import prepare_data  # pandas only: no torch, Prefect or pymilvus
+
+    return prepare_data(data, str(settings.state_dir("prepared") / settings.new_id()))
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from towerbridge.milvus import server
 
     parameters = rebuild_parameters(args)
+    if not parameters["reuse_model"]:  # a rebuild that trains reads the data first, before any server
+        parameters["prepared_dir"] = prepare_before_servers(parameters.pop("data"))
     from towerbridge.milvus.store import connect
     with server.endpoint(args.milvus_uri) as uri:
         connect(uri).close()  # fail fast, before any work
@@ -232,10 +243,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     import tempfile
 
     data = data_options(args)
-    from towerbridge import steps
+    from towerbridge.data.prepare import prepare_data
 
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = steps.prepare_data(data, scratch)
+        prepared = prepare_data(data, scratch)
         summary = json.loads((Path(prepared) / "summary.json").read_text())
     if args.json:
         print(json.dumps(summary, indent=2))
