@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import towerbridge
 from tests.conftest import train_synthetic
 from towerbridge import analyst, steps
 from towerbridge.errors import CollectionError, ConfigError, DataError
+from towerbridge.milvus import server
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
@@ -71,6 +73,43 @@ def test_similar_matches_brute_force_over_embeddings(built):
         assert ids[row] not in {r["item_id"] for r in got}
         overlaps.append(len(set(exact) & {r["item_id"] for r in got}) / 10)
     assert np.mean(overlaps) >= 0.9
+
+
+def test_similar_reports_the_exact_cosine_of_the_trained_embeddings(built):
+    model, store = built["model"], built["store"]
+    ids, vectors = item_vectors(model)
+    unit = vectors[:, :-1] / np.linalg.norm(vectors[:, :-1], axis=1, keepdims=True)
+    row_of = {item: row for row, item in enumerate(ids)}
+    for row in (0, 17, 350):
+        got = analyst.similar(store, ALIAS, str(ids[row]), k=10)
+        exact = [float(unit[row_of[hit["item_id"]]] @ unit[row]) for hit in got]
+        assert [hit["cosine"] for hit in got] == pytest.approx(exact, abs=1e-5)
+        assert all(-1 <= a["cosine"] <= 1 and a["cosine"] >= b["cosine"] for a, b in zip(got, got[1:]))
+        assert max(unit[row_of[item]] @ unit[row] for item in ids if item != ids[row]) == pytest.approx(
+            got[0]["cosine"], abs=0.02)  # the nearest item found is (about) the nearest there is
+
+
+def test_the_python_api_answers_as_data_frames(built):
+    """towerbridge.connect() finds the session's embedded server as the commands do, answers
+    with the same rows as the functions, and leaves running a server it did not start."""
+    store, user = built["store"], str(built["model"].user_ids[7])
+    with towerbridge.connect(alias=ALIAS) as tb:
+        recommended = tb.recommend(user=user, k=5)
+        assert list(recommended.columns) == ["rank", "item_id", "score", "title", "genres"]
+        assert recommended["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert recommended.drop(columns="rank").to_dict("records") == analyst.recommend(store, ALIAS, user, k=5)
+        assert "inner product" in recommended.attrs["score"]
+        similar = tb.similar(item=7, k=4)
+        assert list(similar.columns) == ["rank", "item_id", "cosine", "title", "genres"]
+        assert similar.drop(columns="rank").to_dict("records") == analyst.similar(store, ALIAS, "7", k=4)
+        westerns = tb.query('array_contains(genre_list, "Western")', limit=None)
+        items = built["items"]
+        assert sorted(westerns["item_id"]) == sorted(
+            items.loc[items["genres"].str.split("|").map(lambda g: "Western" in g), "item_id"])
+        versions = tb.versions()
+        assert versions.loc[versions["serving"], "collection"].tolist() == [built["collection"]]
+        assert tb.query("item_id in [3]", collection=built["collection"])["item_id"].tolist() == [3]
+    assert server.running() is not None
 
 
 def test_query_returns_exactly_the_matching_rows(built):

@@ -5,7 +5,7 @@ collection name, and uses the model that built that version (recorded with it), 
 user tower always matches the item vectors it is compared with.
 
     recommend    top-k items for a user (items the user already had are left out)
-    similar      items nearest to an item, by their trained embeddings
+    similar      items nearest to an item, by the cosine of their trained embeddings
     query        rows matching a filter expression
     versions     every version of an alias, with what serves, sizes, index and model
 """
@@ -150,19 +150,39 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
 
 @_again_if_swapped
 def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str = "") -> list[dict]:
-    """The ``k`` items whose trained embeddings are nearest the item's (the popularity prior
-    that rides in the last dimension is left out of the comparison)."""
+    """The ``k`` items whose trained embeddings are nearest the item's, with their ``cosine``
+    similarity in [-1, 1], best first.
+
+    The stored vector is ``[embedding / temperature, popularity prior]`` (towers/vectors.py)
+    and every embedding has unit length, so an inner-product search with the prior set to 0
+    ranks by cosine. The index only estimates that product (PQ codes), so the cosine of each
+    hit is computed exactly from the stored vectors, and the hits are ordered by it."""
     collection, record = _version(store, name)
     if expression:
         store.check_filter(collection, expression)
     item_id = _typed_id(item, record, "item")
-    rows = store.rows(collection, id_filter([item_id], record.get("id_type", "int64")), [VECTOR_FIELD])
+    id_type = record.get("id_type", "int64")
+    rows = store.rows(collection, id_filter([item_id], id_type), [VECTOR_FIELD])
     if not rows:
         raise DataError(f"item {item_id!r} is not in collection {collection}")
     query = np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
     query[-1] = 0.0
-    hits = store.search_rows(collection, query, k + 1, _nprobe(record), expression, RESULT_FIELDS)
-    return [hit for hit in hits if hit["item_id"] != item_id][:k]
+    hits = [hit for hit in store.search_rows(collection, query, k + 1, _nprobe(record), expression, RESULT_FIELDS)
+            if hit["item_id"] != item_id][:k]
+    if not hits:
+        return []
+    stored = {row["item_id"]: row[VECTOR_FIELD] for row in store.rows(
+        collection, id_filter([hit["item_id"] for hit in hits], id_type), ["item_id", VECTOR_FIELD])}
+    cosines = cosine(query[:-1], np.array([stored[hit["item_id"]] for hit in hits], dtype=np.float32)[:, :-1])
+    found = [{"item_id": hit["item_id"], "cosine": float(value), **{field: hit[field] for field in RESULT_FIELDS}}
+             for hit, value in zip(hits, cosines)]
+    return sorted(found, key=lambda row: -row["cosine"])
+
+
+def cosine(vector: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of ``vector`` [d] with each row of ``vectors`` [n, d], in [-1, 1]."""
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector)
+    return np.clip(vectors @ vector / np.maximum(norms, 1e-12), -1.0, 1.0)
 
 
 @_again_if_swapped
@@ -179,6 +199,11 @@ def query(store: ItemStore, name: str, expression: str, fields: list[str] | None
         raise ConfigError("a filter expression is needed, e.g. 'genres like \"%Comedy%\"' or 'item_id in [1, 2]'")
     store.check_filter(collection, expression)
     return store.rows(collection, expression, fields, limit)
+
+
+VERSION_COLUMNS = ["collection", "serving", "alias_target", "damaged", "missing_files", "complete", "rows",
+                   "index_type", "params", "nprobe", "model_id", "dataset", "created_at", "served_since",
+                   "hit_rate@10"]
 
 
 def versions(store: ItemStore, alias: str) -> list[dict]:

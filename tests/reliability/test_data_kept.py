@@ -92,11 +92,30 @@ def test_similar_run_twice_each_time_starting_and_stopping_the_server_answers_th
     """The reported sequence: each command starts the embedded server and stops it again."""
     server.stop()
     before = stored_files()
-    first = answer(*READERS["similar"](version))
+    started = towerbridge(*READERS["similar"](version), "--json")
+    assert started.returncode == 0 and "Starting the embedded Milvus" in started.stderr
+    first = json.loads(started.stdout)  # JSON alone on stdout: the server's notices went to stderr
     assert server.running() is None  # the command stopped the server it started
     assert stored_files() == before
     assert answer(*READERS["similar"](version)) == first
     assert stored_files() == before
+
+
+@pytest.mark.integration
+def test_json_commands_print_only_json_when_they_start_and_stop_the_server(version):
+    """stdout is JSON alone, even when the command starts the embedded server and stops it:
+    its notices go to stderr (similar is the test above)."""
+    server.stop()
+    for args in (READERS["recommend"](version), READERS["query scalars"](version), ("collections",)):
+        result = towerbridge(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout), args
+        assert "Starting the embedded Milvus" in result.stderr and "Stopping" in result.stderr
+        assert server.running() is None  # the command stopped the server it started
+    status = towerbridge("milvus", "status", "--json")
+    assert status.returncode == 3 and json.loads(status.stdout)["running"] is False
+    checked = towerbridge("data", "check", "--json")
+    assert checked.returncode == 0 and json.loads(checked.stdout)["dataset"] == "synthetic"
 
 
 @pytest.mark.integration

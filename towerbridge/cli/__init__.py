@@ -109,14 +109,18 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to read (default: {DEFAULT_ALIAS})")
         command.add_argument("--collection", help="a specific version's collection instead of the alias")
         command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
-        command.add_argument("--json", action="store_true", help="print JSON (a list of results)")
+        command.add_argument("--json", action="store_true",
+                             help="print JSON (a list of results) and nothing else on stdout; notices go to stderr")
 
     recommend = subcommand(commands, "recommend", help="top-k items for a user, or after a history of items",
                            description="Recommend items with the model that built the version, leaving out "
                                        "items the user already had. With a history tower (--user-tower sequence "
                                        "or pooled) the user's query reads their latest items: in the model's "
                                        "own copy of its data, or in newer data given with --data-dir; "
-                                       "--history asks for someone who just had the items given.")
+                                       "--history asks for someone who just had the items given. The score "
+                                       "shown is the model's: the inner product of the user's query vector and "
+                                       "the item's vector (trained similarity / temperature, plus the popularity "
+                                       "prior when the model uses one), as the IVF_PQ index estimates it.")
     recommend.add_argument("--user", help="user id")
     recommend.add_argument("--history", metavar="ITEM,ITEM,...",
                            help="item ids, oldest first, instead of --user (history towers only)")
@@ -128,7 +132,10 @@ def parser() -> argparse.ArgumentParser:
     recommend.set_defaults(handler=cmd_recommend)
 
     similar = subcommand(commands, "similar", help="items similar to an item",
-                                  description="Items nearest to an item by their trained embeddings.")
+                                  description="Items nearest to an item by the cosine similarity of their "
+                                              "trained embeddings (in [-1, 1]; the popularity prior stored with "
+                                              "each vector is left out), computed exactly for the hits the "
+                                              "IVF_PQ index finds.")
     similar.add_argument("--item", required=True, help="item id")
     similar.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     similar.add_argument("--filter", help="Milvus filter expression")

@@ -19,7 +19,7 @@ from towerbridge.cli.options import (
     rebuild_parameters,
     training_options,
 )
-from towerbridge.cli.output import print_report, print_rows, quiet_prefect_tracebacks
+from towerbridge.cli.output import print_frame, print_report, print_rows, quiet_prefect_tracebacks, records
 from towerbridge.errors import ConfigError
 
 
@@ -123,13 +123,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_store(args: argparse.Namespace, work):
-    from towerbridge.milvus import server
-    from towerbridge.milvus.store import ItemStore
+def _ask(args: argparse.Namespace, question):
+    """Ask the item collection through towerbridge.api, as a notebook does; server notices go to stderr."""
+    from towerbridge import api  # after the cheap checks: it imports torch and pymilvus
 
-    with server.endpoint(args.milvus_uri, log=lambda message: print(message, file=sys.stderr)) as uri, \
-            ItemStore(uri) as store:
-        return work(store)
+    with api.Client(args.milvus_uri, args.alias) as client:
+        return question(client)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -141,43 +140,36 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if interactions is not None and history is not None:
         raise ConfigError("--data-dir, --dataset and --dataset-spec give a user's latest items: use them with "
                           "--user, not with --history")
-    from towerbridge import analyst  # after the cheap checks: it imports torch
-    rows = _with_store(args, lambda store: analyst.recommend(
-        store, args.collection or args.alias, args.user, args.k, args.filter or "", args.include_seen, history,
-        interactions))
-    print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
-                ["rank", "item_id", "score", "title", "genres"], args.json)
+    frame = _ask(args, lambda tb: tb.recommend(args.user, args.k, args.filter or "", args.include_seen, history,
+                                               interactions, args.collection))
+    print_frame(frame, args.json)
     return 0
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     check_k(args.k)
-    from towerbridge import analyst
-    rows = _with_store(args, lambda store: analyst.similar(
-        store, args.collection or args.alias, args.item, args.k, args.filter or ""))
-    print_rows([{"rank": i + 1, **row} for i, row in enumerate(rows)],
-                ["rank", "item_id", "score", "title", "genres"], args.json)
+    frame = _ask(args, lambda tb: tb.similar(args.item, args.k, args.filter or "", args.collection))
+    print_frame(frame, args.json)
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
-    from towerbridge import analyst
     fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
-    rows = _with_store(args, lambda store: analyst.query(store, args.collection or args.alias, args.filter,
-                                                         fields, args.limit))
-    print_rows(rows, fields or ["item_id", "title", "genres"], args.json)
+    frame = _ask(args, lambda tb: tb.query(args.filter, fields, args.limit, args.collection))
+    print_frame(frame, args.json)
     return 0
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
     from towerbridge import analyst
 
-    rows = _with_store(args, lambda store: analyst.versions(store, args.alias))
+    frame = _ask(args, lambda tb: tb.versions())
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_frame(frame, True)
         return 0
+    rows = records(frame)
     table = [{**row, "serving": "DAMAGED" if row["damaged"] else "*" if row["serving"] else "",
               "index": f"{row['index_type']} nlist={row['params']['nlist']} m={row['params']['m']} "
                        f"nbits={row['params']['nbits']}" if row["params"] else "",

@@ -31,6 +31,23 @@ def print_report(report: EvaluationReport) -> None:
     print(f"report: {report.report_dir}/ (evaluation.json, evaluation.md, hit_rate.png)")
 
 
+def records(frame) -> list[dict]:
+    """A DataFrame's rows as plain Python values for JSON: numpy scalars unboxed, NaN as None."""
+    def plain(value):
+        value = value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
+        return None if isinstance(value, float) and value != value else value
+
+    return [{key: plain(value) for key, value in row.items()} for row in frame.to_dict("records")]
+
+
+def print_frame(frame, as_json: bool, columns: list[str] | None = None) -> None:
+    """An answer of towerbridge.api: JSON (a list of rows, nothing else on stdout), or a table
+    with, below it, what its score is (``attrs["score"]``)."""
+    print_rows(records(frame), columns or list(frame.columns), as_json)
+    if not as_json and len(frame) and frame.attrs.get("score"):
+        print(frame.attrs["score"])
+
+
 def print_rows(rows: list[dict], columns: list[str], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
