@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
 
 ALIAS = "analyst_test"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,33 @@ def test_the_python_api_answers_as_data_frames(built):
         assert versions.loc[versions["serving"], "collection"].tolist() == [built["collection"]]
         assert tb.query("item_id in [3]", collection=built["collection"])["item_id"].tolist() == [3]
     assert server.running() is not None
+
+
+def test_the_analyst_notebook_runs_against_the_real_server(built, tmp_path):
+    """docs/analyst-notebook.ipynb, executed in a real kernel with this module's version: its
+    answers are the functions' answers, and the popularity plot is drawn."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(DOCS / "analyst-notebook.ipynb", as_version=4)
+    parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+    user = int(built["model"].user_ids[9])
+    parameters.source += f"\nALIAS = {ALIAS!r}\nUSER = {user}\nSAMPLE_USERS = 30\n"
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    def shown(fragment: str) -> str:
+        cell = next(cell for cell in notebook.cells if cell.cell_type == "code" and fragment in cell.source)
+        return "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
+                       for output in cell.outputs)
+
+    recommended = analyst.recommend(built["store"], ALIAS, str(user), k=10)
+    assert all(row["title"] in shown("tb.recommend(user=USER, k=10)\n") for row in recommended)
+    similar = analyst.similar(built["store"], ALIAS, str(recommended[0]["item_id"]), k=10)
+    assert all(row["title"] in shown("tb.similar(item=ITEM") for row in similar)
+    plot = next(cell for cell in notebook.cells if "plt.show()" in cell.source)
+    assert any("image/png" in output.get("data", {}) for output in plot.outputs)
+    assert "recommended" in shown("plt.show()") and "interactions" in shown("plt.show()")
 
 
 def test_query_returns_exactly_the_matching_rows(built):

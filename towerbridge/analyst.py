@@ -8,6 +8,7 @@ user tower always matches the item vectors it is compared with.
     similar      items nearest to an item, by the cosine of their trained embeddings
     query        rows matching a filter expression
     versions     every version of an alias, with what serves, sizes, index and model
+    interactions the log a version's model knows (users to ask about, item popularity)
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def _known_interactions(model_dir: Path) -> pd.DataFrame:
     parts = [Path(manifest["prepared_dir"]) / f"{name}.parquet" for name in ("train", "held_out")]
     return pd.concat([pd.read_parquet(part, columns=["user_id", "item_id", "timestamp"])
                       for part in parts if part.exists()], ignore_index=True)
+
+
+def interactions(store: ItemStore, name: str) -> pd.DataFrame:
+    """The interactions the model of the version behind ``name`` knows (user_id, item_id,
+    timestamp; its training and held-out data): what `recommend` reads users' items from."""
+    _, record = _version(store, name)
+    return _known_interactions(Path(record["model_dir"]))
 
 
 @_again_if_swapped

@@ -7,6 +7,7 @@
         tb.similar(item=50)                      # rank, item_id, cosine, title, genres
         tb.query('array_contains(genre_list, "Comedy")', limit=20)
         tb.versions()                            # every version of the alias
+        tb.interactions()                        # the log the serving model knows
 
 ``connect`` finds Milvus the way the commands do: ``uri`` if given, else ``MILVUS_URI``
 (with MILVUS_TOKEN or MILVUS_USER/MILVUS_PASSWORD), else the embedded server of
@@ -90,6 +91,11 @@ class Client:
         model, hit rate at 10, and whether any of its files are missing (``damaged``)."""
         rows = analyst.versions(self.store, self.alias)
         return pd.DataFrame(rows, columns=analyst.VERSION_COLUMNS)
+
+    def interactions(self, collection: str | None = None) -> pd.DataFrame:
+        """The interactions the version's model knows (user_id, item_id, timestamp: its
+        training and held-out data): users to ask about, how popular each item is."""
+        return analyst.interactions(self.store, collection or self.alias)
 
     def close(self) -> None:
         """Close the connection; stop the embedded server if this client started it."""
