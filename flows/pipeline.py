@@ -34,12 +34,13 @@ def pipeline(
     ks: list[int] | None = None,
     eval_users: int | None = None,
     prepared_dir: str | None = None,
+    train_processes: int = 1,
 ) -> EvaluationReport:
     """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
 
     Returns the evaluation report; it is also written to ``report_dir`` (default:
     the run's directory under TOWERBRIDGE_HOME/runs). ks and eval_users: see the evaluate flow;
-    prepared_dir (data prepared already, instead of ``data``): see the train flow.
+    prepared_dir (data prepared already, instead of ``data``) and train_processes: see the train flow.
     """
     check_name(alias)
     steps.check_ks(ks)
@@ -49,7 +50,8 @@ def pipeline(
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
         trained = train(data=data, run_dir=str(run_dir), user_tower=user_tower, epochs=epochs,
                         use_features=use_features,
-                        early_stopping_patience=early_stopping_patience, seed=seed, prepared_dir=prepared_dir)
+                        early_stopping_patience=early_stopping_patience, seed=seed, prepared_dir=prepared_dir,
+                        train_processes=train_processes)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
                       keep_versions=keep_versions)
         report = evaluate(model_dir=trained["model_dir"], collection=built.collection,

@@ -159,13 +159,15 @@ def rebuild(
     lock_timeout_s: float = 3600.0,
     retries: int = 2,
     prepared_dir: str | None = None,
+    train_processes: int = 1,
 ) -> decide.RebuildSummary:
     """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
     passes validation: every item indexed, index recall >= ``target_recall``, and
     ``metrics`` (default hit_rate@10, ndcg@10) not worse than the serving version's beyond
     ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
     ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
-    ``prepared_dir``: the latest data prepared already, instead of ``data`` (see the train flow).
+    ``prepared_dir``: the latest data prepared already, instead of ``data``; ``train_processes``:
+    data-parallel training processes (both: see the train flow).
 
     Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
@@ -179,6 +181,7 @@ def rebuild(
         raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
     defaults.check_keep_versions(keep_versions)
     defaults.check_eval_users(eval_users)
+    defaults.check_train_processes(train_processes)
     if retries < 0:
         raise ConfigError(f"retries must be 0 or more, got {retries}")
     inspect, build, swap, retain = (t.with_options(retries=retries) for t in (
@@ -205,7 +208,8 @@ def rebuild(
             else:
                 model_dir = train(data=data, run_dir=str(directory / "run"), user_tower=user_tower,
                                   epochs=epochs,
-                                  use_features=use_features, seed=seed, prepared_dir=prepared_dir)["model_dir"]
+                                  use_features=use_features, seed=seed, prepared_dir=prepared_dir,
+                                  train_processes=train_processes)["model_dir"]
             summary.model_dir = model_dir
             summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall)
             try:

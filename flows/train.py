@@ -19,9 +19,9 @@ def prepare_data(data: DataOptions, out_dir: str) -> str:
 
 
 @task(name="train-towers", retries=1, retry_delay_seconds=5)
-def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_dir: str) -> str:
+def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_dir: str, processes: int = 1) -> str:
     # a retry resumes after the last finished epoch
-    return steps.train_model(prepared_dir, models_dir, config, checkpoint_dir=checkpoint_dir)
+    return steps.train_model(prepared_dir, models_dir, config, checkpoint_dir=checkpoint_dir, processes=processes)
 
 
 @flow(name="train", log_prints=True)
@@ -36,6 +36,7 @@ def train(
     early_stopping_patience: int = TowerConfig.early_stopping_patience,
     seed: int = TowerConfig.seed,
     prepared_dir: str | None = None,
+    train_processes: int = 1,
 ) -> dict:
     """Prepare the dataset ``data`` names (default: the built-in synthetic log): validate,
     filter, split; then train both towers. ``prepared_dir``: data prepared already
@@ -44,8 +45,10 @@ def train(
 
     user_tower: ``sequence``, ``pooled`` or ``id`` (TowerConfig); default ``sequence``, or ``id``
     for the ``tfrs`` protocol (``defaults.user_tower_for``); epochs, vector_dim and temperature
-    default to that tower's. Returns ``{"prepared_dir", "model_dir"}``.
+    default to that tower's. train_processes: data-parallel training processes on this machine
+    (PyTorch DDP, ``towerbridge.towers.distributed``). Returns ``{"prepared_dir", "model_dir"}``.
     """
+    defaults.check_train_processes(train_processes)
     if data is not None and prepared_dir is not None:
         raise ConfigError("give the train flow data or prepared_dir, not both")
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
@@ -56,5 +59,5 @@ def train(
     config = TowerConfig.for_tower(tower, **chosen, use_features=use_features,
                                    early_stopping_patience=early_stopping_patience, seed=seed)
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),
-                             str(run / "checkpoint"))
+                             str(run / "checkpoint"), train_processes)
     return {"prepared_dir": prepared_dir, "model_dir": model_dir}

@@ -32,6 +32,9 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
     (["run", "--m", "7"], "--m 7 must divide the vector dimension 65 (of the sequence tower)"),
     (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
     (["run", "--eval-users", "0"], "eval_users (--eval-users) must be at least 1, got 0"),
+    (["run", "--train-processes", "0"], "--train-processes must be a whole number of processes, 1 or more, got 0"),
+    (["rebuild", "--train-processes", "-2"],
+     "--train-processes must be a whole number of processes, 1 or more, got -2"),
     (["run", "--ks", "10,0"], "every k must be between 1 and 16384 (Milvus' search limit), got [0, 10]"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
@@ -41,14 +44,17 @@ def test_bad_options_are_refused_before_any_work(args, message):
 
 
 def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
-    # The README's main command, on the session's embedded server (reused, not restarted).
+    # The README's main command, on the session's embedded server (reused, not restarted), with
+    # two data-parallel training processes (DDP; tests/towers/test_distributed.py has the rest).
     result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path), "--ks", "100,10,50",
-                         "--eval-users", "500")
+                         "--eval-users", "500", "--train-processes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model" in result.stdout and "popularity" in result.stdout
     table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["users_evaluated"] == 500 and report["ks"] == [10, 50, 100]
+    assert report["training"]["processes"] == 2 and report["training"]["epochs"] == 3
+    assert "3 epochs, 2 data-parallel processes (PyTorch DDP)" in (tmp_path / "evaluation.md").read_text()
     assert [row[0] for row in table] == ["10", "50", "100"]
     assert float(table[0][1]) == pytest.approx(report["model"]["hit_rate@10"], abs=1e-4)
     assert float(table[0][3]) == pytest.approx(report["popularity"]["hit_rate@10"], abs=1e-4)

@@ -2,6 +2,8 @@
 steps of `towerbridge run`): each case prints one line naming the problem and exits 1."""
 
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -96,3 +98,17 @@ def test_filters_report_their_counts(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "filter deduplicate (keep last): removed 2 of 6" in result.stdout
     assert "filter users with >= 2 interactions: removed 2 of 4" in result.stdout
+
+
+def test_out_keeps_the_prepared_data(tmp_path):
+    arguments = spec_dir(tmp_path, "customer,sku,ts\nc1,A,1\nc1,B,3\nc2,A,4\nc2,B,5\nc3,B,6\nc3,A,7\n")
+    out = tmp_path / "prepared"
+    result = towerbridge("data", "check", *arguments, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interactions"] == 6
+    assert len(pd.read_parquet(out / "train.parquet")) == summary["train"] > 0
+    assert len(pd.read_parquet(out / "held_out.parquet")) == summary["held_out"] > 0
+    again = towerbridge("data", "check", *arguments, "--out", str(out))
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"towerbridge: error: --out {out}: already exists; give a new directory"

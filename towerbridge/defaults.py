@@ -43,3 +43,9 @@ def check_keep_versions(keep_versions: int, option: str = "keep_versions") -> in
 def check_eval_users(eval_users: int | None) -> None:
     if eval_users is not None and eval_users < 1:
         raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")
+
+
+def check_train_processes(processes: int, option: str = "train_processes") -> int:
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"{option} must be a whole number of processes, 1 or more, got {processes!r}")
+    return processes

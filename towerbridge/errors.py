@@ -35,3 +35,7 @@ class LockTimeout(TowerbridgeError):
 
 class RebuildRejected(TowerbridgeError):
     """A rebuilt candidate failed validation; the serving version was left as it was."""
+
+
+class TrainingError(TowerbridgeError):
+    """Training could not finish: e.g. one of its processes died (the others were stopped)."""

@@ -58,7 +58,8 @@ def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png")
         *[f"| {k} | {report.index_recall[f'recall@{k}']:.4f} | {report.ann_gap[f'hit_rate@{k}']:+.4f} | "
           f"{report.ann_gap[f'ndcg@{k}']:+.4f} |" for k in ks],
         "",
-        f"Training: {report.training['seconds']:.1f} s, {report.training['epochs']} epochs. "
+        f"Training: {report.training['seconds']:.1f} s, {report.training['epochs']} epochs"
+        f"{_processes(report.training.get('processes', 1))}. "
         f"Ranking: Milvus {report.timing['milvus_users_per_s']:,.0f} users/s, exact "
         f"{report.timing['exact_users_per_s']:,.0f} users/s.",
     ]
@@ -129,3 +130,7 @@ def evaluation_record(report: EvaluationReport) -> dict:
     """What a version keeps of its evaluation, for the next rebuild to compare against."""
     return {"dataset": report.dataset, "protocol": report.protocol, "users": report.users_evaluated,
             "model": report.model, "evaluated_at": defaults.utc_now()}
+
+
+def _processes(processes: int) -> str:
+    return f", {processes} data-parallel processes (PyTorch DDP)" if processes > 1 else ", one process"

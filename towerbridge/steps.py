@@ -12,7 +12,6 @@ tested without Prefect.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 
 from towerbridge import defaults, settings
 from towerbridge import evaluation as ev
-from towerbridge.data.prepare import prepare_data  # noqa: F401  (a step: the train flow's first task)
+from towerbridge.data.prepare import prepare_data, read_summary  # noqa: F401  (prepare_data: the train flow's first step)
 from towerbridge.data.split import excludes_seen
 from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus.index import PLATEAU, IvfPqParams, choose_ivf_pq, params_record, tune_nprobe
@@ -32,9 +31,8 @@ from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, TextLimits
 from towerbridge.milvus.store import ItemStore
 from towerbridge.report import evaluation_record, write_report
 from towerbridge.results import BuiltVersion, EvaluationReport
-from towerbridge.towers import artifact
+from towerbridge.towers import artifact, distributed
 from towerbridge.towers.config import TowerConfig
-from towerbridge.towers.features import default_spec
 from towerbridge.towers.history import Histories
 from towerbridge.towers.train import train
 from towerbridge.towers.vectors import item_vectors, user_vectors
@@ -50,26 +48,31 @@ def read_part(prepared_dir: str, name: str) -> pd.DataFrame:
 
 
 def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True,
-                checkpoint_dir: str | None = None) -> str:
+                checkpoint_dir: str | None = None, processes: int = 1) -> str:
     """Train the towers on the prepared training split; return the model directory.
 
-    With ``checkpoint_dir``, a run interrupted after some epochs resumes from there."""
+    With ``checkpoint_dir``, a run interrupted after some epochs resumes from there.
+    processes: data-parallel training processes on this machine (PyTorch DDP,
+    ``towerbridge.towers.distributed``); 1: this process."""
     tower_config = TowerConfig.from_dict(config or {})
-    users_file = Path(prepared_dir) / "users.parquet"
-    users = pd.read_parquet(users_file) if users_file.exists() else None
+    defaults.check_train_processes(processes)
     started = time.perf_counter()
-    summary = json.loads((Path(prepared_dir) / "summary.json").read_text())
-    items = read_part(prepared_dir, "items")
-    spec = default_spec([] if users is None else list(users.columns), list(items.columns),
-                        tower_config.use_features, summary.get("feature_kinds"))
-    trained = train(read_part(prepared_dir, "train"), items, users, tower_config, spec=spec,
-                    progress=progress, checkpoint_dir=checkpoint_dir)
+    summary = read_summary(prepared_dir)
+    if processes > 1:
+        trained, training = distributed.train_processes(prepared_dir, tower_config, processes,
+                                                        checkpoint_dir=checkpoint_dir, progress=progress)
+    else:
+        items, users, spec = distributed.read_catalog(prepared_dir, tower_config)
+        trained = train(read_part(prepared_dir, "train"), items, users, tower_config, spec=spec,
+                        progress=progress, checkpoint_dir=checkpoint_dir)
+        training = {"processes": 1}
     seconds = time.perf_counter() - started
     directory = Path(models_dir) / settings.new_id()
     artifact.save(trained, directory, extra={
         "prepared_dir": str(Path(prepared_dir).resolve()),
         "data": summary,
         "train_seconds": round(seconds, 2),
+        "training": training,
     })
     if checkpoint_dir:  # the artifact supersedes it
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -275,6 +278,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         training={
             "seconds": manifest["train_seconds"],
             "epochs": len(manifest["history"]),
+            "processes": manifest.get("training", {}).get("processes", 1),
             "examples_per_s": round(sum(e["examples_per_s"] for e in manifest["history"])
                                     / max(1, len(manifest["history"])), 1),
             "train_interactions": manifest["data"]["train"],

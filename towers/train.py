@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from towerbridge.towers.config import TowerConfig
@@ -44,15 +46,21 @@ def fit_encoders(spec_side, table: pd.DataFrame | None) -> list[Encoder]:
 
 
 def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
-            config: TowerConfig, spec: FeatureSpec | None = None) -> TrainedModel:
-    """Vocabularies, encoders, feature tensors and a freshly initialised model."""
+            config: TowerConfig, spec: FeatureSpec | None = None, user_ids: np.ndarray | None = None,
+            item_counts: np.ndarray | None = None) -> TrainedModel:
+    """Vocabularies, encoders, feature tensors and a freshly initialised model.
+
+    user_ids, item_counts: the training users (sorted) and each catalog item's training
+    interactions, when ``interactions`` is only a shard of the training data (one training
+    process's part); by default, from ``interactions``."""
     spec = spec or default_spec([] if users is None else list(users.columns), list(items.columns),
                                 config.use_features)
     check_columns(spec.user, users, "user")
     check_columns(spec.item, items, "item")
-    user_ids = np.unique(interactions["user_id"].to_numpy())
+    user_ids = np.unique(interactions["user_id"].to_numpy()) if user_ids is None else user_ids
     item_ids = np.unique(items["item_id"].to_numpy())
-    counts = np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
+    counts = item_counts if item_counts is not None else \
+        np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
     train_users = None if users is None else users[users["user_id"].isin(user_ids)]
     user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
     # Items without training interactions hide their id (index 0, a zero vector): their
@@ -116,14 +124,44 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def validation_split(interactions: pd.DataFrame, config: TowerConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """For early stopping: the last interaction of up to ``validation_users`` sampled users
-    (with at least two interactions) is set aside. Returns ``(train, validation)``."""
+@dataclass(frozen=True)
+class Replica:
+    """This process's place among the data-parallel processes of one training (PyTorch DDP;
+    ``torch.distributed`` initialised by the caller, ``towerbridge.towers.distributed``). Each
+    process trains on its own shard of the users; the default is the only process."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def validation_users(self, config: TowerConfig) -> int:
+        """This process's share of the early-stopping users."""
+        return -(-config.validation_users // self.world)
+
+    def all_sum(self, values: list[float], device: torch.device, op=None) -> list[float]:
+        """``values`` summed over the processes (or reduced with ``op``)."""
+        if not self.distributed:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+
+SINGLE = Replica()
+
+
+def validation_split(interactions: pd.DataFrame, config: TowerConfig,
+                     limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """For early stopping: the last interaction of up to ``validation_users`` (or ``limit``)
+    sampled users (with at least two interactions) is set aside. Returns ``(train, validation)``."""
     if not config.early_stopping_patience:
         return interactions, None
     ordered = interactions.sort_values(["user_id", "timestamp"], kind="stable")
     last = ordered[~ordered["user_id"].duplicated(keep="last") & ordered["user_id"].duplicated(keep=False)]
-    chosen = np.random.default_rng(config.seed).permutation(last.index.to_numpy())[:config.validation_users]
+    chosen = np.random.default_rng(config.seed).permutation(last.index.to_numpy())[:limit or config.validation_users]
     return interactions.drop(index=chosen), interactions.loc[np.sort(chosen)]
 
 
@@ -155,9 +193,9 @@ def _save_checkpoint(directory: Path, state: dict) -> None:
     partial.replace(directory / "checkpoint.pt")
 
 
-def _load_checkpoint(directory: Path | None, config: TowerConfig) -> dict | None:
-    """The checkpoint of an earlier run with the same settings (``epochs`` may differ, to
-    train further), if there is one and it is not past ``epochs``."""
+def _load_checkpoint(directory: Path | None, config: TowerConfig, processes: int = 1) -> dict | None:
+    """The checkpoint of an earlier run with the same settings and number of processes
+    (``epochs`` may differ, to train further), if there is one and it is not past ``epochs``."""
     if directory is None or not (directory / "checkpoint.pt").exists():
         return None
     try:
@@ -168,13 +206,14 @@ def _load_checkpoint(directory: Path | None, config: TowerConfig) -> dict | None
                                             directory / "checkpoint.pt", str(error).splitlines()[0][:200])
         return None
     settings = {**config.to_dict(), "epochs": None}
-    same = {**state.get("config", {}), "epochs": None} == settings
+    same = {**state.get("config", {}), "epochs": None} == settings and state.get("processes", 1) == processes
     return state if same and state["epoch"] <= config.epochs else None
 
 
 def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
           config: TowerConfig, spec: FeatureSpec | None = None, progress: bool = True,
-          checkpoint_dir: str | Path | None = None) -> TrainedModel:
+          checkpoint_dir: str | Path | None = None, replica: Replica = SINGLE,
+          user_ids: np.ndarray | None = None) -> TrainedModel:
     """Train both towers on ``interactions`` (user_id, item_id, timestamp).
 
     The id tower learns from one example per interaction with the in-batch softmax; the
@@ -184,16 +223,26 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     users: ``user_id`` and feature columns, or None for id-only users.
     checkpoint_dir: after every epoch the model, optimizer and random state are saved
     there; a later call with the same config resumes after the last finished epoch.
+    replica, user_ids: for one of several data-parallel processes, ``interactions`` is this
+    process's shard (whole users) and ``user_ids`` every training user, sorted; item counts
+    are summed over the processes.
     """
     device = pick_device(config.device)
     if config.user_tower == "id":
-        interactions, validation = validation_split(interactions, config)
-        trained = prepare(interactions, items, users, config, spec)
+        interactions, validation = validation_split(
+            interactions, config, replica.validation_users(config) if replica.distributed else None)
+    counts = None
+    if replica.distributed:
+        item_ids = np.unique(items["item_id"].to_numpy())
+        local = np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
+        counts = np.rint(replica.all_sum(local.astype(np.float64).tolist(), device)).astype(np.int64)
+    trained = prepare(interactions, items, users, config, spec, user_ids=user_ids, item_counts=counts)
+    if config.user_tower == "id":
         task: InteractionTask | HistoryTask = InteractionTask(trained, interactions, validation, device)
     else:
-        trained = prepare(interactions, items, users, config, spec)
-        task = HistoryTask(trained, Histories.from_interactions(interactions, trained.item_index), device)
-    return fit(trained, task, device, progress, Path(checkpoint_dir) if checkpoint_dir else None)
+        task = HistoryTask(trained, Histories.from_interactions(interactions, trained.item_index), device,
+                           validation_users=replica.validation_users(config))
+    return fit(trained, task, device, progress, Path(checkpoint_dir) if checkpoint_dir else None, replica)
 
 
 class InteractionTask:
@@ -211,8 +260,9 @@ class InteractionTask:
         self.sampling_probability = torch.from_numpy(
             np.concatenate([[1.0], trained.item_counts]) / max(1, trained.item_counts.sum())).float().to(device)
         self.examples = len(self.users)
+        self.validation_count = 0 if validation is None else len(validation)
 
-    def order(self, generator: np.random.Generator) -> np.ndarray:
+    def order(self, generator: np.random.Generator, size: int | None = None) -> np.ndarray:
         """The examples of one epoch, shuffled."""
         return generator.permutation(self.examples)
 
@@ -253,7 +303,8 @@ class HistoryTask:
     With early stopping, each user's last training item is the validation target, predicted
     from the items before it, and never a training target."""
 
-    def __init__(self, trained: TrainedModel, histories: Histories, device: torch.device) -> None:
+    def __init__(self, trained: TrainedModel, histories: Histories, device: torch.device,
+                 validation_users: int | None = None) -> None:
         config = trained.config
         self.trained, self.histories, self.device = trained, histories, device
         self.user_inputs = to_device(trained.user_inputs, device)
@@ -269,20 +320,22 @@ class HistoryTask:
         self.full = len(trained.item_ids) <= config.full_softmax_items
         counts = np.concatenate([[0], trained.item_counts]).astype(np.float64)
         self.sampling_probability = torch.from_numpy(counts / max(1.0, counts.sum())).float().to(device)
-        self.validation = None
+        self.validation, self.validation_count = None, 0
         if hold:
             rows = np.flatnonzero(histories.lengths() >= 2)
-            rows = np.random.default_rng(config.seed).permutation(rows)[:config.validation_users]
+            rows = np.random.default_rng(config.seed).permutation(rows)[:validation_users or config.validation_users]
+            self.validation_count = len(rows)
             rows = np.sort(rows)
             self.validation = (histories.windows(rows, config.history_length, drop_last=1),
                                histories.items[histories.starts[rows + 1] - 1],
                                trained.user_index(histories.users[rows]))
 
-    def order(self, generator: np.random.Generator, pool: int = 32) -> np.ndarray:
+    def order(self, generator: np.random.Generator, size: int | None = None, pool: int = 32) -> np.ndarray:
         """The histories of one epoch: shuffled, then sorted by length within pools of
-        ``pool`` batches, cut into batches, and the batches shuffled. A batch is padded to
-        its longest history, so batches of like lengths skip most of the padding."""
-        size = self.trained.config.batch_size
+        ``pool`` batches, cut into batches (of ``size``, default ``batch_size``), and the
+        batches shuffled. A batch is padded to its longest history, so batches of like lengths
+        skip most of the padding."""
+        size = size or self.trained.config.batch_size
         shuffled = generator.permutation(self.examples)
         pools = [shuffled[start:start + size * pool] for start in range(0, self.examples, size * pool)]
         ordered = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in pools])
@@ -352,50 +405,94 @@ def _set_torch_rng(state: torch.Tensor, device: torch.device) -> None:
         torch.set_rng_state(state.cpu())
 
 
+class _Step(torch.nn.Module):
+    """One batch's loss as a module, so that DDP can wrap it: the model's parameters are this
+    module's, ``forward`` is ``task.loss``."""
+
+    def __init__(self, model: torch.nn.Module, task: InteractionTask | HistoryTask) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+        return self.task.loss(batch, generator)
+
+
+def _ranked_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torch.device, progress: bool,
-        checkpoint_dir: Path | None) -> TrainedModel:
+        checkpoint_dir: Path | None, replica: Replica = SINGLE) -> TrainedModel:
     """The epochs: shuffled batches of ``task``'s examples, a checkpoint after each epoch,
-    early stopping on ``task.validate()`` keeping the best epoch's weights."""
+    early stopping on ``task.validate()`` keeping the best epoch's weights.
+
+    With several processes (``replica``), the model is wrapped in DDP: every process takes the
+    same number of steps, each on its share of the global batch from its own shard, and the
+    summed gradients are all-reduced, so all processes hold the same weights after every step.
+    Process 0 shows the progress and writes the checkpoint (with every process's random state)."""
     config = trained.config
     model = trained.model.to(device)
-    generator = np.random.default_rng(config.seed)
+    rank, world = replica.rank, replica.world
+    if replica.distributed:
+        # each process draws its own batches and dropout masks; the initial weights are the same
+        generator = np.random.default_rng([config.seed, rank])
+        torch.manual_seed(_ranked_seed(config.seed, rank))
+        step: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
+            _Step(model, task), device_ids=[device] if device.type == "cuda" else None)
+    else:
+        generator = np.random.default_rng(config.seed)
+        step = _Step(model, task)
     optimizer = make_optimizer(model, config)
 
     first_epoch, best = 0, {"metric": -1.0, "epoch": 0, "weights": None}
-    resumed = _load_checkpoint(checkpoint_dir, config)
+    resumed = _load_checkpoint(checkpoint_dir, config, world)
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        generator.bit_generator.state = resumed["generator"]
-        if "torch_rng" in resumed:  # dropout's masks go on as they would have (older checkpoints lack it)
-            _set_torch_rng(resumed["torch_rng"], device)
+        generator.bit_generator.state = resumed["generators"][rank] if replica.distributed else resumed["generator"]
+        torch_rng = resumed["torch_rngs"][rank] if replica.distributed else resumed.get("torch_rng")
+        if torch_rng is not None:  # dropout's masks go on as they would have (older checkpoints lack it)
+            _set_torch_rng(torch_rng, device)
         trained.history, first_epoch, best = resumed["history"], resumed["epoch"], resumed["best"]
 
-    n_examples = task.examples
+    n_examples = int(replica.all_sum([task.examples], device)[0])
     n_batches = -(-n_examples // config.batch_size)
+    if replica.distributed:  # the same number of steps everywhere; no process gets an empty batch
+        fewest = int(replica.all_sum([task.examples], device, dist.ReduceOp.MIN)[0])
+        n_batches = max(1, min(n_batches, fewest))
     bar = tqdm(total=config.epochs * n_batches, initial=first_epoch * n_batches, desc="train", unit="batch",
-               disable=not progress, dynamic_ncols=True, leave=False)
+               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
     model.train()
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
-        order = torch.from_numpy(task.order(generator)).to(device)
+        if replica.distributed:
+            order = task.order(generator, size=-(-task.examples // n_batches))
+            batches = [torch.from_numpy(b).to(device) for b in np.array_split(order, n_batches)]
+        else:
+            order = torch.from_numpy(task.order(generator)).to(device)
+            batches = [order[start:start + config.batch_size] for start in range(0, n_examples, config.batch_size)]
         epoch_loss = 0.0
-        for start in range(0, n_examples, config.batch_size):
-            batch = order[start:start + config.batch_size]
-            if len(batch) < 2:
+        for batch in batches:
+            if len(batch) < 2 and not replica.distributed:
                 continue  # a softmax over one candidate has nothing to learn from
-            loss = task.loss(batch, generator)
+            loss = step(batch, generator)
             optimizer.zero_grad()
-            loss.backward()
+            # DDP averages the processes' gradients; times ``world``, they are the global batch's sum
+            (loss * world if replica.distributed else loss).backward()
             optimizer.step()
             epoch_loss += loss.item()
             bar.update(1)
+        [epoch_loss] = replica.all_sum([epoch_loss], device)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
                   "seconds": round(seconds, 3), "examples_per_s": round(n_examples / seconds, 1)}
         stop = False
         metric = task.validate()
         if metric is not None:
+            if replica.distributed:  # the mean over every process's validation users
+                hits, count = replica.all_sum([metric * task.validation_count if task.validation_count else 0.0,
+                                               task.validation_count], device)
+                metric = hits / max(1.0, count)
             record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
             if metric > best["metric"]:
                 best = {"metric": metric, "epoch": epoch + 1,
@@ -404,11 +501,10 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
         trained.history.append(record)
         bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss / n_examples:.3f}", ex_s=f"{n_examples / seconds:,.0f}")
         if checkpoint_dir:
-            _save_checkpoint(checkpoint_dir, {
+            _checkpoint(checkpoint_dir, replica, {
                 "config": config.to_dict(), "epoch": epoch + 1, "history": trained.history, "best": best,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device),
-            })
+                "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                generator.bit_generator.state, _torch_rng(device))
         if stop:
             break
     bar.close()
@@ -416,3 +512,18 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
         model.load_state_dict(best["weights"])
     trained.model = model.cpu().eval()
     return trained
+
+
+def _checkpoint(directory: Path, replica: Replica, state: dict, generator: dict, torch_rng: torch.Tensor) -> None:
+    """Process 0 writes the checkpoint, with every process's random state."""
+    if not replica.distributed:
+        _save_checkpoint(directory, {**state, "generator": generator, "torch_rng": torch_rng})
+        return
+    generators: list = [None] * replica.world
+    torch_rngs: list = [None] * replica.world
+    dist.all_gather_object(generators, generator)
+    dist.all_gather_object(torch_rngs, torch_rng.cpu())
+    if replica.rank == 0:
+        _save_checkpoint(directory, {**state, "processes": replica.world, "generators": generators,
+                                     "torch_rngs": torch_rngs})
+    dist.barrier()  # no process goes on (and could fail) before the checkpoint is complete

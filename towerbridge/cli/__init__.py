@@ -174,9 +174,13 @@ def parser() -> argparse.ArgumentParser:
     check = subcommand(
         data_commands, "check", help="load, validate, filter and split a dataset, and report the counts",
         description="Everything `towerbridge run` does to the data before training, with a report of what "
-                    "each step kept and removed; nothing is written. Use it on new data before a scheduled run.")
+                    "each step kept and removed; nothing is written unless --out says where. Use it on new data "
+                    "before a scheduled run.")
     add_data_options(check)
     check.add_argument("--json", action="store_true", help="the full summary as JSON")
+    check.add_argument("--out", metavar="DIR",
+                       help="keep the prepared data (items, users, train and held-out Parquet, summary.json) in DIR, "
+                            "a new directory: the input of torchrun -m towerbridge.towers.distributed")
     check.set_defaults(handler=cmd_data_check)
     return top
 

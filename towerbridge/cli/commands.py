@@ -237,8 +237,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     data = data_options(args)
     from towerbridge.data.prepare import prepare_data
 
+    if args.out and Path(args.out).exists():
+        raise ConfigError(f"--out {args.out}: already exists; give a new directory")
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare_data(data, scratch)
+        prepared = prepare_data(data, args.out or scratch)
         summary = json.loads((Path(prepared) / "summary.json").read_text())
     if args.json:
         print(json.dumps(summary, indent=2))

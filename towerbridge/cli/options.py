@@ -120,6 +120,12 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
+    training.add_argument("--train-processes", type=int, default=1, metavar="N",
+                          help="train with N data-parallel processes on this machine (PyTorch DDP: each trains on "
+                               "its own shard of the users and the gradients are summed, so all end with the same "
+                               "weights; gloo on CPUs, nccl on GPUs; the cores are shared out between them). For "
+                               "several machines, torchrun -m towerbridge.towers.distributed (docs/scale-out.md). "
+                               "Default 1")
     training.add_argument("--eval-users", type=int, metavar="N",
                           help="evaluate a seeded random sample of N users (default: every user with "
                                "held-out interactions)")
@@ -183,8 +189,9 @@ def training_options(args: argparse.Namespace) -> dict:
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     defaults.check_eval_users(args.eval_users)
+    defaults.check_train_processes(args.train_processes, "--train-processes")
     return {"user_tower": args.user_tower, "epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
-            "eval_users": args.eval_users}
+            "eval_users": args.eval_users, "train_processes": args.train_processes}
 
 
 def data_options(args: argparse.Namespace) -> DataOptions:
