@@ -35,12 +35,15 @@ def pipeline(
     eval_users: int | None = None,
     prepared_dir: str | None = None,
     train_processes: int = 1,
+    embed_workers: int = 0,
+    dask_address: str | None = None,
 ) -> EvaluationReport:
     """Train the towers, build a new IVF_PQ version behind ``alias``, evaluate it.
 
     Returns the evaluation report; it is also written to ``report_dir`` (default:
     the run's directory under TOWERBRIDGE_HOME/runs). ks and eval_users: see the evaluate flow;
-    prepared_dir (data prepared already, instead of ``data``) and train_processes: see the train flow.
+    prepared_dir (data prepared already, instead of ``data``) and train_processes: see the train flow;
+    embed_workers and dask_address (the item embedding on Dask): see the index flow.
     """
     check_name(alias)
     steps.check_ks(ks)
@@ -53,7 +56,7 @@ def pipeline(
                         early_stopping_patience=early_stopping_patience, seed=seed, prepared_dir=prepared_dir,
                         train_processes=train_processes)
         built = index(model_dir=trained["model_dir"], milvus_uri=uri, alias=alias, index_params=index_params,
-                      keep_versions=keep_versions)
+                      keep_versions=keep_versions, embed_workers=embed_workers, dask_address=dask_address)
         report = evaluate(model_dir=trained["model_dir"], collection=built.collection,
                           report_dir=report_dir, milvus_uri=uri, ks=ks, eval_users=eval_users)
     return replace(report, report_dir=str(Path(report_dir).resolve()))

@@ -29,6 +29,7 @@ from towerbridge import defaults, settings, steps
 from towerbridge import rebuild as decide
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
+from towerbridge.flows.embed import embedded
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.train import train
 from towerbridge.milvus import server
@@ -59,11 +60,12 @@ def inspect_serving(uri: str, alias: str) -> dict:
 
 
 @task(name="build-candidate", **RETRY, timeout_seconds=4 * 3600)
-def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, target_recall: float) -> BuiltVersion:
+def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, target_recall: float,
+                    vectors: list[str] | None = None) -> BuiltVersion:
     # a retry starts over: the failed attempt dropped its partial collection (or the next rebuild will)
     with ItemStore(uri) as store:
         return steps.build_version(store, model_dir, alias, index_params=index_params, target_recall=target_recall,
-                                   complete=False)
+                                   complete=False, embedded=vectors)
 
 
 @task(name="drop-candidate", **RETRY, timeout_seconds=300)
@@ -160,6 +162,8 @@ def rebuild(
     retries: int = 2,
     prepared_dir: str | None = None,
     train_processes: int = 1,
+    embed_workers: int = 0,
+    dask_address: str | None = None,
 ) -> decide.RebuildSummary:
     """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
     passes validation: every item indexed, index recall >= ``target_recall``, and
@@ -167,7 +171,8 @@ def rebuild(
     ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
     ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
     ``prepared_dir``: the latest data prepared already, instead of ``data``; ``train_processes``:
-    data-parallel training processes (both: see the train flow).
+    data-parallel training processes (both: see the train flow); ``embed_workers`` /
+    ``dask_address``: embed the catalog on Dask (see the index flow).
 
     Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
@@ -211,7 +216,8 @@ def rebuild(
                                   use_features=use_features, seed=seed, prepared_dir=prepared_dir,
                                   train_processes=train_processes)["model_dir"]
             summary.model_dir = model_dir
-            summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall)
+            with embedded(model_dir, embed_workers, dask_address) as vectors:
+                summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall, vectors)
             try:
                 report = evaluate(model_dir=model_dir, collection=built.collection,
                                   report_dir=str(directory / "report"), milvus_uri=uri, eval_users=eval_users)

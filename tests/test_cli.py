@@ -33,6 +33,9 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
     (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
     (["run", "--eval-users", "0"], "eval_users (--eval-users) must be at least 1, got 0"),
     (["run", "--train-processes", "0"], "--train-processes must be a whole number of processes, 1 or more, got 0"),
+    (["run", "--embed-workers", "-1"], "--embed-workers must be 0 (embed in this process) or more, got -1"),
+    (["run", "--dask-address", "10.0.0.5"],
+     "--dask-address '10.0.0.5': expected a scheduler address such as tcp://10.0.0.5:8786"),
     (["rebuild", "--train-processes", "-2"],
      "--train-processes must be a whole number of processes, 1 or more, got -2"),
     (["run", "--ks", "10,0"], "every k must be between 1 and 16384 (Milvus' search limit), got [0, 10]"),
@@ -45,10 +48,12 @@ def test_bad_options_are_refused_before_any_work(args, message):
 
 def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     # The README's main command, on the session's embedded server (reused, not restarted), with
-    # two data-parallel training processes (DDP; tests/towers/test_distributed.py has the rest).
+    # two data-parallel training processes (DDP; tests/towers/test_distributed.py has the rest)
+    # and the embedding on two Dask workers (tests/flows/test_embed_dask.py).
     result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path), "--ks", "100,10,50",
-                         "--eval-users", "500", "--train-processes", "2")
+                         "--eval-users", "500", "--train-processes", "2", "--embed-workers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedding the catalog in 8 shards on a local Dask cluster of 2 workers" in result.stderr + result.stdout
     assert "model" in result.stdout and "popularity" in result.stdout
     table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     report = json.loads((tmp_path / "evaluation.json").read_text())

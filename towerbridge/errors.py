@@ -39,3 +39,7 @@ class RebuildRejected(TowerbridgeError):
 
 class TrainingError(TowerbridgeError):
     """Training could not finish: e.g. one of its processes died (the others were stopped)."""
+
+
+class EmbeddingError(TowerbridgeError):
+    """The item embedding on Dask failed (a shard's task, or a worker died); Milvus was not written."""

@@ -6,12 +6,14 @@ tested without Prefect.
     prepare_data   dataset -> prepared directory (items, train, held_out Parquet + summary);
                    in towerbridge.data.prepare, so that data is checked without torch or servers
     train_model    prepared directory -> model artifact directory
+    embed_shard    model directory + a range of its catalog -> the range's item vectors as a .npy file
     index_model    model directory -> Milvus collection (new version) behind the alias
     evaluate_model model + prepared data + collection -> evaluation.json / evaluation.md
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from towerbridge import defaults, settings
 from towerbridge import evaluation as ev
@@ -79,21 +82,71 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
     return str(directory)
 
 
+def embedding_shards(model_dir: str, shards: int) -> list[tuple[int, int]]:
+    """The model's catalog cut into ``shards`` ranges of vocabulary positions ``(first, stop)``."""
+    if shards < 1:
+        raise ConfigError(f"embed_shards must be 1 or more, got {shards}")
+    n_items = artifact.read_manifest(Path(model_dir))["n_items"]
+    edges = np.linspace(0, n_items, min(shards, max(1, n_items)) + 1).round().astype(int)
+    return [(int(first), int(stop)) for first, stop in zip(edges[:-1], edges[1:])]
+
+
+@functools.lru_cache(maxsize=2)
+def _model(model_dir: str, written: float):
+    return artifact.load(Path(model_dir))
+
+
+def embed_shard(model_dir: str, first: int, stop: int, out_dir: str, threads: int | None = None) -> str:
+    """Embed the items at vocabulary positions ``first`` to ``stop`` (exclusive) of the model's
+    catalog into ``out_dir/items-<first>-<stop>.npy`` (float32 ``[stop - first, vector_dim]``,
+    written whole or not at all); return its path. A process embedding several shards loads
+    the model once. threads: torch threads for this process (default: torch's choice)."""
+    if threads:
+        torch.set_num_threads(threads)
+    trained = _model(str(Path(model_dir).resolve()), (Path(model_dir) / "weights.pt").stat().st_mtime)
+    _, vectors = item_vectors(trained, first=first, stop=stop)
+    path = Path(out_dir) / f"items-{first:012d}-{stop:012d}.npy"
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        np.save(file, vectors, allow_pickle=False)
+    partial.replace(path)
+    return str(path)
+
+
+def read_embedded(files: list[str], n_items: int, dim: int) -> np.ndarray:
+    """The vectors ``embed_shard`` wrote, in catalog order, ``[n_items, dim]``; refuses shards
+    that leave a gap, overlap, or hold the wrong shape."""
+    vectors = np.empty((n_items, dim), dtype=np.float32)
+    expected = 0
+    for file in sorted(files, key=lambda name: Path(name).name):
+        first, stop = (int(part) for part in Path(file).stem.split("-")[1:3])
+        shard = np.load(file, allow_pickle=False)
+        if first != expected or shard.shape != (stop - first, dim):
+            raise CollectionError(f"{file}: embedded shard {first}-{stop} of shape {shard.shape} does not continue "
+                                  f"the catalog at position {expected} with {dim}-dimensional vectors")
+        vectors[first:stop] = shard
+        expected = stop
+    if expected != n_items:
+        raise CollectionError(f"the embedded shards cover {expected} of {n_items} items; nothing was indexed")
+    return vectors
+
+
 def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True,
                 index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
-                target_recall: float = defaults.TARGET_RECALL) -> BuiltVersion:
+                target_recall: float = defaults.TARGET_RECALL, embedded: list[str] | None = None) -> BuiltVersion:
     """Embed every item, load the vectors as a new collection version with an IVF_PQ
     index, tune nprobe, point the alias at it, and keep the newest ``keep_versions``.
 
     index_params: overrides of the chosen ``nlist``, ``m``, ``nbits`` (checked before any
     write). One build per alias at a time (a lock in TOWERBRIDGE_HOME); versions a crashed
     build left half-built are dropped first. A failure before the alias moves drops the
-    partial collection and leaves the alias where it was.
+    partial collection and leaves the alias where it was. embedded: the item vectors as
+    ``embed_shard`` files (e.g. from Dask workers) instead of embedding them here.
     """
     defaults.check_keep_versions(keep_versions)
     with ItemStore(uri) as store, settings.lock(f"index-{alias}"):
         half_built = store.remove_half_built(alias)
-        built = build_version(store, model_dir, alias, progress, index_params, target_recall)
+        built = build_version(store, model_dir, alias, progress, index_params, target_recall, embedded=embedded)
         try:
             previous = store.alias_target(alias)
             store.point_alias(alias, built.collection)
@@ -106,15 +159,19 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
 
 def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool = True,
                   index_params: dict | None = None, target_recall: float = defaults.TARGET_RECALL,
-                  complete: bool = True) -> BuiltVersion:
+                  complete: bool = True, embedded: list[str] | None = None) -> BuiltVersion:
     """A new version of ``alias`` (every item embedded, IVF_PQ built, loaded, nprobe tuned),
     not yet serving. Call it holding the alias' build lock. On any failure the partial
     collection is dropped before the error propagates. ``complete=False`` leaves it unmarked
     (the rebuild marks it after validation): until then the next build removes it as half-built.
+    embedded: the item vectors as ``embed_shard`` files, read instead of embedding here.
     """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
-    item_ids, vectors = item_vectors(trained, progress=progress)
+    if embedded is not None:
+        item_ids, vectors = trained.item_ids, read_embedded(embedded, len(trained.item_ids), trained.config.vector_dim)
+    else:
+        item_ids, vectors = item_vectors(trained, progress=progress)
     items = read_part(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
     chosen = choose_ivf_pq(len(item_ids), vectors.shape[1])
     params = IvfPqParams(**{**asdict(chosen), **(index_params or {})})

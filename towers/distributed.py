@@ -167,6 +167,9 @@ def train_processes(prepared_dir: str, config: TowerConfig, processes: int, chec
     The machine's threads are shared out between the processes. If one process fails or
     dies, the others are stopped and one ``TrainingError`` says which and why; the
     checkpoint of the last finished epoch stays for the next try."""
+    if _backend(config) == "nccl" and processes > torch.cuda.device_count():
+        raise ConfigError(f"{processes} training processes on GPUs need {processes} GPUs (one each, for nccl); "
+                          f"this machine has {torch.cuda.device_count()}")
     threads = max(1, torch.get_num_threads() // processes)
     with tempfile.TemporaryDirectory(prefix="towerbridge-ddp-") as scratch:
         out_dir = str(Path(scratch) / "model")

@@ -36,16 +36,19 @@ def user_layout(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def item_vectors(trained: TrainedModel, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every item of the catalog. Returns ``(item_ids [n], vectors [n, vector_dim])``."""
-    n_items = len(trained.item_ids)
+def item_vectors(trained: TrainedModel, progress: bool = False, first: int = 0,
+                 stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embed the catalog's items, or those at vocabulary positions ``first`` to ``stop``
+    (exclusive; a shard). Returns ``(item_ids [n], vectors [n, vector_dim])``."""
+    stop = len(trained.item_ids) if stop is None else stop
     log_prior = torch.from_numpy(trained.item_log_prior())
-    vectors = np.empty((n_items, trained.config.vector_dim), dtype=np.float32)
-    for start in tqdm(range(0, n_items, BATCH), desc="embed items", unit="batch", disable=not progress, leave=False):
-        stop = min(start + BATCH, n_items)
-        rows = gather(trained.item_inputs, torch.arange(start + 1, stop + 1))
-        vectors[start:stop] = item_layout(trained.model.item_tower(rows), log_prior[start:stop], trained.config).numpy()
-    return trained.item_ids, vectors
+    vectors = np.empty((stop - first, trained.config.vector_dim), dtype=np.float32)
+    for start in tqdm(range(first, stop, BATCH), desc="embed items", unit="batch", disable=not progress, leave=False):
+        end = min(start + BATCH, stop)
+        rows = gather(trained.item_inputs, torch.arange(start + 1, end + 1))
+        vectors[start - first:end - first] = item_layout(trained.model.item_tower(rows), log_prior[start:end],
+                                                         trained.config).numpy()
+    return trained.item_ids[first:stop], vectors
 
 
 def history_items(trained: TrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet_prefect_tracebacks()
         report = pipeline(prepared_dir=prepared, **training, report_dir=args.report_dir, milvus_uri=uri,
                           alias=args.alias, index_params=index, keep_versions=args.keep_versions,
+                          embed_workers=args.embed_workers, dask_address=args.dask_address,
                           early_stopping_patience=args.early_stopping, ks=args.ks)
         print_report(report)
     return 0

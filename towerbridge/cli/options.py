@@ -108,6 +108,13 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     index.add_argument("--nbits", type=int, help="bits per PQ code (default 8)")
     index.add_argument("--keep-versions", type=int, default=3, metavar="N",
                        help="collection versions to keep; older ones are dropped (default 3)")
+    index.add_argument("--embed-workers", type=int, default=0, metavar="N",
+                       help="embed the catalog on a local Dask cluster of N worker processes (Prefect's "
+                            "DaskTaskRunner), in shards written as .npy files then loaded into Milvus; "
+                            "default 0: in this process")
+    index.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                       help="embed the catalog on this Dask cluster instead; its workers must read "
+                            "TOWERBRIDGE_HOME (shared storage). docs/scale-out.md")
     training = command.add_argument_group("training and evaluation")
     training.add_argument("--user-tower", choices=USER_TOWERS,
                           help="the query tower: sequence (causal self-attention over the user's last items), "
@@ -173,6 +180,11 @@ def index_params(args: argparse.Namespace) -> dict:
     from towerbridge.towers.config import TowerConfig
 
     defaults.check_keep_versions(args.keep_versions, "--keep-versions")
+    if args.embed_workers < 0:
+        raise ConfigError(f"--embed-workers must be 0 (embed in this process) or more, got {args.embed_workers}")
+    if args.dask_address is not None and "://" not in args.dask_address:
+        raise ConfigError(f"--dask-address {args.dask_address!r}: expected a scheduler address such as "
+                          "tcp://10.0.0.5:8786")
     tower = defaults.user_tower_for(getattr(args, "protocol", "leave-last-out"), args.user_tower)
     dim = TowerConfig.for_tower(tower).vector_dim
     if args.m is not None and (args.m < 1 or dim % args.m):
@@ -241,4 +253,5 @@ def rebuild_parameters(args: argparse.Namespace) -> dict:
                               "or 100 (e.g. hit_rate@10)")
     return {"data": data_options(args), **training_options(args), "reuse_model": args.reuse_model,
             "alias": args.alias, "index_params": index_params(args), "keep_versions": args.keep_versions,
+            "embed_workers": args.embed_workers, "dask_address": args.dask_address,
             "target_recall": args.target_recall, "metrics": metrics, "tolerance": args.tolerance}

@@ -1,0 +1,89 @@
+"""Item embedding on Dask, through Prefect's task runner (``prefect-dask``'s ``DaskTaskRunner``):
+the catalog is cut into shards, each shard embedded by a task on a Dask worker and written as a
+``.npy`` file; the index and rebuild flows then load those files into Milvus.
+
+A local cluster of ``workers`` processes by default; ``address`` (``tcp://HOST:8786``) uses a
+Dask cluster you run, whose workers must read the model directory and write ``out_dir``
+(shared storage: set ``TOWERBRIDGE_HOME`` or ``embed_dir`` there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task, unmapped
+
+from towerbridge import settings, steps
+from towerbridge.errors import ConfigError, EmbeddingError, TowerbridgeError
+
+SHARDS_PER_WORKER = 4  # a worker that dies or lags costs a quarter of its share, not all of it
+REMOTE_SHARDS = 32
+
+
+@task(name="embed-shard", retries=1, retry_delay_seconds=2)
+def embed_shard(model_dir: str, first: int, stop: int, out_dir: str, threads: int | None) -> str:
+    return steps.embed_shard(model_dir, first, stop, out_dir, threads)
+
+
+@flow(name="embed-items")
+def embed_items(model_dir: str, out_dir: str, shards: int, threads: int | None = None) -> list[str]:
+    """Embed the model's catalog in ``shards`` tasks (on the flow's task runner), one ``.npy``
+    file per shard in ``out_dir``; returns the files."""
+    ranges = steps.embedding_shards(model_dir, shards)
+    futures = embed_shard.map(unmapped(model_dir), [first for first, _ in ranges], [stop for _, stop in ranges],
+                              unmapped(out_dir), unmapped(threads))
+    files = []
+    for (first, stop), future in zip(ranges, futures):
+        try:
+            files.append(future.result())
+        except TowerbridgeError:
+            raise
+        except Exception as error:  # a worker lost (KilledWorker), a scheduler gone, a bug in a shard
+            what = "a Dask worker died while embedding it" if type(error).__name__ == "KilledWorker" else "it failed"
+            detail = (str(error).strip().splitlines() or [""])[0][:300]
+            raise EmbeddingError(f"embedding items {first}-{stop} (of {ranges[-1][1]}) on Dask: {what} "
+                                 f"({type(error).__name__}: {detail}); nothing was written to Milvus") from error
+    return files
+
+
+def dask_runner(workers: int, address: str | None):
+    """Prefect's Dask task runner: on the cluster at ``address``, or on a local cluster of
+    ``workers`` processes with one thread each (torch in each takes its share of the cores)."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("embedding on Dask (--embed-workers, --dask-address) needs prefect-dask: "
+                          "pip install 'towerbridge[dask]'") from None
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@contextmanager
+def embedded(model_dir: str, workers: int = 0, address: str | None = None, shards: int | None = None,
+             embed_dir: str | None = None) -> Iterator[list[str] | None]:
+    """The catalog's vectors as files embedded on Dask, removed on leaving; None (embed in this
+    process, as before) without ``workers`` or ``address``."""
+    if workers < 0:
+        raise ConfigError(f"embed_workers must be 0 (embed in this process) or more, got {workers}")
+    if not workers and not address:
+        yield None
+        return
+    shards = shards or (workers * SHARDS_PER_WORKER if not address else REMOTE_SHARDS)
+    out_dir = Path(embed_dir) if embed_dir else settings.state_dir("embeddings")
+    out_dir = out_dir / settings.new_id()
+    out_dir.mkdir(parents=True)
+    threads = None if address else max(1, (os.cpu_count() or 1) // workers)
+    where = address or f"a local Dask cluster of {workers} workers"
+    get_run_logger().info("embedding the catalog in %d shards on %s", shards, where)
+    try:
+        yield embed_items.with_options(task_runner=dask_runner(workers, address))(
+            model_dir, str(out_dir), shards, threads)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""The item embedding on Dask through Prefect's DaskTaskRunner, against the real embedded
+Milvus: a local cluster of two worker processes builds the same version as one process, and
+a worker killed mid-shard fails the flow with nothing half-built left serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import train_synthetic
+from towerbridge import settings, steps
+from towerbridge.errors import EmbeddingError
+from towerbridge.flows.index import index
+from towerbridge.milvus.schema import VECTOR_FIELD
+from towerbridge.milvus.store import ItemStore
+from towerbridge.towers import artifact
+from towerbridge.towers.vectors import item_vectors
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return train_synthetic(tmp_path_factory.mktemp("dask"), epochs=1, n_users=900, n_items=1500, n_topics=12,
+                           seed=5)
+
+
+@pytest.fixture(scope="module")
+def store(milvus_uri):
+    with ItemStore(milvus_uri) as store:
+        yield store
+
+
+def stored_vectors(store: ItemStore, collection: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = store.rows(collection, "", ["item_id", VECTOR_FIELD])
+    ids = np.array([row["item_id"] for row in rows])
+    return ids, np.array([row[VECTOR_FIELD] for row in rows], dtype=np.float32)
+
+
+def test_shards_cover_the_catalog_once(model_dir, tmp_path):
+    ranges = steps.embedding_shards(model_dir, 7)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1500 and len(ranges) == 7
+    assert all(stop == first for (_, stop), (first, _) in zip(ranges, ranges[1:]))
+    files = [steps.embed_shard(model_dir, first, stop, str(tmp_path)) for first, stop in ranges[:3]]
+    with pytest.raises(Exception, match=r"the embedded shards cover \d+ of 1500 items; nothing was indexed"):
+        steps.read_embedded(files, 1500, 65)
+    with pytest.raises(Exception, match="does not continue the catalog at position 0"):
+        steps.read_embedded(files[1:], 1500, 65)
+
+
+def test_two_dask_workers_build_the_version_one_process_builds(model_dir, store, milvus_uri, prefect_harness):
+    single = index(model_dir=model_dir, milvus_uri=milvus_uri, alias="dask_one")
+    sharded = index(model_dir=model_dir, milvus_uri=milvus_uri, alias="dask_two", embed_workers=2, embed_shards=5)
+    ids_one, vectors_one = stored_vectors(store, single.collection)
+    ids_two, vectors_two = stored_vectors(store, sharded.collection)
+    assert len(ids_two) == sharded.items == 1500
+    assert np.array_equal(ids_one, ids_two)
+    np.testing.assert_allclose(vectors_two, vectors_one, atol=1e-6, rtol=0)
+    expected_ids, expected = item_vectors(artifact.load(model_dir))
+    assert np.array_equal(ids_two, expected_ids)
+    np.testing.assert_allclose(vectors_two, expected, atol=1e-6, rtol=0)
+    assert not any(settings.state_dir("embeddings").iterdir())  # the shard files are removed
+
+
+def test_a_worker_killed_mid_shard_fails_the_flow_and_nothing_half_built_serves(model_dir, store, milvus_uri,
+                                                                                prefect_harness):
+    import dask
+    from distributed import Client, LocalCluster
+
+    alias = "dask_killed"
+    serving = index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias).collection
+    # a cluster of our own, that gives up on a task at the first worker lost while running it
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = client.run(os.getpid)
+        killed: list[int] = []
+
+        def kill_a_busy_worker() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                busy = [worker for worker, keys in client.processing().items() if keys]
+                if busy:  # a worker's first shard imports torch and loads the model: seconds
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(pids[busy[0]])
+                    return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        with pytest.raises(EmbeddingError) as failure:
+            index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias, dask_address=cluster.scheduler_address,
+                  embed_shards=4)
+        killer.join()
+    assert killed, "no worker was seen running a shard"
+    message = str(failure.value)
+    assert message.startswith("embedding items "), message
+    assert " on Dask: a Dask worker died while embedding it (KilledWorker: " in message, message
+    assert message.endswith("); nothing was written to Milvus"), message
+    assert store.alias_target(alias) == serving  # serving is as it was
+    assert store.versions(alias) == [serving]  # nothing was half-built: Milvus is written after every shard
+    assert not any(settings.state_dir("embeddings").iterdir())
+    # and the next build, on a local cluster, serves
+    built = index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias, embed_workers=2)
+    assert store.alias_target(alias) == built.collection != serving
