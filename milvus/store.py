@@ -199,7 +199,14 @@ class ItemStore:
             if time.monotonic() > deadline:
                 raise CollectionError(f"index on {name} not finished after {timeout_s:.0f} s: {info}")
             time.sleep(0.5)
-        self._call(f"load {name}", self.client.load_collection, name)
+        replicas = settings.milvus_replicas()
+        try:
+            self._call(f"load {name}", self.client.load_collection, name, replica_number=replicas)
+        except CollectionError as error:
+            if replicas > 1:
+                raise CollectionError(f"{error} (MILVUS_REPLICAS={replicas}: this Milvus needs at least {replicas} "
+                                      "query nodes to hold that many replicas)") from None
+            raise
         return info
 
     def _field_params(self, name: str) -> dict[str, dict]:

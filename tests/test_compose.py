@@ -28,3 +28,20 @@ def test_compose_declares_a_healthy_pinned_milvus_standalone():
                                          "DATACOORD_SEGMENT_MAXSIZE": segment_mb}
     assert {dep: cond["condition"] for dep, cond in standalone["depends_on"].items()} == {
         "etcd": "service_healthy", "minio": "service_healthy"}
+
+
+HELM_VALUES = Path(__file__).resolve().parents[1] / "milvus-cluster.values.yaml"
+
+
+def test_helm_values_declare_a_milvus_cluster_as_towerbridge_runs_it():
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert values["cluster"]["enabled"] is True
+    assert values["image"]["all"] == {"repository": "milvusdb/milvus", "tag": "v2.3.5"}
+    # several query nodes, so that MILVUS_REPLICAS=2 has somewhere to put its second replica
+    assert values["queryNode"]["replicas"] >= 2 and values["proxy"]["replicas"] >= 2
+    assert values["etcd"]["replicaCount"] == 3 and values["minio"]["mode"] == "distributed"
+    user = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    assert user["dataCoord"]["segment"]["maxSize"] == SERVER_CONFIG["dataCoord.segment.maxSize"]
+    # the embedded server's stop shortcut must not reach a cluster: there, a stopping query node's
+    # segments move to the others
+    assert "queryNode" not in user

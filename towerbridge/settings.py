@@ -6,6 +6,7 @@ external Milvus; without it an embedded server is used. Credentials come from
 ``MILVUS_TOKEN`` (``user:password`` or an API key) or ``MILVUS_USER`` and
 ``MILVUS_PASSWORD``; they are never printed, and URIs are shown redacted. An ``https://``
 URI is TLS; ``MILVUS_CA_CERT`` names the PEM file of a private certificate authority.
+``MILVUS_REPLICAS``: in-memory replicas of each new version (a Milvus cluster's query nodes).
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class MilvusTarget:
     def from_env(cls) -> MilvusTarget:
         uri = os.environ.get("MILVUS_URI", "").strip() or None
         return cls(uri=uri, token=milvus_token())
+
+
+def milvus_replicas() -> int:
+    """``MILVUS_REPLICAS``: in-memory replicas a new version is loaded with (default 1). On a
+    Milvus cluster with several query nodes, each replica is held by other query nodes and
+    searches are shared out between them; it must not exceed the query nodes."""
+    text = os.environ.get("MILVUS_REPLICAS", "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"MILVUS_REPLICAS {text!r}: expected a whole number of replicas, 1 or more")
+    return int(text)
 
 
 def milvus_token() -> str:

@@ -417,6 +417,37 @@ class _Step(torch.nn.Module):
         return self.task.loss(batch, generator)
 
 
+def _sparse_tables(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The weights of ``module``'s embedding tables with sparse gradients, by parameter name."""
+    return {f"{name}.weight": layer.weight for name, layer in module.named_modules()
+            if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse}
+
+
+def _all_reduce_sparse(weights: list[torch.nn.Parameter], world: int) -> None:
+    """Each sparse gradient summed over the processes (and divided by ``world``, as DDP does
+    for the dense ones): every process's rows and values are gathered with dense all-gathers,
+    padded to the longest, and added up."""
+    for weight in weights:
+        grad = weight.grad.coalesce() if weight.grad is not None else \
+            torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long), torch.zeros((0, *weight.shape[1:])),
+                                    weight.shape, device=weight.device)
+        rows, values = grad.indices()[0], grad.values()
+        sizes = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([len(rows)], device=rows.device))
+        longest = int(max(size.item() for size in sizes))
+        padded_rows = torch.zeros(longest, dtype=torch.long, device=rows.device)
+        padded_values = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype, device=values.device)
+        padded_rows[:len(rows)], padded_values[:len(rows)] = rows, values
+        all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+        all_values = [torch.empty_like(padded_values) for _ in range(world)]
+        dist.all_gather(all_rows, padded_rows)
+        dist.all_gather(all_values, padded_values)
+        kept = [slice(0, int(size.item())) for size in sizes]
+        summed_rows = torch.cat([r[k] for r, k in zip(all_rows, kept)])
+        summed_values = torch.cat([v[k] for v, k in zip(all_values, kept)]) / world
+        weight.grad = torch.sparse_coo_tensor(summed_rows[None], summed_values, weight.shape).coalesce()
+
+
 def _ranked_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
@@ -437,11 +468,17 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
         # each process draws its own batches and dropout masks; the initial weights are the same
         generator = np.random.default_rng([config.seed, rank])
         torch.manual_seed(_ranked_seed(config.seed, rank))
+        wrapped = _Step(model, task)
+        sparse = _sparse_tables(wrapped)
+        # DDP's own reduction of sparse gradients (gloo's sparse all-reduce) corrupted memory at
+        # 1M users (malloc: unaligned tcache chunk), where the processes' gradients touch
+        # disjoint rows: those tables are left to _all_reduce_sparse, which uses dense collectives.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapped, list(sparse))
         step: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
-            _Step(model, task), device_ids=[device] if device.type == "cuda" else None)
+            wrapped, device_ids=[device] if device.type == "cuda" else None)
     else:
         generator = np.random.default_rng(config.seed)
-        step = _Step(model, task)
+        step, sparse = _Step(model, task), {}
     optimizer = make_optimizer(model, config)
 
     first_epoch, best = 0, {"metric": -1.0, "epoch": 0, "weights": None}
@@ -479,6 +516,8 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
             optimizer.zero_grad()
             # DDP averages the processes' gradients; times ``world``, they are the global batch's sum
             (loss * world if replica.distributed else loss).backward()
+            if replica.distributed and sparse:
+                _all_reduce_sparse(list(sparse.values()), world)
             optimizer.step()
             epoch_loss += loss.item()
             bar.update(1)

@@ -83,3 +83,33 @@ def test_nan_vectors_are_rejected_before_any_write(store):
         assert store.count(name) == 0
     finally:
         store.drop(name)
+
+
+def test_replicas_are_asked_of_milvus_and_a_standalone_refuses_two(store, vectors, monkeypatch):
+    # MILVUS_REPLICAS reaches Milvus' load: the embedded standalone server has one query node,
+    # so it cannot hold two replicas, and says so (a cluster with two query nodes would load them).
+    monkeypatch.setenv("MILVUS_REPLICAS", "2")
+    name = store.create_version("test_replicas", "model-rep", DIM, {})
+    try:
+        store.insert(name, np.arange(N), vectors, ["t"] * N, [""] * N)
+        with pytest.raises(CollectionError) as refused:
+            store.build_index(name, choose_ivf_pq(N, DIM))
+        assert str(refused.value).startswith(f"Milvus refused load {name}: ")
+        assert str(refused.value).endswith("(MILVUS_REPLICAS=2: this Milvus needs at least 2 query nodes to hold "
+                                           "that many replicas)")
+        monkeypatch.setenv("MILVUS_REPLICAS", "1")
+        store.build_index(name, choose_ivf_pq(N, DIM))  # one replica: loads and answers
+        found, _ = store.search(name, vectors[:5], limit=1, nprobe=8)
+        assert found.shape == (5, 1)
+    finally:
+        store.drop(name)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_replica_count_is_refused(value, monkeypatch):
+    from towerbridge import settings
+    from towerbridge.errors import ConfigError
+
+    monkeypatch.setenv("MILVUS_REPLICAS", value)
+    with pytest.raises(ConfigError, match=f"MILVUS_REPLICAS '{value}': expected a whole number of replicas, 1 or more"):
+        settings.milvus_replicas()
