@@ -445,7 +445,9 @@ def _all_reduce_sparse(weights: list[torch.nn.Parameter], world: int) -> None:
         kept = [slice(0, int(size.item())) for size in sizes]
         summed_rows = torch.cat([r[k] for r, k in zip(all_rows, kept)])
         summed_values = torch.cat([v[k] for v, k in zip(all_values, kept)]) / world
-        weight.grad = torch.sparse_coo_tensor(summed_rows[None], summed_values, weight.shape).coalesce()
+        # the rows come from the processes' own coalesced gradients: valid by construction
+        weight.grad = torch.sparse_coo_tensor(summed_rows[None], summed_values, weight.shape,
+                                              check_invariants=False).coalesce()
 
 
 def _ranked_seed(seed: int, rank: int) -> int:
