@@ -9,6 +9,7 @@ Dask cluster you run, whose workers must read the model directory and write ``ou
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -53,6 +54,11 @@ def embed_items(model_dir: str, out_dir: str, shards: int, threads: int | None =
 def dask_runner(workers: int, address: str | None):
     """Prefect's Dask task runner: on the cluster at ``address``, or on a local cluster of
     ``workers`` processes with one thread each (torch in each takes its share of the cores)."""
+    # Dask logs every connection it opens and closes at INFO, with a traceback for those a closing
+    # cluster cuts: noise on a user's terminal. Warnings and errors still show (workers read the
+    # environment variable, this process the logger's level).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
