@@ -18,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def spread(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+from bench.history_towers import spread
 
 
 def main() -> None:

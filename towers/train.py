@@ -472,9 +472,9 @@ def fit(trained: TrainedModel, task: InteractionTask | HistoryTask, device: torc
         torch.manual_seed(_ranked_seed(config.seed, rank))
         wrapped = _Step(model, task)
         sparse = _sparse_tables(wrapped)
-        # DDP's own reduction of sparse gradients (gloo's sparse all-reduce) corrupted memory at
-        # 1M users (malloc: unaligned tcache chunk), where the processes' gradients touch
-        # disjoint rows: those tables are left to _all_reduce_sparse, which uses dense collectives.
+        # Sparse tables stay out of DDP's reduction: gloo's sparse all-reduce is not safe when the
+        # processes' gradients touch different rows (BENCHMARKS.md); _all_reduce_sparse sums them
+        # with dense collectives.
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapped, list(sparse))
         step: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
             wrapped, device_ids=[device] if device.type == "cuda" else None)

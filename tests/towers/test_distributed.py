@@ -165,7 +165,7 @@ def test_the_module_refuses_to_run_without_torchrun(prepared, tmp_path):
 
 def test_sparse_embedding_tables_are_summed_over_the_processes(prepared, tmp_path):
     # the id tower with sparse gradients (as tables above 100k rows get): their rows are summed
-    # with dense all-gathers, not gloo's sparse all-reduce, which corrupted memory at 1M users.
+    # with dense all-gathers, not gloo's sparse all-reduce (BENCHMARKS.md).
     # The processes' users are disjoint, so equal weights mean each applied the other's rows.
     config = {"epochs": 2, "user_tower": "id", "sparse_embeddings": "always"}
     model = steps.train_model(prepared, str(tmp_path), config, progress=False, processes=2)
