@@ -71,11 +71,12 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
         return {"train_seconds": manifest["train_seconds"], "history": manifest["history"]}
     if stage == "index":
-        info = steps.index_model((work / "model_dir").read_text(), options["uri"], alias=ALIAS, progress=False,
-                                 keep_versions=1)
-        (work / "collection").write_text(info.collection)
+        info = steps.index_model((work / "model_dir").read_text(), options["uri"], alias=options.get("alias", ALIAS),
+                                 progress=False, keep_versions=1, insert_workers=options.get("insert_workers"))
+        (work / options.get("collection_file", "collection")).write_text(info.collection)
         return info.to_dict()
-    report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"], (work / "collection").read_text(),
+    report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"],
+                                  (work / options.get("collection_file", "collection")).read_text(),
                                   str(work / "report"), eval_users=options["eval_users"])
     return {"users_evaluated": report.users_evaluated, "timing": report.timing,
             **{f"{name}_hit_rate@{k}": report.source(name).get(f"hit_rate@{k}")

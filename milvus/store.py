@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import grpc
@@ -47,6 +51,10 @@ IN_FLIGHT = 4  # search requests on the wire at once
 RECOVERING = ("unavailable", "node not found", "node not match", "session not found", "not ready",
               "service not ready", "channel not found")
 REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC limit
+# Parallel inserts pay for starting processes (~1 s each) above this many rows
+# (BENCHMARKS.md, "Parallel inserts at 1M items").
+PARALLEL_INSERT_ROWS = 200_000
+MAX_INSERT_WORKERS = 4
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
@@ -88,17 +96,38 @@ def _rpc_cause(error: BaseException) -> grpc.RpcError | None:
     return seen if seen is not None and callable(getattr(seen, "code", None)) else None
 
 
-def _batches(n_rows: int, row_bytes: int) -> Iterator[slice]:
-    size = max(1, min(50_000, REQUEST_BYTES // max(1, row_bytes)))
+def _batches(n_rows: int, row_bytes: int, workers: int = 1) -> Iterator[slice]:
+    """Row ranges of at most REQUEST_BYTES and 50k rows; with several workers, small enough
+    that each has batches to send (a catalog of two batches would keep one of four busy)."""
+    size = min(50_000, REQUEST_BYTES // max(1, row_bytes))
+    if workers > 1:
+        size = min(size, -(-n_rows // (2 * workers)))
+    size = max(1, size)
     for start in range(0, n_rows, size):
         yield slice(start, min(start + size, n_rows))
+
+
+def insert_workers(n_rows: int) -> int:
+    """Processes to insert ``n_rows`` with: one below PARALLEL_INSERT_ROWS and inside a
+    daemonic process (a Dask or multiprocessing worker, which may not start children),
+    else one per core up to MAX_INSERT_WORKERS."""
+    if n_rows < PARALLEL_INSERT_ROWS or multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(MAX_INSERT_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _send_from_process(uri: str, token: str | None, name: str, ids: list, vectors: np.ndarray, titles: list[str],
+                       genres: list[str], limits: TextLimits) -> int:
+    """``ItemStore.send`` in an insert process, over its own connection."""
+    with ItemStore(uri, token) as store:
+        return store.send(name, ids, vectors, titles, genres, limits)
 
 
 class ItemStore:
     """Item vectors in Milvus: one collection per version, an alias for readers."""
 
     def __init__(self, uri: str, token: str | None = None) -> None:
-        self.uri = uri
+        self.uri, self.token = uri, token
         self.client = connect(uri, token)
 
     def close(self) -> None:
@@ -153,8 +182,17 @@ class ItemStore:
         return name
 
     def insert(self, name: str, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
-               genres: list[str], progress: bool = False) -> int:
-        """Insert all rows in batches under the request size limit, flush, verify the count."""
+               genres: list[str], progress: bool = False, workers: int | None = None) -> int:
+        """Insert all rows in batches under the request size limit, flush, verify the count.
+
+        workers: processes that build and send batches at once (default: ``insert_workers``
+        for the row count). pymilvus turns rows into a request in Python, a CPU cost that
+        threads share under one GIL, so parallel inserts are processes, each with its own
+        connection. A batch that fails fails the insert; the caller drops the collection,
+        which holds whatever part arrived."""
+        workers = insert_workers(len(item_ids)) if workers is None else workers
+        if workers < 1:
+            raise ConfigError(f"insert workers must be at least 1, got {workers}")
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors)).any(axis=1).sum())
             raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
@@ -166,22 +204,40 @@ class ItemStore:
         text_bytes = sum(map(len, titles[:1000])) + sum(map(len, genres[:1000]))
         row_bytes = 8 + 4 * vectors.shape[1] + 64 + text_bytes // max(1, min(1000, len(titles)))
         ids = item_ids.tolist()
-        bar = tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False)
-        for part in _batches(len(ids), row_bytes):
-            rows = [
-                {"item_id": i, VECTOR_FIELD: v, "title": clip_text(t, limits.title),
-                 "genres": clip_text(g, limits.genres),
-                 "genre_list": [clip_text(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
-                for i, v, t, g in zip(ids[part], vectors[part], titles[part], genres[part])
-            ]
-            self._call(f"insert into {name}", self.client.insert, name, rows)
-            bar.update(len(rows))
-        bar.close()
+        parts = list(_batches(len(ids), row_bytes, workers))
+        with tqdm(total=len(ids), desc="insert", unit="row", disable=not progress, leave=False) as bar:
+            if workers == 1:
+                for part in parts:
+                    bar.update(self.send(name, ids[part], vectors[part], titles[part], genres[part], limits))
+            else:
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    sent = [pool.submit(_send_from_process, self.uri, self.token, name, ids[part], vectors[part],
+                                        titles[part], genres[part], limits) for part in parts]
+                    try:
+                        for done in as_completed(sent):
+                            bar.update(done.result())
+                    except BrokenProcessPool:
+                        raise CollectionError(f"an insert process into {name} died (killed, or out of memory); "
+                                              "nothing of this version is served") from None
+                    finally:
+                        for future in sent:
+                            future.cancel()
         self._call(f"flush {name}", self.client.flush, name)
         count = self.count(name)
         if count != len(ids):
             raise CollectionError(f"{name} holds {count} rows after flush, expected {len(ids)}")
         return count
+
+    def send(self, name: str, ids: list, vectors: np.ndarray, titles: list[str], genres: list[str],
+             limits: TextLimits) -> int:
+        """One insert request of these rows, texts clipped to ``limits``; the number sent."""
+        rows = [
+            {"item_id": i, VECTOR_FIELD: v, "title": clip_text(t, limits.title), "genres": clip_text(g, limits.genres),
+             "genre_list": [clip_text(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
+            for i, v, t, g in zip(ids, vectors, titles, genres)
+        ]
+        self._call(f"insert into {name}", self.client.insert, name, rows)
+        return len(rows)
 
     def build_index(self, name: str, params: IvfPqParams, timeout_s: float = 1800.0) -> dict:
         """Build IVF_PQ, wait until every row is indexed, load the collection."""

@@ -9,7 +9,8 @@ from towerbridge.results import BuiltVersion
 
 BUILT = BuiltVersion(collection="items_v2", alias="items", rows=400, items=400, segments=(400,),
                      index={"index_type": "IVF_PQ", "params": {"nlist": 20, "m": 32, "nbits": 8}}, nprobe=8,
-                     index_recall=0.97, model_id="m2", model_dir="/models/m2")
+                     index_recall=0.97, model_id="m2", model_dir="/models/m2", insert_workers=2,
+                     timing={"embed_s": 0.4, "insert_s": 2.6, "index_s": 31.0, "tune_s": 3.5})
 
 
 def report(hit_rate: float, ndcg: float = 0.05, dataset: str = "synthetic", protocol: str = "leave-last-out"):
@@ -65,6 +66,8 @@ def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     assert text.startswith("# Rebuild of `items`: rejected")
     assert "serving before: `items_v1`; serving now: `items_v1`" in text
     assert "- candidate: `items_v2` (400 rows, IVF_PQ nlist 20, m 32, nbits 8, tuned nprobe 8), model `m2`" in text
+    assert ("- build time: embedding 0 s, inserts 3 s (2 process(es)), index build and load 31 s, nprobe tuning 4 s"
+            in text)
     assert "| hit_rate@10 | 0.1000 | 0.0800 | -0.0200 |" in text
     assert "| metrics vs serving | **no** |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rebuild.json", "rebuild.md"]

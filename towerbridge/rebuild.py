@@ -148,6 +148,11 @@ def markdown(summary: dict) -> str:
         params = ", ".join(f"{key} {value}" for key, value in built["index"]["params"].items() if key != "nprobe")
         lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, IVF_PQ {params}, tuned "
                      f"nprobe {built['nprobe']}), model `{built['model_id']}`")
+        if built.get("timing"):
+            t = built["timing"]
+            lines.append(f"- build time: embedding {t['embed_s']:.0f} s, inserts {t['insert_s']:.0f} s "
+                         f"({built.get('insert_workers', 1)} process(es)), index build and load {t['index_s']:.0f} s, "
+                         f"nprobe tuning {t['tune_s']:.0f} s")
     if summary.get("error"):
         lines += ["", "## Error", "", "```", summary["error"], "```"]
     if decision["checks"]:

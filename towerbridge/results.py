@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,9 @@ class BuiltVersion:
     index: the index type, metric and parameters recorded with the version;
     index_recall: recall@100 of Milvus against exact search over the same vectors at ``nprobe``;
     previous, dropped_versions, removed_half_built: what serving the version changed (set by
-    ``steps.index_model``, which also points the alias at it; empty for a candidate)."""
+    ``steps.index_model``, which also points the alias at it; empty for a candidate);
+    insert_workers: processes that inserted the rows; timing: seconds to embed (or read the
+    embedded shards), insert and flush, build and load the index, tune nprobe."""
 
     collection: str
     alias: str
@@ -28,6 +30,8 @@ class BuiltVersion:
     previous: str | None = None
     dropped_versions: tuple[str, ...] = ()
     removed_half_built: tuple[str, ...] = ()
+    insert_workers: int = 1
+    timing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         record = asdict(self)

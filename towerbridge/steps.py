@@ -32,6 +32,7 @@ from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus.index import PLATEAU, IvfPqParams, choose_ivf_pq, params_record, tune_nprobe
 from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, TextLimits
 from towerbridge.milvus.store import ItemStore
+from towerbridge.milvus.store import insert_workers as store_insert_workers
 from towerbridge.report import evaluation_record, write_report
 from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact, distributed
@@ -133,7 +134,8 @@ def read_embedded(files: list[str], n_items: int, dim: int) -> np.ndarray:
 
 def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: bool = True,
                 index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
-                target_recall: float = defaults.TARGET_RECALL, embedded: list[str] | None = None) -> BuiltVersion:
+                target_recall: float = defaults.TARGET_RECALL, embedded: list[str] | None = None,
+                insert_workers: int | None = None) -> BuiltVersion:
     """Embed every item, load the vectors as a new collection version with an IVF_PQ
     index, tune nprobe, point the alias at it, and keep the newest ``keep_versions``.
 
@@ -142,11 +144,13 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     build left half-built are dropped first. A failure before the alias moves drops the
     partial collection and leaves the alias where it was. embedded: the item vectors as
     ``embed_shard`` files (e.g. from Dask workers) instead of embedding them here.
+    insert_workers: processes inserting at once (default: by catalog size, ``store.insert_workers``).
     """
     defaults.check_keep_versions(keep_versions)
     with ItemStore(uri) as store, settings.lock(f"index-{alias}"):
         half_built = store.remove_half_built(alias)
-        built = build_version(store, model_dir, alias, progress, index_params, target_recall, embedded=embedded)
+        built = build_version(store, model_dir, alias, progress, index_params, target_recall, embedded=embedded,
+                              insert_workers=insert_workers)
         try:
             previous = store.alias_target(alias)
             store.point_alias(alias, built.collection)
@@ -159,13 +163,17 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
 
 def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool = True,
                   index_params: dict | None = None, target_recall: float = defaults.TARGET_RECALL,
-                  complete: bool = True, embedded: list[str] | None = None) -> BuiltVersion:
+                  complete: bool = True, embedded: list[str] | None = None,
+                  insert_workers: int | None = None) -> BuiltVersion:
     """A new version of ``alias`` (every item embedded, IVF_PQ built, loaded, nprobe tuned),
     not yet serving. Call it holding the alias' build lock. On any failure the partial
     collection is dropped before the error propagates. ``complete=False`` leaves it unmarked
     (the rebuild marks it after validation): until then the next build removes it as half-built.
     embedded: the item vectors as ``embed_shard`` files, read instead of embedding here.
+    insert_workers: processes inserting at once (default: by catalog size). The version's
+    ``timing`` says where the time went: embed, insert (and flush), index (build and load), tune.
     """
+    started = time.perf_counter()
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     if embedded is not None:
@@ -185,11 +193,17 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     id_type = manifest["data"].get("id_type", "int64")
     name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record, id_type,
                                 TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
+    workers = insert_workers or store_insert_workers(len(item_ids))
+    timing = {"embed_s": time.perf_counter() - started}
     try:
-        store.insert(name, item_ids, vectors, titles, genres, progress=progress)
+        mark = time.perf_counter()
+        store.insert(name, item_ids, vectors, titles, genres, progress=progress, workers=workers)
+        timing["insert_s"], mark = time.perf_counter() - mark, time.perf_counter()
         info = store.build_index(name, params)
+        timing["index_s"], mark = time.perf_counter() - mark, time.perf_counter()
         nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
                                       read_part(manifest["prepared_dir"], "train"), target=target_recall)
+        timing["tune_s"] = time.perf_counter() - mark
         if complete:
             store.mark_complete(name)
     except BaseException:
@@ -197,7 +211,8 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         raise
     return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
                         segments=tuple(store.segments(name)), index=params_record(params), nprobe=nprobe,
-                        index_recall=round(recall, 4), model_id=manifest["model_id"], model_dir=record["model_dir"])
+                        index_recall=round(recall, 4), model_id=manifest["model_id"], model_dir=record["model_dir"],
+                        insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
 
 
 def _search_indices(store: ItemStore, name: str, nprobe: int, trained):

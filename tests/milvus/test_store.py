@@ -85,6 +85,35 @@ def test_nan_vectors_are_rejected_before_any_write(store):
         store.drop(name)
 
 
+def test_parallel_inserts_from_processes_write_every_row_once(store, vectors):
+    # two insert processes, each with its own connection, four batches between them
+    name = store.create_version("test_parallel", "model-par", DIM, {})
+    try:
+        ids = np.arange(7, 7 + N)
+        assert store.insert(name, ids, vectors, [f"title {i}" for i in ids], ["Drama|Comedy"] * N, workers=2) == N
+        store.build_index(name, choose_ivf_pq(N, DIM))  # loads it, for the query
+        rows = store.rows(name, "item_id >= 0", ["item_id", "title", "genre_list"])
+        assert sorted(row["item_id"] for row in rows) == ids.tolist()
+        assert all(row["title"] == f"title {row['item_id']}" and list(row["genre_list"]) == ["Drama", "Comedy"]
+                   for row in rows)
+        # what a process is refused comes back as the one error the caller sees
+        other = store.create_version("test_parallel", "model-bad", DIM, {})
+        try:
+            with pytest.raises(CollectionError, match=f"Milvus refused insert into {other}: "):
+                store.insert(other, np.array([f"id{i}" for i in range(N)]), vectors, ["t"] * N, ["g"] * N, workers=2)
+        finally:
+            store.drop(other)
+    finally:
+        store.drop(name)
+
+
+def test_insert_workers_by_catalog_size():
+    from towerbridge.milvus import store as module
+
+    assert module.insert_workers(module.PARALLEL_INSERT_ROWS - 1) == 1
+    assert 1 <= module.insert_workers(10**6) <= module.MAX_INSERT_WORKERS
+
+
 def test_replicas_are_asked_of_milvus_and_a_standalone_refuses_two(store, vectors, monkeypatch):
     # MILVUS_REPLICAS reaches Milvus' load: the embedded standalone server has one query node,
     # so it cannot hold two replicas, and says so (a cluster with two query nodes would load them).
