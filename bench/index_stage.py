@@ -2,7 +2,7 @@
 process against parallel inserts from several, each followed by the evaluation through Milvus
 (issue 17: "the index stage with bulk loading, or parallel inserts, against today's 858 s").
 
-    python -m bench.index_stage --workdir /tmp/indexstage [--insert-workers 1,4] [--out FILE]
+    python -m bench.index_stage --workdir /tmp/indexstage [--insert-workers 1,4] [--index ivf_pq] [--out FILE]
 
 The log is generated, prepared and trained once in WORKDIR (bench.scale's stages, 1 epoch of
 the id tower) and reused; each index stage then builds its own version (its own alias) in a
@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--insert-workers", default="1,4", help="comma-separated insert processes, one index stage "
                                                                   "each, in this order (default 1,4)")
+    parser.add_argument("--index", choices=("ivf_pq", "scann"), default="ivf_pq",
+                        help="the index every stage builds (default ivf_pq)")
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -52,11 +54,13 @@ def main() -> None:
         state = server.running()
         pid = state.pid if state and state.uri == uri else None
         for workers in [int(w) for w in args.insert_workers.split(",")]:
-            stage_options = {**options, "uri": uri, "insert_workers": workers, "alias": f"scale_items_w{workers}",
-                             "collection_file": f"collection-w{workers}"}
+            label = f"w{workers}" if args.index == "ivf_pq" else f"{args.index}-w{workers}"
+            stage_options = {**options, "uri": uri, "insert_workers": workers, "alias": f"scale_items_{label}",
+                             "collection_file": f"collection-{label}", "index_params": {"index_type": args.index}}
             for stage in ("index", "evaluate"):
                 perf.settle(pid)
-                record(stage=stage, insert_workers=workers, **run_stage(stage, work, stage_options, pid))
+                record(**{"stage": stage, "index": args.index, "insert_workers": workers,
+                          **run_stage(stage, work, stage_options, pid)})
 
 
 if __name__ == "__main__":

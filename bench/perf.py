@@ -12,6 +12,9 @@ Milvus server where there is one, during that stage):
     search      top 100 for real user vectors: Milvus (ItemStore.search, what evaluation uses) at the
                 nprobe the pipeline would tune vs FAISS IVFPQ at the same nprobe vs exact torch
                 search; recall of each against exact; each timed REPEATS times, the median counts
+    at recall   every index at the cheapest setting reaching recall@100 0.95 on the probe queries:
+                Milvus IVF_PQ, Milvus SCANN (fast scan + exact re-ranking), FAISS IndexIVFPQ, FAISS
+                IndexIVFPQFastScan + IndexRefineFlat, exact search; queries/s and build seconds
     scale run   (full mode) the whole pipeline on 1M users and items: bench/scale.py
 
 FAISS is optional (`pip install faiss-cpu`); without it its columns are missing and said so.
@@ -25,14 +28,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from towerbridge import evaluation as ev
 from towerbridge import settings
-from towerbridge.milvus.index import tune_nprobe
+from towerbridge.milvus.index import ScannParams, SearchParams, pad_dims, pad_vectors, tune_nprobe, tune_search
 
 GOALS = {"hit_rate@10": 0.14, "hit_rate@100": 0.52}
 
@@ -198,6 +201,25 @@ def faiss_build(vectors: np.ndarray, params) -> tuple[dict, object]:
     return figures, index
 
 
+def faiss_fastscan_build(vectors: np.ndarray, nlist: int) -> tuple[dict, object]:
+    """FAISS' counterpart of SCANN: IVF with 4-bit PQ codes scanned with SIMD (two dimensions
+    per code, as Milvus' SCANN), wrapped in IndexRefineFlat to re-score the best candidates on
+    the raw vectors."""
+    import faiss
+
+    dim = vectors.shape[1]
+    figures: dict = {}
+    with measure(figures):
+        quantizer = faiss.IndexFlatIP(dim)
+        codes = dim // 2 if dim % 2 == 0 else dim
+        base = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, codes, 4, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexRefineFlat(base)
+        index.train(vectors)
+        index.add(vectors)
+    figures.update(threads=faiss.omp_get_max_threads(), codes=codes, nbits=4)
+    return figures, index
+
+
 REPEATS = 5  # searches are timed this many times; the median counts (one run of 2,000 queries is ~0.1 s)
 
 
@@ -321,6 +343,100 @@ def search(store, name, faiss_index, ids, vectors, queries, k: int, target: floa
     return figures
 
 
+AT_RECALL = 0.95  # the level every index is compared at (issue 18)
+
+
+def at_recall(store, names: dict[str, tuple[str, int]], faiss_indexes: dict[str, object], ids: np.ndarray,
+              vectors: np.ndarray, queries: np.ndarray, k: int, level: float, server_pid: int | None,
+              nlist: int) -> dict:
+    """Every index at the cheapest setting reaching recall@k ``level`` on the probe queries
+    (the first 500), then timed on all queries, all sides alternating REPEATS times.
+
+    IVF_PQ (Milvus and FAISS): the smallest nprobe reaching the level, if any does. The
+    re-ranking indexes (Milvus SCANN, FAISS fast scan + IndexRefineFlat): the pipeline's own
+    tuning (``index.tune_search``: nprobe with the widest re-ranking, then the narrowest
+    re-ranking keeping the level), then nprobe lowered by bisection as for IVF_PQ; the same
+    rule for both. An index that cannot reach the level is reported with its best recall.
+    names: Milvus collection and the zero dimensions it pads queries with, by index kind."""
+    import faiss
+
+    empty = ev.ItemSets.empty(len(queries))
+    exact = ev.exact_top_k(queries, vectors, empty, k)
+    row_of = {item: row + 1 for row, item in enumerate(ids.tolist())}
+    probe = queries[:min(500, len(queries))]
+
+    def rows(found: np.ndarray) -> np.ndarray:
+        return np.vectorize(lambda item: row_of.get(item, 0))(found)
+
+    def milvus_search(name: str, pad: int, chosen: SearchParams, vectors_: np.ndarray) -> np.ndarray:
+        return rows(store.search(name, vectors_, k, replace(chosen, pad=pad))[0])
+
+    def faiss_search(index, chosen: SearchParams, vectors_: np.ndarray) -> np.ndarray:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = chosen.nprobe
+        if chosen.reorder_k is not None:
+            index.k_factor = chosen.reorder_k / k
+        return index.search(vectors_, k)[1] + 1
+
+    sides: dict[str, Callable[[SearchParams, np.ndarray], np.ndarray]] = {}
+    for kind, (name, pad) in names.items():
+        sides[f"milvus_{kind}"] = lambda chosen, v, name=name, pad=pad: milvus_search(name, pad, chosen, v)
+    for kind, index in faiss_indexes.items():
+        sides[f"faiss_{kind}"] = lambda chosen, v, index=index: faiss_search(index, chosen, v)
+
+    figures: dict = {"level": level, "k": k, "queries": len(queries), "probe_queries": len(probe), "sides": {}}
+    chosen_settings: dict[str, SearchParams] = {}
+    for side, search in sides.items():
+        cache: dict[SearchParams, float] = {}
+
+        def recall_at(chosen: SearchParams, search=search, cache=cache) -> float:
+            if chosen not in cache:
+                cache[chosen] = _recall(search(chosen, probe), exact[:len(probe)])
+            return cache[chosen]
+
+        if side.endswith("ivf_pq"):
+            hit = smallest_nprobe(lambda n: recall_at(SearchParams(n)), level, nlist)
+            best = max(cache.values())
+            chosen = None if hit is None else SearchParams(hit[0])
+        else:
+            tuned, best = tune_search(ScannParams(nlist=nlist), recall_at, k, level)
+            hit = smallest_nprobe(lambda n, reorder=tuned.reorder_k: recall_at(SearchParams(n, reorder)), level,
+                                  nlist) if best >= level else None
+            chosen = None if hit is None else SearchParams(hit[0], tuned.reorder_k)
+        record = {"reached": chosen is not None, "probe_searches": len(cache)}
+        if chosen is None:
+            record["best_probe_recall"] = round(best, 4)
+        else:
+            chosen_settings[side] = chosen
+            record.update(nprobe=chosen.nprobe, reorder_k=chosen.reorder_k,
+                          recall=round(_recall(search(chosen, queries), exact), 4))
+        figures["sides"][side] = record
+
+    settle(server_pid)
+    runs = {side: (lambda search=sides[side], chosen=chosen: search(chosen, queries))
+            for side, chosen in chosen_settings.items()}
+    runs["exact"] = lambda: ev.exact_top_k(queries, vectors, empty, k)
+    times: dict[str, list[float]] = {side: [] for side in runs}
+    for _ in range(REPEATS):
+        for side, run_ in runs.items():
+            started = time.perf_counter()
+            run_()
+            times[side].append(time.perf_counter() - started)
+    figures["sides"]["exact"] = {"reached": True, "recall": 1.0}
+    for side, spent in times.items():
+        seconds = float(np.median(spent))
+        figures["sides"][side].update(seconds=round(seconds, 4), best_seconds=round(min(spent), 4),
+                                      repeats=REPEATS, qps=round(len(queries) / seconds))
+    return figures
+
+
+def best_at_recall(figures: dict, prefix: str) -> tuple[str, int] | None:
+    """The fastest of the sides named ``prefix*`` that reached the level: ``(side, qps)``."""
+    reached = [(side, record["qps"]) for side, record in figures["sides"].items()
+               if side.startswith(prefix) and record.get("reached") and "qps" in record]
+    return max(reached, key=lambda pair: pair[1]) if reached else None
+
+
 def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes: Sizes | None = None) -> dict:
     from towerbridge.milvus import server
     from towerbridge.milvus.index import choose_ivf_pq
@@ -343,7 +459,7 @@ def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes
     params = choose_ivf_pq(len(ids), vectors.shape[1])
     result["index_params"] = asdict(params)
     store = ItemStore(uri)
-    name = None
+    name = scann_name = None
     try:
         waited["milvus_build"] = settle(pid)
         result["milvus_build"], name = milvus_build(store, ids, vectors, params, pid)
@@ -354,9 +470,21 @@ def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes
         except ImportError:
             result["notes"].append("FAISS not installed (pip install faiss-cpu): no FAISS-direct columns")
         result["search"] = search(store, name, faiss_index, ids, vectors, queries, sizes.k, 0.95, pid, params)
+        waited["milvus_scann_build"] = settle(pid)
+        scann = ScannParams(nlist=params.nlist, nprobe=params.nprobe)
+        pad = pad_dims(scann, vectors.shape[1])  # Milvus builds SCANN on even dimensions only
+        result["milvus_scann_build"], scann_name = milvus_build(store, ids, pad_vectors(vectors, pad), scann, pid)
+        faiss_indexes = {}
+        if faiss_index is not None:
+            waited["faiss_fastscan_build"] = settle(pid)
+            result["faiss_fastscan_build"], fastscan = faiss_fastscan_build(vectors, params.nlist)
+            faiss_indexes = {"ivf_pq": faiss_index, "fastscan_refine": fastscan}
+        result["at_recall"] = at_recall(store, {"ivf_pq": (name, 0), "scann": (scann_name, pad)}, faiss_indexes,
+                                        ids, vectors, queries, sizes.k, AT_RECALL, pid, params.nlist)
     finally:
-        if name:
-            store.drop(name)
+        for built in (name, scann_name):
+            if built:
+                store.drop(built)
         store.close()
     ratios = {}
     if "faiss_build" in result:
@@ -366,6 +494,12 @@ def run(quick: bool, ml100k: Path | None, uri: str, progress: bool = True, sizes
                                                      / result["search"]["faiss"]["qps"], 3)
         same = result["search"]["same_recall"]
         ratios["eval_qps_milvus_over_faiss_same_recall"] = round(same["milvus"]["qps"] / same["faiss"]["qps"], 3)
+        milvus_best, faiss_best = (best_at_recall(result["at_recall"], prefix) for prefix in ("milvus_", "faiss_"))
+        if milvus_best and faiss_best:
+            ratios["eval_qps_milvus_best_over_faiss_best_at_recall"] = round(milvus_best[1] / faiss_best[1], 3)
+        else:
+            result["notes"].append(f"no ratio at recall {AT_RECALL}: Milvus' best {milvus_best}, FAISS' best "
+                                   f"{faiss_best} (None: no index of that side reached it)")
     result["ratios"] = ratios
     return result
 
@@ -415,6 +549,8 @@ def table(result: dict) -> str:
                      f"{same['faiss']['recall']:.4f})")
     lines.append(row.format("exact torch search", f"{s['exact']['qps']:,} q/s", f"{s['exact']['seconds']:.2f}",
                             s["exact"]["peak_mb"]))
+    if "at_recall" in result:
+        lines += ["", at_recall_table(result)]
     for key, value in result["ratios"].items():
         lines.append(f"{key}: {value}")
     lines.append(f"search seconds: median of {s['milvus'].get('repeats', 1)} runs, Milvus and FAISS alternating")
@@ -425,6 +561,32 @@ def table(result: dict) -> str:
     lines.append("* peak resident memory during the stage: of the Milvus server for Milvus rows (blank when it "
                  "is not embedded), of this process otherwise")
     lines += [f"note: {note}" for note in result["notes"]]
+    return "\n".join(lines)
+
+
+AT_RECALL_NAMES = {"milvus_ivf_pq": ("Milvus IVF_PQ", "milvus_build"),
+                   "milvus_scann": ("Milvus SCANN (fast scan + re-rank)", "milvus_scann_build"),
+                   "faiss_ivf_pq": ("FAISS IndexIVFPQ", "faiss_build"),
+                   "faiss_fastscan_refine": ("FAISS IVFPQFastScan + RefineFlat", "faiss_fastscan_build"),
+                   "exact": ("exact torch search", None)}
+
+
+def at_recall_table(result: dict) -> str:
+    figures = result["at_recall"]
+    lines = [f"at recall@{figures['k']} >= {figures['level']} (settings chosen on the first "
+             f"{figures['probe_queries']} queries; recall and q/s on all {figures['queries']:,})"]
+    row = "{:<38}{:>22}{:>10}{:>12}{:>12}"
+    lines.append(row.format("index", "setting", "recall", "q/s", "build s"))
+    for side, record in figures["sides"].items():
+        label, build = AT_RECALL_NAMES.get(side, (side, None))
+        build_s = f"{result[build]['seconds']:.1f}" if build and build in result else ""
+        if not record.get("reached"):
+            lines.append(row.format(label, "does not reach it", f"{record['best_probe_recall']:.4f}*", "", build_s))
+            continue
+        setting = "" if side == "exact" else SearchParams(record["nprobe"], record.get("reorder_k")).describe()
+        lines.append(row.format(label, setting, f"{record['recall']:.4f}", f"{record['qps']:,}", build_s))
+    if any(not record.get("reached") for record in figures["sides"].values()):
+        lines.append("* the best recall on the probe queries at any nprobe (and re-ranking) tried")
     return "\n".join(lines)
 
 

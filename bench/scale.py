@@ -7,7 +7,7 @@ is its own; the embedded Milvus server's peak during each stage is read from /pr
     generate   the synthetic log and catalog, written as Parquet
     prepare    load, validate, split leave-last-out       (steps.prepare_data, as the flows call it)
     train      the two towers                               (steps.train_model)
-    index      embed every item, IVF_PQ, tune nprobe, alias (steps.index_model)
+    index      embed every item, IVF_PQ (or SCANN), tune the search, alias (steps.index_model)
     evaluate   every metric through Milvus beside exact search, popularity and random
                                                             (steps.evaluate_model)
 
@@ -72,7 +72,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
         return {"train_seconds": manifest["train_seconds"], "history": manifest["history"]}
     if stage == "index":
         info = steps.index_model((work / "model_dir").read_text(), options["uri"], alias=options.get("alias", ALIAS),
-                                 progress=False, keep_versions=1, insert_workers=options.get("insert_workers"))
+                                 progress=False, keep_versions=1, insert_workers=options.get("insert_workers"),
+                                 index_params=options.get("index_params"))
         (work / options.get("collection_file", "collection")).write_text(info.collection)
         return info.to_dict()
     report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"],
@@ -142,9 +143,10 @@ def _what(stage: str, s: dict) -> str:
         return f"{len(epochs)} epoch(s), {epochs[-1]['examples_per_s']:,.0f} examples/s, {s['train_seconds']:.0f} s"
     if stage == "index":
         index = s["index"]["params"]
-        return (f"{s['rows']:,} rows in {len(s['segments'])} segment(s), nlist {index['nlist']}, m {index['m']}, "
-                f"nprobe {s['nprobe']}, "
-                f"recall@100 {s['index_recall@100']}")
+        codes = f", m {index['m']}" if "m" in index else ""
+        reorder = f", reorder_k {s['reorder_k']}" if s.get("reorder_k") else ""
+        return (f"{s['rows']:,} rows in {len(s['segments'])} segment(s), {s['index'].get('index_type', 'IVF_PQ')} "
+                f"nlist {index['nlist']}{codes}, nprobe {s['nprobe']}{reorder}, recall@100 {s['index_recall@100']}")
     return (f"{s['users_evaluated']:,} users, {s['timing']['milvus_users_per_s']:,} users/s through Milvus, "
             f"HR@10 {s['model_hit_rate@10']:.4f} (popularity {s['popularity_hit_rate@10']:.4f})")
 

@@ -23,10 +23,11 @@ def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_AL
           index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
           target_recall: float = defaults.TARGET_RECALL, embed_workers: int = 0, dask_address: str | None = None,
           embed_shards: int | None = None, embed_dir: str | None = None) -> BuiltVersion:
-    """Batch-embed all items of the model's catalog into a new IVF_PQ version, tune nprobe to
-    ``target_recall``, move ``alias`` to it, keep the newest ``keep_versions``.
+    """Batch-embed all items of the model's catalog into a new IVF_PQ (or SCANN) version, tune
+    its search to ``target_recall``, move ``alias`` to it, keep the newest ``keep_versions``.
 
-    index_params: ``nlist``, ``m``, ``nbits`` overriding the ones chosen from the data.
+    index_params: ``index_type`` (``IVF_PQ``, the default, or ``SCANN``) and ``nlist``, ``m``,
+    ``nbits`` overriding the ones chosen from the data.
     embed_workers / dask_address: embed the catalog on a local Dask cluster of that many
     workers, or on the Dask cluster at that address, in ``embed_shards`` tasks writing files
     under ``embed_dir`` (``flows/embed.py``); default: in this process.
@@ -37,7 +38,9 @@ def index(model_dir: str, milvus_uri: str | None = None, alias: str = DEFAULT_AL
     with server.endpoint(milvus_uri, log=logger.info) as uri, \
             embedded(model_dir, embed_workers, dask_address, embed_shards, embed_dir) as vectors:
         built = build_collection(model_dir, uri, alias, index_params or {}, keep_versions, target_recall, vectors)
-    # the tuned nprobe, not the build's starting value that index["params"] keeps
-    logger.info("alias %s -> %s (%d rows, IVF_PQ %s, recall@100 %.3f against exact search)", built.alias,
-                built.collection, built.rows, {**built.index["params"], "nprobe": built.nprobe}, built.index_recall)
+    # the tuned search settings, not the build's starting values that index["params"] keeps
+    tuned = {"nprobe": built.nprobe, **({} if built.reorder_k is None else {"reorder_k": built.reorder_k})}
+    logger.info("alias %s -> %s (%d rows, %s %s, recall@100 %.3f against exact search)", built.alias,
+                built.collection, built.rows, built.index["index_type"], {**built.index["params"], **tuned},
+                built.index_recall)
     return built

@@ -33,6 +33,7 @@ from towerbridge.flows.embed import embedded
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.train import train
 from towerbridge.milvus import server
+from towerbridge.milvus.index import SearchParams
 from towerbridge.milvus.schema import DEFAULT_ALIAS, check_name
 from towerbridge.milvus.store import ItemStore
 from towerbridge.results import BuiltVersion
@@ -114,7 +115,7 @@ def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int
         record = store.record(collection)
         train_part = steps.read_part(artifact.read_manifest(Path(model_dir))["prepared_dir"], "train")
         ids, scores = store.search(alias, steps.user_queries(trained, users, train_part), k,
-                                   int(record.get("nprobe", 1)))
+                                   SearchParams.of(record))
         short = int((~np.isfinite(scores)).any(axis=1).sum())
         if short:
             raise RuntimeError(f"alias {alias}: {short} of {len(users)} test searches returned fewer than {k} items")

@@ -1,11 +1,28 @@
-"""IVF_PQ parameters as pure functions: chosen from the data's shape, checked, and nprobe
-tuned against a recall function. The store only applies what it is given."""
+"""Index parameters as pure functions: chosen from the data's shape, checked, and the search
+settings tuned against a recall function. The store only applies what it is given.
+
+Two index types, both inverted lists of quantized vectors:
+
+- ``IVF_PQ``: product quantization with 8-bit codes, scored by Milvus' scalar loop;
+- ``SCANN``: Milvus' fast-scan IVF (4-bit codes, two dimensions per code, scored with SIMD
+  shuffles, as FAISS' ``IndexIVFPQFastScan``), with the raw vectors kept beside the codes so
+  that the best ``reorder_k`` candidates of a search are re-scored exactly before the top
+  ``limit`` are returned (as FAISS' ``IndexRefineFlat``). The coarse codes cost recall; the
+  exact re-ranking gives it back, so its recall is bounded by the lists searched (nprobe),
+  not by the codes. Milvus builds SCANN only on an even dimension ("dimension must be able
+  to be divided by 2"); towerbridge's vectors are ``[embedding, prior]``, odd for even
+  embeddings, so a SCANN version stores one zero dimension more (``pad_dims`` in its record)
+  and its searches append a zero to each query: inner products are unchanged.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
 
 from towerbridge import defaults
 from towerbridge.errors import ConfigError
@@ -13,12 +30,50 @@ from towerbridge.errors import ConfigError
 METRIC = "IP"
 MAX_NLIST = 65536
 PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
+INDEX_TYPES = ("IVF_PQ", "SCANN")
+# SCANN's re-ranking: tuning tries reorder_k = k times each of these (k: the tuning's top k),
+# the widest while it tunes nprobe, then the narrowest that keeps the recall.
+REORDER_FACTORS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """What a search of one version sends to Milvus: nprobe, and for SCANN reorder_k; pad:
+    zero dimensions appended to each query (the version's ``pad_dims``)."""
+
+    nprobe: int
+    reorder_k: int | None = None
+    pad: int = 0
+
+    def for_limit(self, limit: int) -> dict:
+        """Milvus' search ``params`` for a search of ``limit`` hits (SCANN re-ranks at least
+        as many candidates as it returns)."""
+        params: dict = {"nprobe": int(self.nprobe)}
+        if self.reorder_k is not None:
+            params["reorder_k"] = max(int(self.reorder_k), int(limit))
+        return params
+
+    def queries(self, vectors: np.ndarray) -> np.ndarray:
+        """Query vectors shaped as the version stores its vectors (``pad`` zeros appended)."""
+        return pad_vectors(vectors, self.pad)
+
+    @classmethod
+    def of(cls, record: dict) -> SearchParams:
+        """The tuned settings a version records (``nprobe``, ``reorder_k``), else its build's."""
+        params = record.get("params") or {}
+        nprobe = record.get("nprobe", params.get("nprobe", 1))
+        reorder_k = record.get("reorder_k", params.get("reorder_k"))
+        return cls(int(nprobe), None if reorder_k is None else int(reorder_k), int(record.get("pad_dims", 0)))
+
+    def describe(self) -> str:
+        return f"nprobe {self.nprobe}" + ("" if self.reorder_k is None else f", reorder_k {self.reorder_k}")
 
 
 @dataclass(frozen=True)
 class IvfPqParams:
     """IVF_PQ build parameters and the nprobe used at search time."""
 
+    index_type: ClassVar[str] = "IVF_PQ"
     nlist: int
     m: int
     nbits: int = 8
@@ -43,6 +98,67 @@ class IvfPqParams:
     def build_params(self) -> dict:
         return {"nlist": self.nlist, "m": self.m, "nbits": self.nbits}
 
+    @property
+    def search(self) -> SearchParams:
+        return SearchParams(self.nprobe)
+
+    def codes(self) -> str:
+        return f"m {self.m}, {self.nbits} bits"
+
+
+@dataclass(frozen=True)
+class ScannParams:
+    """SCANN build parameters (its lists; the codes are fixed: 4 bits per two dimensions)
+    and the search settings: nprobe, and reorder_k, the candidates re-scored exactly."""
+
+    index_type: ClassVar[str] = "SCANN"
+    nlist: int
+    nprobe: int = 16
+    reorder_k: int = 100 * REORDER_FACTORS[-1]
+
+    def check(self, dim: int, n_rows: int) -> None:
+        """Raise ConfigError with every problem found, before anything is built."""
+        problems = []
+        if not 1 <= self.nlist <= min(MAX_NLIST, n_rows):
+            problems.append(f"nlist={self.nlist} must be between 1 and min({MAX_NLIST}, rows={n_rows})")
+        if n_rows < 256:
+            problems.append(f"SCANN needs at least 256 rows to train its codes, got {n_rows}")
+        if not 1 <= self.nprobe <= self.nlist:
+            problems.append(f"nprobe={self.nprobe} must be between 1 and nlist={self.nlist}")
+        if self.reorder_k < 1:
+            problems.append(f"reorder_k={self.reorder_k} must be at least 1")
+        if problems:
+            raise ConfigError("invalid SCANN parameters: " + "; ".join(problems))
+
+    def build_params(self) -> dict:
+        # Milvus 2.3.5 refuses SCANN's with_raw_data when it is given ("type conflict in json":
+        # parameters reach the index as strings); left out, it is true: raw vectors are kept.
+        return {"nlist": self.nlist}
+
+    @property
+    def search(self) -> SearchParams:
+        return SearchParams(self.nprobe, self.reorder_k)
+
+    def codes(self) -> str:
+        return "4-bit fast-scan codes"
+
+
+IndexParams = IvfPqParams | ScannParams
+
+
+def pad_dims(params: IndexParams, dim: int) -> int:
+    """Zero dimensions a version of ``dim``-dimensional vectors stores beyond them: 1 for SCANN
+    on an odd dimension (Milvus builds it only on even ones), else 0."""
+    return int(isinstance(params, ScannParams) and dim % 2 == 1)
+
+
+def pad_vectors(vectors: np.ndarray, pad: int) -> np.ndarray:
+    """``vectors`` (one per row, or one vector) with ``pad`` zeros appended to each."""
+    if not pad:
+        return vectors
+    widths = [(0, 0)] * (np.ndim(vectors) - 1) + [(0, pad)]
+    return np.pad(np.asarray(vectors, dtype=np.float32), widths)
+
 
 def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
     """Defaults from the data's shape.
@@ -63,7 +179,31 @@ def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
     return IvfPqParams(nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
 
 
-def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,
+def choose_index(n_rows: int, dim: int, overrides: dict | None = None) -> IndexParams:
+    """The index a version gets: ``overrides["index_type"]`` (``IVF_PQ``, the default, or
+    ``SCANN``; any case), its parameters chosen from the data, then the other overrides.
+    Checked before anything is built."""
+    overrides = dict(overrides or {})
+    index_type = str(overrides.pop("index_type", None) or "IVF_PQ").upper()
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"index type {index_type!r} is not one towerbridge builds; choose one of "
+                          f"{', '.join(t.lower() for t in INDEX_TYPES)}")
+    chosen = choose_ivf_pq(n_rows, dim)
+    if index_type == "SCANN":
+        chosen = ScannParams(nlist=chosen.nlist, nprobe=chosen.nprobe)
+    allowed = set(asdict(chosen))
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a parameter of {index_type} (it takes "
+                          f"{', '.join(sorted(allowed))})")
+    params = type(chosen)(**{**asdict(chosen), **overrides})
+    if "nprobe" not in overrides:  # a smaller nlist bounds the default
+        params = type(params)(**{**asdict(params), "nprobe": min(params.nprobe, params.nlist)})
+    params.check(dim, n_rows)
+    return params
+
+
+def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,
                 plateau: float = PLATEAU) -> tuple[int, float]:
     """The smallest nprobe (powers of two, then nlist) whose ``recall_at(nprobe)`` reaches
     ``target``. When doubling nprobe gains less than ``plateau`` of recall, the codes'
@@ -82,5 +222,24 @@ def tune_nprobe(params: IvfPqParams, recall_at: Callable[[int], float], target: 
     return params.nlist, recall
 
 
-def params_record(params: IvfPqParams) -> dict:
-    return {"index_type": "IVF_PQ", "metric_type": METRIC, "params": asdict(params)}
+def tune_search(params: IndexParams, recall_at: Callable[[SearchParams], float], k: int,
+                target: float = defaults.TARGET_RECALL, plateau: float = PLATEAU) -> tuple[SearchParams, float]:
+    """The cheapest search settings reaching ``target`` recall: nprobe as ``tune_nprobe``;
+    for SCANN first with the widest re-ranking (``k`` times the last of REORDER_FACTORS,
+    so that the codes do not limit recall), then the narrowest reorder_k that keeps the
+    target (or, short of it, stays within ``plateau`` of the widest). Returns ``(settings, recall)``."""
+    if isinstance(params, IvfPqParams):
+        nprobe, recall = tune_nprobe(params, lambda n: recall_at(SearchParams(n)), target, plateau)
+        return SearchParams(nprobe), recall
+    widest = k * REORDER_FACTORS[-1]
+    nprobe, recall = tune_nprobe(params, lambda n: recall_at(SearchParams(n, widest)), target, plateau)
+    enough = target if recall >= target else recall - plateau
+    for factor in REORDER_FACTORS[:-1]:
+        narrower = recall_at(SearchParams(nprobe, k * factor))
+        if narrower >= enough:
+            return SearchParams(nprobe, k * factor), narrower
+    return SearchParams(nprobe, widest), recall
+
+
+def params_record(params: IndexParams) -> dict:
+    return {"index_type": params.index_type, "metric_type": METRIC, "params": asdict(params)}

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from towerbridge import defaults, settings
 from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
 from towerbridge.milvus import answers, server
-from towerbridge.milvus.index import METRIC, IvfPqParams
+from towerbridge.milvus.index import METRIC, IndexParams, SearchParams
 from towerbridge.milvus.schema import (
     MAX_LIMIT,
     PROPERTY_PREFIX,
@@ -239,10 +239,10 @@ class ItemStore:
         self._call(f"insert into {name}", self.client.insert, name, rows)
         return len(rows)
 
-    def build_index(self, name: str, params: IvfPqParams, timeout_s: float = 1800.0) -> dict:
-        """Build IVF_PQ, wait until every row is indexed, load the collection."""
+    def build_index(self, name: str, params: IndexParams, timeout_s: float = 1800.0) -> dict:
+        """Build the index (IVF_PQ or SCANN), wait until every row is indexed, load the collection."""
         index_params = self.client.prepare_index_params()
-        index_params.add_index(field_name=VECTOR_FIELD, index_type="IVF_PQ", metric_type=METRIC,
+        index_params.add_index(field_name=VECTOR_FIELD, index_type=params.index_type, metric_type=METRIC,
                                params=params.build_params())
         self._call(f"create index on {name}", self.client.create_index, name, index_params)
         deadline = time.monotonic() + timeout_s
@@ -274,7 +274,9 @@ class ItemStore:
         return TextLimits.declared(params if params is not None else self._field_params(name))
 
     def describe_index(self, name: str) -> dict:
-        return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD)
+        """The vector index of ``name``; empty when it has none on towerbridge's vector field
+        (a collection someone else made on the same server may index a field of another name)."""
+        return self._call(f"describe index of {name}", self.client.describe_index, name, VECTOR_FIELD) or {}
 
     def count(self, name: str) -> int:
         """Rows persisted in a collection (flushed rows; no load needed)."""
@@ -487,28 +489,33 @@ class ItemStore:
             last = keys[-1]
         return found
 
-    def search_rows(self, name: str, vector: np.ndarray, limit: int, nprobe: int, expression: str = "",
+    def search_rows(self, name: str, vector: np.ndarray, limit: int, search: SearchParams | int, expression: str = "",
                     fields: tuple[str, ...] = ("title", "genres")) -> list[dict]:
-        """One query's hits, best first, as ``{"item_id", "score", <fields>}``."""
-        hits = self._call(f"search {name}", self.client.search, name, data=[vector], limit=min(limit, MAX_LIMIT),
+        """One query's hits, best first, as ``{"item_id", "score", <fields>}``. search: the
+        version's search settings (``SearchParams.of(record)``), or an nprobe."""
+        limit = min(limit, MAX_LIMIT)
+        chosen = _settings(search)
+        vector = chosen.queries(np.asarray(vector, dtype=np.float32)).tolist()
+        hits = self._call(f"search {name}", self.client.search, name, data=[vector], limit=limit,
                           filter=expression, anns_field=VECTOR_FIELD, output_fields=list(fields),
-                          search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}})
+                          search_params=_search_params(chosen, limit))
         return [{"item_id": hit["id"], "score": float(hit["distance"]),
                  **{field: hit["entity"].get(field) for field in fields}} for hit in hits[0]]
 
-    def search(self, name: str, vectors: np.ndarray, limit: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``limit`` item ids per query vector. Returns ``(ids, scores)``, both
-        ``[nq, limit]``; rows with fewer hits are padded with score -inf (and id -1, or None
-        for string ids): ``np.isfinite(scores)`` marks the real hits."""
+    def search(self, name: str, vectors: np.ndarray, limit: int,
+               search: SearchParams | int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``limit`` item ids per query vector, with ``search``'s settings (or an nprobe).
+        Returns ``(ids, scores)``, both ``[nq, limit]``; rows with fewer hits are padded with
+        score -inf (and id -1, or None for string ids): ``np.isfinite(scores)`` marks the real hits."""
         limit = min(limit, MAX_LIMIT)
         part = max(1, min(MAX_LIMIT, PART_RESULTS // limit))
         parts = list(self.search_many(name, [(vectors[start:start + part], limit)
-                                             for start in range(0, len(vectors), part)], nprobe))
+                                             for start in range(0, len(vectors), part)], search))
         ids = np.concatenate([p[0] for p in parts]) if parts else np.full((0, limit), -1, dtype=np.int64)
         scores = np.concatenate([p[1] for p in parts]) if parts else np.full((0, limit), -np.inf, np.float32)
         return ids, scores
 
-    def search_many(self, name: str, requests: Iterable[tuple[np.ndarray, int]], nprobe: int,
+    def search_many(self, name: str, requests: Iterable[tuple[np.ndarray, int]], search: SearchParams | int,
                     in_flight: int = IN_FLIGHT) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``search`` for a sequence of ``(vectors, limit)`` requests, answered in order.
 
@@ -521,30 +528,39 @@ class ItemStore:
         sent again on its own, with ``_call``'s retries."""
         pending: deque = deque()
         for vectors, limit in requests:
-            pending.append((vectors, limit, self._submit(name, vectors, limit, nprobe)))
+            pending.append((vectors, limit, self._submit(name, vectors, limit, search)))
             if len(pending) >= in_flight:
-                yield self._collect(name, nprobe, *pending.popleft())
+                yield self._collect(name, search, *pending.popleft())
         while pending:
-            yield self._collect(name, nprobe, *pending.popleft())
+            yield self._collect(name, search, *pending.popleft())
 
-    def _submit(self, name: str, vectors: np.ndarray, limit: int, nprobe: int):
+    def _submit(self, name: str, vectors: np.ndarray, limit: int, search: SearchParams | int):
         # float32 rows as bytes: pymilvus packs each number of a numpy row separately otherwise
-        rows = [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=np.float32)]
+        chosen = _settings(search)
+        rows = [row.tobytes() for row in np.ascontiguousarray(chosen.queries(vectors), dtype=np.float32)]
         try:
             return self.client.search(name, data=rows, limit=min(limit, MAX_LIMIT), anns_field=VECTOR_FIELD,
-                                      search_params={"metric_type": METRIC, "params": {"nprobe": nprobe}},
+                                      search_params=_search_params(chosen, min(limit, MAX_LIMIT)),
                                       consistency_level="Eventually", _async=True)
         except MilvusException as error:  # refused before sending (e.g. unknown collection): read at collect
             return error
 
-    def _collect(self, name: str, nprobe: int, vectors: np.ndarray, limit: int,
+    def _collect(self, name: str, search: SearchParams | int, vectors: np.ndarray, limit: int,
                  future) -> tuple[np.ndarray, np.ndarray]:
         try:
             return answers.read(future, len(vectors), min(limit, MAX_LIMIT))
         except MilvusException:  # again on its own, with retries and a clear error
-            return self._call(f"search {name}", lambda: answers.read(self._submit(name, vectors, limit, nprobe),
+            return self._call(f"search {name}", lambda: answers.read(self._submit(name, vectors, limit, search),
                                                                      len(vectors), min(limit, MAX_LIMIT)))
 
+
+
+def _settings(search: SearchParams | int) -> SearchParams:
+    return search if isinstance(search, SearchParams) else SearchParams(int(search))
+
+
+def _search_params(search: SearchParams, limit: int) -> dict:
+    return {"metric_type": METRIC, "params": search.for_limit(limit)}
 
 
 def _holds_file(directory: Path) -> bool:

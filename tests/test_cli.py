@@ -30,6 +30,8 @@ def test_unreachable_milvus_uri_is_one_line_and_non_zero():
     (["run", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: not a directory"),
     (["run", "--m", "5", "--user-tower", "id"], "--m 5 must divide the vector dimension 32 (of the id tower)"),
     (["run", "--m", "7"], "--m 7 must divide the vector dimension 65 (of the sequence tower)"),
+    (["run", "--index", "scann", "--m", "8"],
+     "--m and --nbits set IVF_PQ's codes; --index scann has fixed 4-bit codes (leave them out)"),
     (["run", "--keep-versions", "0"], "--keep-versions must be at least 1, got 0"),
     (["run", "--eval-users", "0"], "eval_users (--eval-users) must be at least 1, got 0"),
     (["run", "--train-processes", "0"], "--train-processes must be a whole number of processes, 1 or more, got 0"),

@@ -66,11 +66,25 @@ def test_the_report_shows_old_and_new_metrics_and_the_decision(tmp_path):
     assert text.startswith("# Rebuild of `items`: rejected")
     assert "serving before: `items_v1`; serving now: `items_v1`" in text
     assert "- candidate: `items_v2` (400 rows, IVF_PQ nlist 20, m 32, nbits 8, tuned nprobe 8), model `m2`" in text
-    assert ("- build time: embedding 0 s, inserts 3 s (2 process(es)), index build and load 31 s, nprobe tuning 4 s"
+    assert ("- build time: embedding 0 s, inserts 3 s (2 process(es)), index build and load 31 s, search tuning 4 s"
             in text)
     assert "| hit_rate@10 | 0.1000 | 0.0800 | -0.0200 |" in text
     assert "| metrics vs serving | **no** |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rebuild.json", "rebuild.md"]
+
+
+def test_a_scann_candidate_is_validated_and_reported_with_its_index_type_and_re_ranking(tmp_path):
+    built = replace(BUILT, index={"index_type": "SCANN", "params": {"nlist": 20, "nprobe": 8, "reorder_k": 800}},
+                    nprobe=4, reorder_k=200, index_recall=0.9)
+    decision = decide.validate(built, report(0.1), None, None, target_recall=0.95)
+    assert "index recall: recall@100 against exact search 0.9000 at nprobe 4, reorder_k 200 (target 0.95)" in \
+        decision.reason
+    summary = {"alias": "items", "outcome": "rejected", "started_at": "2026-11-28T02:00:00Z", "seconds": 61.2,
+               "serving_before": None, "serving_after": None, "built": built.to_dict(),
+               "report": report(0.1).to_dict(), "decision": decide.decision_dict(decision)}
+    decide.write_summary(summary, tmp_path)
+    text = (tmp_path / "rebuild.md").read_text()
+    assert "- candidate: `items_v2` (400 rows, SCANN nlist 20, tuned nprobe 4, reorder_k 200), model `m2`" in text
 
 
 def test_the_summary_json_says_what_serves_and_leaves_out_what_never_happened():

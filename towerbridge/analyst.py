@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
+from towerbridge.milvus.index import SearchParams
 from towerbridge.milvus.schema import MAX_LIMIT, VECTOR_FIELD, id_filter
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
@@ -85,10 +86,6 @@ def _version(store: ItemStore, name: str) -> tuple[str, dict]:
     return collection, record
 
 
-def _nprobe(record: dict) -> int:
-    return int(record.get("nprobe", record["params"]["nprobe"]))
-
-
 def _known_interactions(model_dir: Path) -> pd.DataFrame:
     """Every interaction the model's prepared data holds (training and held out), the
     freshest log towerbridge has for that model."""
@@ -151,7 +148,7 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
             histories = Histories.from_interactions(mine, trained.item_index)
         query = user_vectors(trained, np.array([user_id], dtype=trained.user_ids.dtype), histories)[0]
         seen = set() if include_seen else set(mine["item_id"].tolist())
-    hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), _nprobe(record), expression,
+    hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), SearchParams.of(record), expression,
                              RESULT_FIELDS)
     return [hit for hit in hits if hit["item_id"] not in seen][:k]
 
@@ -163,7 +160,7 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
 
     The stored vector is ``[embedding / temperature, popularity prior]`` (towers/vectors.py)
     and every embedding has unit length, so an inner-product search with the prior set to 0
-    ranks by cosine. The index only estimates that product (PQ codes), so the cosine of each
+    ranks by cosine. The index may only estimate that product (PQ codes), so the cosine of each
     hit is computed exactly from the stored vectors, and the hits are ordered by it."""
     collection, record = _version(store, name)
     if expression:
@@ -173,15 +170,18 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     rows = store.rows(collection, id_filter([item_id], id_type), [VECTOR_FIELD])
     if not rows:
         raise DataError(f"item {item_id!r} is not in collection {collection}")
-    query = np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
+    tuned = SearchParams.of(record)
+    stored_dim = len(rows[0][VECTOR_FIELD]) - tuned.pad  # without a SCANN version's zero padding
+    query = np.asarray(rows[0][VECTOR_FIELD][:stored_dim], dtype=np.float32)
     query[-1] = 0.0
-    hits = [hit for hit in store.search_rows(collection, query, k + 1, _nprobe(record), expression, RESULT_FIELDS)
-            if hit["item_id"] != item_id][:k]
+    nearest = store.search_rows(collection, query, k + 1, tuned, expression, RESULT_FIELDS)
+    hits = [hit for hit in nearest if hit["item_id"] != item_id][:k]
     if not hits:
         return []
     stored = {row["item_id"]: row[VECTOR_FIELD] for row in store.rows(
         collection, id_filter([hit["item_id"] for hit in hits], id_type), ["item_id", VECTOR_FIELD])}
-    cosines = cosine(query[:-1], np.array([stored[hit["item_id"]] for hit in hits], dtype=np.float32)[:, :-1])
+    cosines = cosine(query[:-1], np.array([stored[hit["item_id"]] for hit in hits],
+                                          dtype=np.float32)[:, :stored_dim - 1])
     found = [{"item_id": hit["item_id"], "cosine": float(value), **{field: hit[field] for field in RESULT_FIELDS}}
              for hit, value in zip(hits, cosines)]
     return sorted(found, key=lambda row: -row["cosine"])
@@ -210,7 +210,7 @@ def query(store: ItemStore, name: str, expression: str, fields: list[str] | None
 
 
 VERSION_COLUMNS = ["collection", "serving", "alias_target", "damaged", "missing_files", "complete", "rows",
-                   "index_type", "params", "nprobe", "model_id", "dataset", "created_at", "served_since",
+                   "index_type", "params", "nprobe", "reorder_k", "model_id", "dataset", "created_at", "served_since",
                    "hit_rate@10"]
 
 
@@ -233,6 +233,7 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "index_type": record.get("index_type"),
             "params": record.get("params"),
             "nprobe": record.get("nprobe"),
+            "reorder_k": record.get("reorder_k"),
             "model_id": record.get("model_id"),
             "dataset": record.get("dataset"),
             "created_at": record.get("created_at"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from towerbridge import settings
 from towerbridge.errors import ConfigError
+from towerbridge.milvus.index import SearchParams
 from towerbridge.report import compare
 from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact
@@ -102,7 +103,7 @@ def validate(built: BuiltVersion, report: EvaluationReport, serving: str | None,
     """May the candidate ``built`` (with its evaluation ``report``) replace ``serving``?
 
     1. every item is in the collection (rows == items of the model's catalog);
-    2. Milvus' recall against exact search, after tuning nprobe, reaches ``target_recall``;
+    2. Milvus' recall against exact search, after tuning the search, reaches ``target_recall``;
     3. the chosen metrics are not worse than the serving version's recorded ones beyond
        ``tolerance`` (skipped, and said so, when nothing serves yet, or the serving version
        is damaged and cannot load, or has no evaluation, or was evaluated on another dataset
@@ -112,8 +113,8 @@ def validate(built: BuiltVersion, report: EvaluationReport, serving: str | None,
     decision.add("row count", built.rows == built.items, f"{built.rows:,} rows indexed for {built.items:,} items")
     recall = built.index_recall
     decision.add("index recall", recall >= target_recall,
-                 f"recall@100 against exact search {recall:.4f} at nprobe {built.nprobe} "
-                 f"(target {target_recall})")
+                 f"recall@100 against exact search {recall:.4f} at "
+                 f"{SearchParams(built.nprobe, built.reorder_k).describe()} (target {target_recall})")
     previous = serving_evaluation(serving_record or {})
     if serving is None:
         decision.add("metrics vs serving", True, "no version serves yet: the first one serves on its own checks")
@@ -145,14 +146,17 @@ def markdown(summary: dict) -> str:
         f"serving now: `{summary.get('serving_after') or 'nothing'}`",
     ]
     if built:
-        params = ", ".join(f"{key} {value}" for key, value in built["index"]["params"].items() if key != "nprobe")
-        lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, IVF_PQ {params}, tuned "
-                     f"nprobe {built['nprobe']}), model `{built['model_id']}`")
+        params = ", ".join(f"{key} {value}" for key, value in built["index"]["params"].items()
+                           if key not in ("nprobe", "reorder_k"))
+        tuned = SearchParams(built["nprobe"], built.get("reorder_k")).describe()
+        index_type = built["index"].get("index_type", "IVF_PQ")
+        lines.append(f"- candidate: `{built['collection']}` ({built['rows']:,} rows, {index_type} {params}, "
+                     f"tuned {tuned}), model `{built['model_id']}`")
         if built.get("timing"):
             t = built["timing"]
             lines.append(f"- build time: embedding {t['embed_s']:.0f} s, inserts {t['insert_s']:.0f} s "
                          f"({built.get('insert_workers', 1)} process(es)), index build and load {t['index_s']:.0f} s, "
-                         f"nprobe tuning {t['tune_s']:.0f} s")
+                         f"search tuning {t['tune_s']:.0f} s")
     if summary.get("error"):
         lines += ["", "## Error", "", "```", summary["error"], "```"]
     if decision["checks"]:

@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, field, fields
 @dataclass(frozen=True)
 class BuiltVersion:
     """A version built from a model: a collection behind ``alias`` with every item embedded,
-    IVF_PQ built, loaded and nprobe tuned.
+    its index (IVF_PQ or SCANN) built, loaded and its search tuned.
 
     index: the index type, metric and parameters recorded with the version;
-    index_recall: recall@100 of Milvus against exact search over the same vectors at ``nprobe``;
+    nprobe, reorder_k: the tuned search settings (reorder_k: SCANN's candidates re-scored
+    exactly; None for IVF_PQ);
+    index_recall: recall@100 of Milvus against exact search over the same vectors at those settings;
     previous, dropped_versions, removed_half_built: what serving the version changed (set by
     ``steps.index_model``, which also points the alias at it; empty for a candidate);
     insert_workers: processes that inserted the rows; timing: seconds to embed (or read the
@@ -27,6 +29,7 @@ class BuiltVersion:
     index_recall: float
     model_id: str
     model_dir: str
+    reorder_k: int | None = None
     previous: str | None = None
     dropped_versions: tuple[str, ...] = ()
     removed_half_built: tuple[str, ...] = ()

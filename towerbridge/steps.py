@@ -17,7 +17,7 @@ import functools
 import logging
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,15 @@ from towerbridge import evaluation as ev
 from towerbridge.data.prepare import prepare_data, read_summary  # noqa: F401  (prepare_data: the train flow's first step)
 from towerbridge.data.split import excludes_seen
 from towerbridge.errors import CollectionError, ConfigError, DataError
-from towerbridge.milvus.index import PLATEAU, IvfPqParams, choose_ivf_pq, params_record, tune_nprobe
+from towerbridge.milvus.index import (
+    PLATEAU,
+    SearchParams,
+    choose_index,
+    pad_dims,
+    pad_vectors,
+    params_record,
+    tune_search,
+)
 from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, TextLimits
 from towerbridge.milvus.store import ItemStore
 from towerbridge.milvus.store import insert_workers as store_insert_workers
@@ -136,11 +144,12 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
                 index_params: dict | None = None, keep_versions: int = defaults.KEEP_VERSIONS,
                 target_recall: float = defaults.TARGET_RECALL, embedded: list[str] | None = None,
                 insert_workers: int | None = None) -> BuiltVersion:
-    """Embed every item, load the vectors as a new collection version with an IVF_PQ
-    index, tune nprobe, point the alias at it, and keep the newest ``keep_versions``.
+    """Embed every item, load the vectors as a new collection version with an IVF_PQ (or
+    SCANN) index, tune its search, point the alias at it, and keep the newest ``keep_versions``.
 
-    index_params: overrides of the chosen ``nlist``, ``m``, ``nbits`` (checked before any
-    write). One build per alias at a time (a lock in TOWERBRIDGE_HOME); versions a crashed
+    index_params: ``index_type`` (``IVF_PQ``, the default, or ``SCANN``) and overrides of the
+    parameters chosen from the data (``nlist``; ``m``, ``nbits`` for IVF_PQ), checked before any
+    write. One build per alias at a time (a lock in TOWERBRIDGE_HOME); versions a crashed
     build left half-built are dropped first. A failure before the alias moves drops the
     partial collection and leaves the alias where it was. embedded: the item vectors as
     ``embed_shard`` files (e.g. from Dask workers) instead of embedding them here.
@@ -165,7 +174,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
                   index_params: dict | None = None, target_recall: float = defaults.TARGET_RECALL,
                   complete: bool = True, embedded: list[str] | None = None,
                   insert_workers: int | None = None) -> BuiltVersion:
-    """A new version of ``alias`` (every item embedded, IVF_PQ built, loaded, nprobe tuned),
+    """A new version of ``alias`` (every item embedded, index built, loaded, search tuned),
     not yet serving. Call it holding the alias' build lock. On any failure the partial
     collection is dropped before the error propagates. ``complete=False`` leaves it unmarked
     (the rebuild marks it after validation): until then the next build removes it as half-built.
@@ -181,28 +190,26 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     else:
         item_ids, vectors = item_vectors(trained, progress=progress)
     items = read_part(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
-    chosen = choose_ivf_pq(len(item_ids), vectors.shape[1])
-    params = IvfPqParams(**{**asdict(chosen), **(index_params or {})})
-    params = replace(params, nprobe=min(params.nprobe, params.nlist))  # a smaller nlist bounds the default
-    params.check(vectors.shape[1], len(item_ids))
+    params = choose_index(len(item_ids), vectors.shape[1], index_params)
+    pad = pad_dims(params, vectors.shape[1])
     record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
               "dataset": manifest["data"]["dataset"], "created_at": defaults.utc_now(),
               "user_tower": manifest["config"].get("user_tower", "id"),
-              **params_record(params)}
+              **params_record(params), **({"pad_dims": pad} if pad else {})}
     titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
     id_type = manifest["data"].get("id_type", "int64")
-    name = store.create_version(alias, manifest["model_id"], vectors.shape[1], record, id_type,
+    name = store.create_version(alias, manifest["model_id"], vectors.shape[1] + pad, record, id_type,
                                 TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
     workers = insert_workers or store_insert_workers(len(item_ids))
     timing = {"embed_s": time.perf_counter() - started}
     try:
         mark = time.perf_counter()
-        store.insert(name, item_ids, vectors, titles, genres, progress=progress, workers=workers)
+        store.insert(name, item_ids, pad_vectors(vectors, pad), titles, genres, progress=progress, workers=workers)
         timing["insert_s"], mark = time.perf_counter() - mark, time.perf_counter()
         info = store.build_index(name, params)
         timing["index_s"], mark = time.perf_counter() - mark, time.perf_counter()
-        nprobe, recall = _tune_nprobe(store, name, params, trained, vectors,
-                                      read_part(manifest["prepared_dir"], "train"), target=target_recall)
+        search, recall = _tune_search(store, name, params, trained, vectors,
+                                      read_part(manifest["prepared_dir"], "train"), target=target_recall, pad=pad)
         timing["tune_s"] = time.perf_counter() - mark
         if complete:
             store.mark_complete(name)
@@ -210,16 +217,17 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         store.drop(name)
         raise
     return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
-                        segments=tuple(store.segments(name)), index=params_record(params), nprobe=nprobe,
+                        segments=tuple(store.segments(name)), index=params_record(params), nprobe=search.nprobe,
+                        reorder_k=search.reorder_k,
                         index_recall=round(recall, 4), model_id=manifest["model_id"], model_dir=record["model_dir"],
                         insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
 
 
-def _search_indices(store: ItemStore, name: str, nprobe: int, trained):
+def _search_indices(store: ItemStore, name: str, tuned: SearchParams, trained):
     """A ``search`` for ``evaluation.search_top_k``: Milvus' answers to each (vectors, limit)
     request as vocabulary indices, ``[n, limit]``, 0 where a row ran short."""
     def search(requests):
-        for ids, scores in store.search_many(name, requests, nprobe):
+        for ids, scores in store.search_many(name, requests, tuned):
             found = np.isfinite(scores)
             index = np.zeros(ids.shape, dtype=np.int64)
             index[found] = trained.item_index(ids[found])
@@ -227,30 +235,35 @@ def _search_indices(store: ItemStore, name: str, nprobe: int, trained):
     return search
 
 
-def _tune_nprobe(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
-                 n_queries: int = 1000, target: float = defaults.TARGET_RECALL) -> tuple[int, float]:
-    """Pick nprobe on real queries, the way they are served: a seeded sample of training
-    users, each asking for their top 100 unseen items, against brute force over the same
-    vectors. Record it with the collection so every later search uses it."""
+def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
+                 n_queries: int = 1000, target: float = defaults.TARGET_RECALL,
+                 pad: int = 0) -> tuple[SearchParams, float]:
+    """Pick the search settings (nprobe; SCANN's reorder_k) on real queries, the way they are
+    served: a seeded sample of training users, each asking for their top 100 unseen items,
+    against brute force over the same vectors. Record them with the collection so every later
+    search uses them."""
     users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:n_queries])
     queries = user_queries(trained, users, train_part)
     seen = seen_items(train_part, users, trained)
     k = min(100, len(trained.item_ids))
     exact = ev.exact_top_k(queries, vectors, seen, k)
 
-    def recall_at(nprobe: int) -> float:
-        search = _search_indices(store, name, nprobe, trained)
+    def recall_at(candidate: SearchParams) -> float:
+        search = _search_indices(store, name, replace(candidate, pad=pad), trained)
         approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
-    nprobe, recall = tune_nprobe(params, recall_at, target)
-    store.set_record(name, nprobe=nprobe, tuning={"target_recall": target, "k": k, "queries": len(users),
-                                                  "recall": round(recall, 4), "reached_target": recall >= target})
+    search, recall = tune_search(params, recall_at, k, target)
+    search = replace(search, pad=pad)
+    reorder = {} if search.reorder_k is None else {"reorder_k": search.reorder_k}
+    store.set_record(name, nprobe=search.nprobe, **reorder,
+                     tuning={"target_recall": target, "k": k, "queries": len(users),
+                             "recall": round(recall, 4), "reached_target": recall >= target})
     if recall < target:
-        log.warning(f"{name}: recall@{k} {recall:.3f} at nprobe {nprobe} of {params.nlist}; more lists gained less "
-                    f"than {PLATEAU} each doubling, so the index's codes (m {params.m}, {params.nbits} bits), not "
+        log.warning(f"{name}: recall@{k} {recall:.3f} at {search.describe()} (nlist {params.nlist}); more lists "
+                    f"gained less than {PLATEAU} each doubling, so the index's codes ({params.codes()}), not "
                     f"nprobe, limit recall below the target {target}")
-    return nprobe, recall
+    return search, recall
 
 
 def user_queries(trained, users: np.ndarray, interactions: pd.DataFrame) -> np.ndarray:
@@ -309,8 +322,8 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         if record.get("model_id") != manifest["model_id"]:
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
                                   f"not {manifest['model_id']!r}; evaluate it with its own model")
-        nprobe = int(record.get("nprobe", record["params"]["nprobe"]))
-        search = _search_indices(store, collection, nprobe, trained)
+        tuned = SearchParams.of(record)
+        search = _search_indices(store, collection, tuned, trained)
         started = time.perf_counter()
         rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
         milvus_seconds = time.perf_counter() - started
@@ -342,7 +355,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
                  for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
         index_recall=ev.overlap(rankings["model"], rankings["exact"], ks),
         index={"index_type": record["index_type"], "metric_type": record["metric_type"],
-               "params": {**record["params"], "nprobe": nprobe}, "tuning": record.get("tuning")},
+               "params": {**record["params"], **tuned.for_limit(0)}, "tuning": record.get("tuning")},
         collection=collection,
         alias=record.get("alias"),
         model_id=manifest["model_id"],

@@ -1,7 +1,15 @@
 import pytest
 
 from towerbridge.errors import ConfigError
-from towerbridge.milvus.index import IvfPqParams, choose_ivf_pq, tune_nprobe
+from towerbridge.milvus.index import (
+    IvfPqParams,
+    ScannParams,
+    SearchParams,
+    choose_index,
+    choose_ivf_pq,
+    tune_nprobe,
+    tune_search,
+)
 from towerbridge.milvus.schema import version_name
 
 
@@ -50,3 +58,61 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
 
     assert tune_nprobe(IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16), recall_at) == expected
     assert asked == sorted(asked) and asked[-1] <= 64
+
+
+def test_scann_is_chosen_with_the_same_lists_and_any_case():
+    assert choose_index(4000, 32, {"index_type": "scann"}) == ScannParams(nlist=102, nprobe=25, reorder_k=800)
+    assert choose_index(4000, 32, {"index_type": "SCANN", "nlist": 40}) == ScannParams(nlist=40, nprobe=25)
+    assert choose_index(4000, 32) == choose_ivf_pq(4000, 32)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"index_type": "hnsw"}, "index type 'HNSW' is not one towerbridge builds; choose one of ivf_pq, scann"),
+    ({"index_type": "scann", "m": 8}, r"m: not a parameter of SCANN \(it takes nlist, nprobe, reorder_k\)"),
+    ({"mm": 8}, r"mm: not a parameter of IVF_PQ \(it takes m, nbits, nlist, nprobe\)"),
+    ({"index_type": "scann", "nlist": 200, "nprobe": 300}, "nprobe=300 must be between 1 and nlist=200"),
+])
+def test_bad_index_choices_are_refused_with_what_is_wrong(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        choose_index(4000, 32, overrides)
+
+
+def test_scann_needs_rows_to_train_its_codes():
+    with pytest.raises(ConfigError, match="SCANN needs at least 256 rows to train its codes, got 200"):
+        choose_index(200, 32, {"index_type": "scann"})
+
+
+def test_search_settings_re_rank_at_least_as_many_as_asked_for():
+    assert SearchParams(16).for_limit(100) == {"nprobe": 16}
+    assert SearchParams(16, 200).for_limit(100) == {"nprobe": 16, "reorder_k": 200}
+    assert SearchParams(16, 200).for_limit(500) == {"nprobe": 16, "reorder_k": 500}
+    # a version's record: the tuned values, else the build's; an IVF_PQ record has no reorder_k
+    assert SearchParams.of({"nprobe": 32, "reorder_k": 400, "params": {"nprobe": 8, "reorder_k": 800}}) == \
+        SearchParams(32, 400)
+    assert SearchParams.of({"params": {"nlist": 64, "m": 8, "nbits": 8, "nprobe": 8}}) == SearchParams(8)
+
+
+def test_scann_tuning_finds_the_lists_then_the_narrowest_re_ranking():
+    asked = []
+
+    def recall_at(chosen):  # lists searched bound recall; re-ranking fewer than 4k candidates costs some
+        asked.append(chosen)
+        by_lists = {1: 0.5, 2: 0.7, 4: 0.85, 8: 0.93, 16: 0.97, 32: 0.99, 64: 1.0}[chosen.nprobe]
+        return by_lists - {100: 0.05, 200: 0.03, 400: 0.0, 800: 0.0}[chosen.reorder_k]
+
+    assert tune_search(ScannParams(nlist=64), recall_at, k=100) == (SearchParams(16, 400), 0.97)
+    assert [c.reorder_k for c in asked] == [800] * 5 + [100, 200, 400]
+
+
+def test_scann_tuning_short_of_the_target_keeps_the_best_it_found():
+    def recall_at(chosen):
+        return min(0.90, chosen.nprobe / 16) - (0.01 if chosen.reorder_k == 100 else 0.0)
+
+    # recall stops rising at nprobe 16 (0.90); re-ranking 100 loses 0.01 > plateau, 200 keeps it
+    assert tune_search(ScannParams(nlist=64), recall_at, k=100) == (SearchParams(16, 200), 0.90)
+
+
+def test_ivf_pq_tuning_is_nprobe_tuning():
+    curve = {1: 0.5, 2: 0.7, 4: 0.85, 8: 0.93, 16: 0.96, 32: 0.99, 64: 1.0}
+    assert tune_search(IvfPqParams(nlist=64, m=8), lambda chosen: curve[chosen.nprobe], k=100) == \
+        (SearchParams(16), 0.96)

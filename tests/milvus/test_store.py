@@ -48,7 +48,7 @@ def test_collection_holds_every_row_under_ivf_pq(store, built):
 def test_search_agrees_with_brute_force(store, built, vectors):
     name, params, ids = built
     queries = vectors[:200]
-    found, scores = store.search(name, queries, limit=10, nprobe=params.nlist)
+    found, scores = store.search(name, queries, limit=10, search=params.nlist)
     exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
     recall = np.mean([len(np.intersect1d(f, e)) / 10 for f, e in zip(found, exact)])
     assert recall > 0.7  # PQ with 2 dims per code; measured about 0.9
@@ -66,7 +66,7 @@ def test_alias_moves_between_versions(store, built, vectors):
         store.build_index(other, choose_ivf_pq(300, DIM))
         store.point_alias("test_alias", other)
         assert store.alias_target("test_alias") == other
-        found, _ = store.search("test_alias", vectors[:1], limit=5, nprobe=4)
+        found, _ = store.search("test_alias", vectors[:1], limit=5, search=4)
         assert set(found[0]) <= set(ids[:300])
     finally:
         store.client.drop_alias("test_alias")
@@ -128,7 +128,7 @@ def test_replicas_are_asked_of_milvus_and_a_standalone_refuses_two(store, vector
                                            "that many replicas)")
         monkeypatch.setenv("MILVUS_REPLICAS", "1")
         store.build_index(name, choose_ivf_pq(N, DIM))  # one replica: loads and answers
-        found, _ = store.search(name, vectors[:5], limit=1, nprobe=8)
+        found, _ = store.search(name, vectors[:5], limit=1, search=8)
         assert found.shape == (5, 1)
     finally:
         store.drop(name)

@@ -75,7 +75,7 @@ def test_readers_of_the_alias_see_no_failure_while_versions_swap(milvus_uri, mod
     def read_loop():
         while not stop.is_set():
             try:
-                ids, scores = reader.search(ALIAS, queries, limit=10, nprobe=4)
+                ids, scores = reader.search(ALIAS, queries, limit=10, search=4)
                 results.append(int(np.isfinite(scores).all()))
             except Exception as error:  # any failure is what this test counts
                 failures.append(repr(error))

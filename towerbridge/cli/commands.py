@@ -163,6 +163,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def index_label(index_type: str | None, params: dict | None) -> str:
+    """``IVF_PQ nlist=… m=… nbits=…`` or ``SCANN nlist=…``: the build parameters, not the search's."""
+    if not params:
+        return ""
+    built = " ".join(f"{key}={value}" for key, value in params.items() if key not in ("nprobe", "reorder_k"))
+    return f"{index_type or ''} {built}".strip()
+
+
 def cmd_collections(args: argparse.Namespace) -> int:
     from towerbridge import analyst
 
@@ -172,12 +180,12 @@ def cmd_collections(args: argparse.Namespace) -> int:
         return 0
     rows = records(frame)
     table = [{**row, "serving": "DAMAGED" if row["damaged"] else "*" if row["serving"] else "",
-              "index": f"{row['index_type']} nlist={row['params']['nlist']} m={row['params']['m']} "
-                       f"nbits={row['params']['nbits']}" if row["params"] else "",
+              "index": index_label(row["index_type"], row["params"]),
+              "reorder_k": "" if row.get("reorder_k") is None else row["reorder_k"],
               "complete": "yes" if row["complete"] else "NO",
               "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}"} for row in rows]
-    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "HR@10", "model_id", "created_at",
-                        "complete"], False)
+    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "reorder_k", "HR@10", "model_id",
+                       "created_at", "complete"], False)
     for row in rows:
         if row["damaged"]:
             print(analyst.damaged_message(row["collection"], row["missing_files"])

@@ -1,0 +1,83 @@
+"""SCANN versions on the real embedded Milvus: built, tuned (nprobe and reorder_k), recorded,
+and searched with the version's own settings by evaluation and analysts' commands."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import train_synthetic
+from towerbridge import analyst, defaults, steps
+from towerbridge.milvus.index import REORDER_FACTORS, SearchParams
+from towerbridge.milvus.server import SMALLEST_INDEXED_SEGMENT
+from towerbridge.milvus.store import ItemStore
+from towerbridge.towers import artifact
+from towerbridge.towers.vectors import item_vectors
+
+ALIAS = "scann_test"
+N_ITEMS = 2000  # above Milvus' smallest indexed segment, so the index is really built and searched
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return train_synthetic(tmp_path_factory.mktemp("scann"), n_users=1500, n_items=N_ITEMS, n_topics=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store(milvus_uri):
+    store = ItemStore(milvus_uri)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def built(milvus_uri, model_dir):
+    return steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False, index_params={"index_type": "SCANN"})
+
+
+def test_a_scann_version_is_built_tuned_and_recorded(built, store):
+    assert N_ITEMS >= SMALLEST_INDEXED_SEGMENT
+    index = store.describe_index(built.collection)
+    assert index["index_type"] == "SCANN" and int(index["indexed_rows"]) == N_ITEMS
+    assert built.index["index_type"] == "SCANN" and set(built.index["params"]) == {"nlist", "nprobe", "reorder_k"}
+    assert built.index_recall >= defaults.TARGET_RECALL
+    assert built.reorder_k in {100 * factor for factor in REORDER_FACTORS}
+    record = store.record(built.collection)
+    assert (record["index_type"], record["nprobe"], record["reorder_k"]) == ("SCANN", built.nprobe, built.reorder_k)
+    assert record["tuning"]["reached_target"] is True
+
+
+def test_scann_searches_rank_by_the_exact_scores(built, store, model_dir):
+    """Re-ranking on the raw vectors: the scores Milvus returns are the exact inner products."""
+    trained = artifact.load(model_dir)
+    ids, vectors = item_vectors(trained)
+    queries = vectors[:20].copy()
+    tuned = SearchParams.of(store.record(built.collection))
+    assert tuned == SearchParams(built.nprobe, built.reorder_k, pad=queries.shape[1] % 2)  # odd: one zero appended
+    found, scores = store.search(ALIAS, queries, 10, tuned)
+    row = {item: position for position, item in enumerate(ids.tolist())}
+    exact = np.einsum("qd,qkd->qk", queries, vectors[np.vectorize(row.get)(found)])
+    np.testing.assert_allclose(scores, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_a_search_wider_than_the_tuned_re_ranking_gets_every_hit(built, store, model_dir):
+    """Milvus needs reorder_k >= limit; the store widens it for wide searches."""
+    trained = artifact.load(model_dir)
+    _, vectors = item_vectors(trained)
+    limit = built.reorder_k + 50
+    found, scores = store.search(ALIAS, vectors[:3], limit, SearchParams.of(store.record(built.collection)))
+    assert found.shape == (3, limit) and np.isfinite(scores).all()
+
+
+def test_analysts_and_evaluation_use_the_versions_settings(built, store, model_dir, tmp_path):
+    trained = artifact.load(model_dir)
+    user = str(trained.user_ids[0])
+    assert len(analyst.recommend(store, ALIAS, user=user, k=10)) == 10
+    item = str(trained.item_ids[0])
+    similar = analyst.similar(store, ALIAS, item, k=5)
+    assert len(similar) == 5 and all(hit["item_id"] != int(item) for hit in similar)
+    listed = analyst.versions(store, ALIAS)[0]
+    assert (listed["index_type"], listed["nprobe"], listed["reorder_k"]) == ("SCANN", built.nprobe, built.reorder_k)
+    report = steps.evaluate_model(model_dir, store.uri, built.collection, str(tmp_path), ks=(10, 100),
+                                  eval_users=300)
+    assert report.index["index_type"] == "SCANN"
+    assert (report.index["params"]["nprobe"], report.index["params"]["reorder_k"]) == (built.nprobe, built.reorder_k)
+    assert report.index_recall["recall@100"] >= 0.9
