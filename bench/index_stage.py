@@ -54,12 +54,12 @@ def main() -> None:
         state = server.running()
         pid = state.pid if state and state.uri == uri else None
         for workers in [int(w) for w in args.insert_workers.split(",")]:
-            label = f"w{workers}" if args.index == "ivf_pq" else f"{args.index}-w{workers}"
+            label = f"w{workers}" if args.index == "ivf_pq" else f"{args.index}_w{workers}"
             stage_options = {**options, "uri": uri, "insert_workers": workers, "alias": f"scale_items_{label}",
                              "collection_file": f"collection-{label}", "index_params": {"index_type": args.index}}
             for stage in ("index", "evaluate"):
                 perf.settle(pid)
-                record(**{"stage": stage, "index": args.index, "insert_workers": workers,
+                record(**{"stage": stage, "index_kind": args.index, "insert_workers": workers,
                           **run_stage(stage, work, stage_options, pid)})
 
 

@@ -358,8 +358,6 @@ def at_recall(store, names: dict[str, tuple[str, int]], faiss_indexes: dict[str,
     re-ranking keeping the level), then nprobe lowered by bisection as for IVF_PQ; the same
     rule for both. An index that cannot reach the level is reported with its best recall.
     names: Milvus collection and the zero dimensions it pads queries with, by index kind."""
-    import faiss
-
     empty = ev.ItemSets.empty(len(queries))
     exact = ev.exact_top_k(queries, vectors, empty, k)
     row_of = {item: row + 1 for row, item in enumerate(ids.tolist())}
@@ -372,6 +370,8 @@ def at_recall(store, names: dict[str, tuple[str, int]], faiss_indexes: dict[str,
         return rows(store.search(name, vectors_, k, replace(chosen, pad=pad))[0])
 
     def faiss_search(index, chosen: SearchParams, vectors_: np.ndarray) -> np.ndarray:
+        import faiss  # only asked when FAISS is installed (faiss_indexes is empty otherwise)
+
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = chosen.nprobe
         if chosen.reorder_k is not None:

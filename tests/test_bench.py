@@ -28,6 +28,18 @@ def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
     assert ratios["eval_qps_milvus_over_faiss"] == round(search["milvus"]["qps"] / search["faiss"]["qps"], 3)
     assert ratios["index_build_milvus_over_faiss"] == round(
         figures["milvus_build"]["seconds"] / figures["faiss_build"]["seconds"], 2)
+    at = figures["at_recall"]  # every index at the cheapest setting reaching recall@100 0.95 on the probe
+    assert list(at["sides"]) == ["milvus_ivf_pq", "milvus_scann", "faiss_ivf_pq", "faiss_fastscan_refine", "exact"]
+    reached = {side: record for side, record in at["sides"].items() if record["reached"]}
+    assert {"milvus_scann", "faiss_fastscan_refine", "exact"} <= set(reached)  # re-ranking reaches it at this size
+    for side, record in reached.items():
+        assert record["recall"] >= 0.9 and record["qps"] > 0, (side, record)
+    assert reached["milvus_scann"]["reorder_k"] in (100, 200, 400, 800)
+    best = {prefix: max(r["qps"] for side, r in reached.items() if side.startswith(prefix))
+            for prefix in ("milvus_", "faiss_")}
+    assert ratios["eval_qps_milvus_best_over_faiss_best_at_recall"] == round(best["milvus_"] / best["faiss_"], 3)
+    assert figures["milvus_scann_build"]["seconds"] > 0 and figures["faiss_fastscan_build"]["seconds"] > 0
+    assert "at recall@100 >= 0.95" in result.stdout and "Milvus SCANN (fast scan + re-rank)" in result.stdout
     if SHARED_ML100K.is_dir():
         training = figures["training"]
         assert training["examples_per_s"] > 0 and training["hit_rate@10"] > 0.1  # a trained model, not chance

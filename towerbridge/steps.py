@@ -223,7 +223,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
                         insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
 
 
-def _search_indices(store: ItemStore, name: str, tuned: SearchParams, trained):
+def search_indices(store: ItemStore, name: str, tuned: SearchParams, trained):
     """A ``search`` for ``evaluation.search_top_k``: Milvus' answers to each (vectors, limit)
     request as vocabulary indices, ``[n, limit]``, 0 where a row ran short."""
     def search(requests):
@@ -249,7 +249,7 @@ def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     exact = ev.exact_top_k(queries, vectors, seen, k)
 
     def recall_at(candidate: SearchParams) -> float:
-        search = _search_indices(store, name, replace(candidate, pad=pad), trained)
+        search = search_indices(store, name, replace(candidate, pad=pad), trained)
         approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
@@ -323,7 +323,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
                                   f"not {manifest['model_id']!r}; evaluate it with its own model")
         tuned = SearchParams.of(record)
-        search = _search_indices(store, collection, tuned, trained)
+        search = search_indices(store, collection, tuned, trained)
         started = time.perf_counter()
         rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
         milvus_seconds = time.perf_counter() - started

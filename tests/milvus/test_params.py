@@ -61,7 +61,7 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
 
 
 def test_scann_is_chosen_with_the_same_lists_and_any_case():
-    assert choose_index(4000, 32, {"index_type": "scann"}) == ScannParams(nlist=102, nprobe=25, reorder_k=800)
+    assert choose_index(4000, 32, {"index_type": "scann"}) == ScannParams(nlist=102, nprobe=25, reorder_k=6400)
     assert choose_index(4000, 32, {"index_type": "SCANN", "nlist": 40}) == ScannParams(nlist=40, nprobe=25)
     assert choose_index(4000, 32) == choose_ivf_pq(4000, 32)
 
@@ -98,10 +98,10 @@ def test_scann_tuning_finds_the_lists_then_the_narrowest_re_ranking():
     def recall_at(chosen):  # lists searched bound recall; re-ranking fewer than 4k candidates costs some
         asked.append(chosen)
         by_lists = {1: 0.5, 2: 0.7, 4: 0.85, 8: 0.93, 16: 0.97, 32: 0.99, 64: 1.0}[chosen.nprobe]
-        return by_lists - {100: 0.05, 200: 0.03, 400: 0.0, 800: 0.0}[chosen.reorder_k]
+        return by_lists - {100: 0.15, 200: 0.1, 400: 0.05, 800: 0.03, 1600: 0.0, 3200: 0.0, 6400: 0.0}[chosen.reorder_k]
 
-    assert tune_search(ScannParams(nlist=64), recall_at, k=100) == (SearchParams(16, 400), 0.97)
-    assert [c.reorder_k for c in asked] == [800] * 5 + [100, 200, 400]
+    assert tune_search(ScannParams(nlist=64), recall_at, k=100) == (SearchParams(16, 1600), 0.97)
+    assert [c.reorder_k for c in asked] == [6400] * 5 + [100, 200, 400, 800, 1600]
 
 
 def test_scann_tuning_short_of_the_target_keeps_the_best_it_found():

@@ -154,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
 
     collections = subcommand(commands, "collections", help="versions behind the alias",
                                       description="Every version of the alias: which one serves, rows, index "
-                                                  "and parameters, tuned nprobe, model, creation time.")
+                                                  "and parameters, tuned nprobe (and reorder_k for SCANN), model, "
+                                                  "creation time.")
     collections.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias (default: {DEFAULT_ALIAS})")
     collections.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
     collections.add_argument("--json", action="store_true", help="print JSON")
