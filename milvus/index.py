@@ -11,8 +11,9 @@ Two index types, both inverted lists of quantized vectors:
   exact re-ranking gives it back, so its recall is bounded by the lists searched (nprobe),
   not by the codes. Milvus builds SCANN only on an even dimension ("dimension must be able
   to be divided by 2"); towerbridge's vectors are ``[embedding, prior]``, odd for even
-  embeddings, so a SCANN version stores one zero dimension more (``pad_dims`` in its record)
-  and its searches append a zero to each query: inner products are unchanged.
+  embeddings, so a SCANN version stores one zero dimension more, first (``pad_dims`` in its
+  record; the prior stays last), and its searches prepend a zero to each query: inner
+  products are unchanged.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ REORDER_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 @dataclass(frozen=True)
 class SearchParams:
     """What a search of one version sends to Milvus: nprobe, and for SCANN reorder_k; pad:
-    zero dimensions appended to each query (the version's ``pad_dims``)."""
+    zero dimensions put before each query (the version's ``pad_dims``)."""
 
     nprobe: int
     reorder_k: int | None = None
@@ -56,7 +57,7 @@ class SearchParams:
         return params
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:
-        """Query vectors shaped as the version stores its vectors (``pad`` zeros appended)."""
+        """Query vectors shaped as the version stores its vectors (``pad`` zeros first)."""
         return pad_vectors(vectors, self.pad)
 
     @classmethod
@@ -155,10 +156,11 @@ def pad_dims(params: IndexParams, dim: int) -> int:
 
 
 def pad_vectors(vectors: np.ndarray, pad: int) -> np.ndarray:
-    """``vectors`` (one per row, or one vector) with ``pad`` zeros appended to each."""
+    """``vectors`` (one per row, or one vector) with ``pad`` zeros before each. First, not
+    last: the last coordinate stays the popularity prior, as readers of the vectors expect."""
     if not pad:
         return vectors
-    widths = [(0, 0)] * (np.ndim(vectors) - 1) + [(0, pad)]
+    widths = [(0, 0)] * (np.ndim(vectors) - 1) + [(pad, 0)]
     return np.pad(np.asarray(vectors, dtype=np.float32), widths)
 
 

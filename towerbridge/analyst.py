@@ -171,8 +171,7 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     if not rows:
         raise DataError(f"item {item_id!r} is not in collection {collection}")
     tuned = SearchParams.of(record)
-    stored_dim = len(rows[0][VECTOR_FIELD]) - tuned.pad  # without a SCANN version's zero padding
-    query = np.asarray(rows[0][VECTOR_FIELD][:stored_dim], dtype=np.float32)
+    query = np.asarray(rows[0][VECTOR_FIELD][tuned.pad:], dtype=np.float32)  # without a SCANN version's padding
     query[-1] = 0.0
     nearest = store.search_rows(collection, query, k + 1, tuned, expression, RESULT_FIELDS)
     hits = [hit for hit in nearest if hit["item_id"] != item_id][:k]
@@ -181,7 +180,7 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     stored = {row["item_id"]: row[VECTOR_FIELD] for row in store.rows(
         collection, id_filter([hit["item_id"] for hit in hits], id_type), ["item_id", VECTOR_FIELD])}
     cosines = cosine(query[:-1], np.array([stored[hit["item_id"]] for hit in hits],
-                                          dtype=np.float32)[:, :stored_dim - 1])
+                                          dtype=np.float32)[:, tuned.pad:-1])
     found = [{"item_id": hit["item_id"], "cosine": float(value), **{field: hit[field] for field in RESULT_FIELDS}}
              for hit, value in zip(hits, cosines)]
     return sorted(found, key=lambda row: -row["cosine"])

@@ -128,6 +128,24 @@ def test_readers_of_the_alias_see_no_failure_during_a_rebuild(two_rebuilds, milv
     assert len(answers) > 20 and all(full == len(vectors) for full in answers)
 
 
+def test_a_scann_rebuild_validates_records_and_serves_with_its_settings(two_rebuilds, milvus_uri, data_dir, store):
+    # last of the rebuilds here: a SCANN version of this model's odd-dimensional vectors stores one
+    # dimension more, so the fixed-size raw vectors of the readers' test above would not fit it
+    state, summary = run(milvus_uri, data_dir, index_params={"index_type": "SCANN"}, reuse_model=True)
+    assert state.is_completed() and summary["outcome"] == "swapped"
+    built = summary["built"]
+    assert built["index"]["index_type"] == "SCANN" and built["reorder_k"] >= 100
+    assert built["index_recall@100"] >= 0.95
+    assert store.describe_index(store.alias_target(ALIAS))["index_type"] == "SCANN"
+    recall_check = summary["decision"]["checks"][1]
+    assert recall_check["passed"] and f"reorder_k {built['reorder_k']}" in recall_check["detail"]
+    record = store.record(summary["serving_after"])
+    assert (record["index_type"], record["reorder_k"], record["served_since"] is not None) == \
+        ("SCANN", built["reorder_k"], True)
+    text = (settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.md").read_text()
+    assert f"SCANN nlist {built['index']['params']['nlist']}, tuned nprobe {built['nprobe']}, reorder_k" in text
+
+
 def test_the_nightly_deployment_has_its_schedule_time_zone_and_limit(prefect_harness):
     from prefect.client.orchestration import get_client
 

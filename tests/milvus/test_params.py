@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from towerbridge.errors import ConfigError
@@ -7,6 +8,8 @@ from towerbridge.milvus.index import (
     SearchParams,
     choose_index,
     choose_ivf_pq,
+    pad_dims,
+    pad_vectors,
     tune_nprobe,
     tune_search,
 )
@@ -90,6 +93,15 @@ def test_search_settings_re_rank_at_least_as_many_as_asked_for():
     assert SearchParams.of({"nprobe": 32, "reorder_k": 400, "params": {"nprobe": 8, "reorder_k": 800}}) == \
         SearchParams(32, 400)
     assert SearchParams.of({"params": {"nlist": 64, "m": 8, "nbits": 8, "nprobe": 8}}) == SearchParams(8)
+
+
+def test_padding_goes_first_so_the_prior_stays_last():
+    vectors = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
+    assert SearchParams(8, 100, pad=1).queries(vectors).tolist() == [[0, 1, 2, 3], [0, 4, 5, 6]]
+    assert SearchParams(8).queries(vectors) is vectors
+    assert pad_vectors(vectors[0], 1).tolist() == [0, 1, 2, 3]
+    assert (pad_dims(ScannParams(nlist=8), 65), pad_dims(ScannParams(nlist=8), 64),
+            pad_dims(IvfPqParams(nlist=8, m=5), 65)) == (1, 0, 0)
 
 
 def test_scann_tuning_finds_the_lists_then_the_narrowest_re_ranking():

@@ -13,12 +13,12 @@ from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
 
 ALIAS = "scann_test"
-N_ITEMS = 2000  # above Milvus' smallest indexed segment, so the index is really built and searched
+N_ITEMS = 1200  # above Milvus' smallest indexed segment, so the index is really built and searched
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return train_synthetic(tmp_path_factory.mktemp("scann"), n_users=1500, n_items=N_ITEMS, n_topics=16, seed=3)
+    return train_synthetic(tmp_path_factory.mktemp("scann"), n_users=900, n_items=N_ITEMS, n_topics=12, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,10 @@ def test_analysts_and_evaluation_use_the_versions_settings(built, store, model_d
     item = str(trained.item_ids[0])
     similar = analyst.similar(store, ALIAS, item, k=5)
     assert len(similar) == 5 and all(hit["item_id"] != int(item) for hit in similar)
+    ids, vectors = item_vectors(trained)  # the model's own vectors, unpadded: the prior is last
+    row = {value: position for position, value in enumerate(ids.tolist())}
+    expected = analyst.cosine(vectors[row[int(item)], :-1], vectors[[row[hit["item_id"]] for hit in similar], :-1])
+    np.testing.assert_allclose([hit["cosine"] for hit in similar], expected, atol=1e-5)
     listed = analyst.versions(store, ALIAS)[0]
     assert (listed["index_type"], listed["nprobe"], listed["reorder_k"]) == ("SCANN", built.nprobe, built.reorder_k)
     report = steps.evaluate_model(model_dir, store.uri, built.collection, str(tmp_path), ks=(10, 100),
