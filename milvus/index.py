@@ -101,10 +101,6 @@ class IvfPqParams:
     def build_params(self) -> dict:
         return {"nlist": self.nlist, "m": self.m, "nbits": self.nbits}
 
-    @property
-    def search(self) -> SearchParams:
-        return SearchParams(self.nprobe)
-
     def codes(self) -> str:
         return f"m {self.m}, {self.nbits} bits"
 
@@ -137,10 +133,6 @@ class ScannParams:
         # Milvus 2.3.5 refuses SCANN's with_raw_data when it is given ("type conflict in json":
         # parameters reach the index as strings); left out, it is true: raw vectors are kept.
         return {"nlist": self.nlist}
-
-    @property
-    def search(self) -> SearchParams:
-        return SearchParams(self.nprobe, self.reorder_k)
 
     def codes(self) -> str:
         return "4-bit fast-scan codes"
