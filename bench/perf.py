@@ -234,6 +234,18 @@ def _timed(record: dict, search: Callable[[], np.ndarray], repeats: int = REPEAT
     return found
 
 
+def _alternating(runs: dict[str, Callable[[], object]], repeats: int = REPEATS) -> dict[str, list[float]]:
+    """Seconds of each run, ``repeats`` times, the runs alternating so that whatever else the
+    machine does falls on all of them."""
+    times: dict[str, list[float]] = {side: [] for side in runs}
+    for _ in range(repeats):
+        for side, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[side].append(time.perf_counter() - started)
+    return times
+
+
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     """Index recall at the answers' width (rows hold 1-based positions, as evaluation's do)."""
     k = exact.shape[1]
@@ -314,12 +326,7 @@ def search(store, name, faiss_index, ids, vectors, queries, k: int, target: floa
                 _, found = faiss_index.search(queries, k)
             faiss_figures["recall"] = round(_recall(found + 1, exact), 4)
             runs["faiss"] = lambda: faiss_index.search(queries, k)  # nprobe stays: nothing else sets it here
-        times: dict[str, list[float]] = {side: [] for side in runs}
-        for _ in range(REPEATS):
-            for side, run in runs.items():
-                started = time.perf_counter()
-                run()
-                times[side].append(time.perf_counter() - started)
+        times = _alternating(runs)
         for side, record in (("milvus", milvus), ("faiss", faiss_figures)):
             if record is not None:
                 seconds = float(np.median(times[side]))
@@ -416,12 +423,7 @@ def at_recall(store, names: dict[str, tuple[str, int]], faiss_indexes: dict[str,
     runs = {side: (lambda search=sides[side], chosen=chosen: search(chosen, queries))
             for side, chosen in chosen_settings.items()}
     runs["exact"] = lambda: ev.exact_top_k(queries, vectors, empty, k)
-    times: dict[str, list[float]] = {side: [] for side in runs}
-    for _ in range(REPEATS):
-        for side, run_ in runs.items():
-            started = time.perf_counter()
-            run_()
-            times[side].append(time.perf_counter() - started)
+    times = _alternating(runs)
     figures["sides"]["exact"] = {"reached": True, "recall": 1.0}
     for side, spent in times.items():
         seconds = float(np.median(spent))

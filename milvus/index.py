@@ -33,9 +33,10 @@ MAX_NLIST = 65536
 PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
 INDEX_TYPES = ("IVF_PQ", "SCANN")
 # SCANN's re-ranking: tuning tries reorder_k = k times each of these (k: the tuning's top k),
-# the widest while it tunes nprobe, then the narrowest that keeps the recall. At 1M items the
-# 4-bit codes of 1-epoch vectors needed 16·k candidates for recall@100 0.95 (8·k gave 0.82,
-# whatever the nprobe); exact re-scoring of 64·k costs little beside scanning the lists.
+# the widest while it tunes nprobe, then the narrowest that keeps the recall. Where 4-bit codes
+# cannot separate many near-equal scores, a short list misses true top-k items whatever the
+# nprobe (BENCHMARKS.md, "Search at the limit"); re-scoring 64·k exactly costs little beside
+# scanning the lists.
 REORDER_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 
 
