@@ -53,6 +53,15 @@ def milvus_uri(towerbridge_home):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def store(milvus_uri):
+    """An ItemStore on the session's server, one per test module."""
+    from towerbridge.milvus.store import ItemStore
+
+    with ItemStore(milvus_uri) as store:
+        yield store
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session."""

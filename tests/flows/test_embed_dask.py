@@ -30,12 +30,6 @@ def model_dir(tmp_path_factory) -> str:
                            seed=5)
 
 
-@pytest.fixture(scope="module")
-def store(milvus_uri):
-    with ItemStore(milvus_uri) as store:
-        yield store
-
-
 def stored_vectors(store: ItemStore, collection: str) -> tuple[np.ndarray, np.ndarray]:
     rows = store.rows(collection, "", ["item_id", VECTOR_FIELD])
     ids = np.array([row["item_id"] for row in rows])

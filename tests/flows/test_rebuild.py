@@ -23,13 +23,6 @@ def data_dir(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("rebuild-data"), n_users=900, n_items=1200, n_topics=12, seed=31)
 
 
-@pytest.fixture(scope="module")
-def store(milvus_uri):
-    store = ItemStore(milvus_uri)
-    yield store
-    store.close()
-
-
 def run(uri, data_dir, alias=ALIAS, **options):
     return run_rebuild(data_dir, alias, uri, **{"epochs": 2, "tolerance": 0.03, **options})
 

@@ -8,7 +8,6 @@ from tests.conftest import train_synthetic
 from towerbridge import analyst, defaults, steps
 from towerbridge.milvus.index import REORDER_FACTORS, SearchParams
 from towerbridge.milvus.server import SMALLEST_INDEXED_SEGMENT
-from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
 
@@ -19,13 +18,6 @@ N_ITEMS = 1200  # above Milvus' smallest indexed segment, so the index is really
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return train_synthetic(tmp_path_factory.mktemp("scann"), n_users=900, n_items=N_ITEMS, n_topics=12, seed=3)
-
-
-@pytest.fixture(scope="module")
-def store(milvus_uri):
-    store = ItemStore(milvus_uri)
-    yield store
-    store.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,8 @@ import pytest
 
 from towerbridge.errors import CollectionError
 from towerbridge.milvus.index import choose_ivf_pq
-from towerbridge.milvus.store import ItemStore
 
 N, DIM = 2000, 16
-
-
-@pytest.fixture(scope="module")
-def store(milvus_uri):
-    store = ItemStore(milvus_uri)
-    yield store
-    store.close()
 
 
 @pytest.fixture(scope="module")

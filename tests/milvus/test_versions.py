@@ -20,13 +20,6 @@ def model_dir(tmp_path_factory):
     return train_synthetic(tmp_path_factory.mktemp("versions"), n_users=500, n_items=400, n_topics=12, seed=8)
 
 
-@pytest.fixture(scope="module")
-def store(milvus_uri):
-    store = ItemStore(milvus_uri)
-    yield store
-    store.close()
-
-
 def build(milvus_uri, model_dir, **options):
     return steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False, **options)
 
