@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from towerbridge.towers import artifact
+
 GOALS = {  # hit rate goals with the defaults: (top-10, top-100)
     "tfrs": (0.05, 0.32),
     "leave-last-out": (0.14, 0.52),
@@ -34,8 +36,8 @@ def run_cli(data_dir: str, protocol: str, report_dir: Path, user_tower: str | No
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     report = json.loads((report_dir / "evaluation.json").read_text())
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    manifest = json.loads((Path(report["model_dir"]) / "manifest.json").read_text())
-    report["model_tower"] = manifest["config"].get("user_tower", "id")
+    manifest = artifact.read_manifest(Path(report["model_dir"]))
+    report["model_tower"] = manifest.config.user_tower
     return report
 
 

@@ -131,9 +131,9 @@ def training(ml100k: Path, progress: bool) -> dict:
         top = ev.exact_top_k(user_vectors(trained, users), vectors, seen, 100)
         rows = np.searchsorted(users, held_out["user_id"].to_numpy())
         rates = ev.hit_rates(top[rows], trained.item_index(held_out["item_id"].to_numpy()), (10, 100))
-    history = manifest["history"]
+    history = manifest.history
     return {
-        "train_seconds": manifest["train_seconds"], "epochs": len(history),
+        "train_seconds": manifest.train_seconds, "epochs": len(history),
         "examples_per_s": round(sum(e["examples_per_s"] for e in history) / len(history)),
         **{key: round(value, 4) for key, value in rates.items()},
         "goals": GOALS, "goals_met": all(rates[key] >= goal for key, goal in GOALS.items()),

@@ -46,6 +46,7 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
     """One stage, in this process. Returns its figures."""
     from towerbridge import steps
     from towerbridge.data.options import DataOptions
+    from towerbridge.towers import artifact
 
     if stage == "generate":
         from towerbridge.data.dataset import write_parquet
@@ -68,8 +69,8 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
                                       {"user_tower": "id", "epochs": options["epochs"],
                                        "vector_dim": options["dim"]}, progress=False)
         (work / "model_dir").write_text(model_dir)
-        manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
-        return {"train_seconds": manifest["train_seconds"], "history": manifest["history"]}
+        manifest = artifact.read_manifest(Path(model_dir))
+        return {"train_seconds": manifest.train_seconds, "history": list(manifest.history)}
     if stage == "index":
         info = steps.index_model((work / "model_dir").read_text(), options["uri"], alias=options.get("alias", ALIAS),
                                  progress=False, keep_versions=1, insert_workers=options.get("insert_workers"),

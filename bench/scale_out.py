@@ -58,7 +58,7 @@ def main() -> None:
                                       {"user_tower": "id", "epochs": 1, "vector_dim": 64}, progress=False,
                                       processes=processes)
         manifest = artifact.read_manifest(Path(model_dir))
-        epoch = manifest["history"][0]
+        epoch = manifest.history[0]
         record(stage="train", processes=processes, wall_seconds=round(time.perf_counter() - started, 1),
                epoch_seconds=epoch["seconds"], examples_per_s=epoch["examples_per_s"],
                examples_per_s_per_process=round(epoch["examples_per_s"] / processes, 1))

@@ -41,7 +41,7 @@ def main() -> None:
     work = Path(args.workdir)
     model_dir = Path((work / "model_dir").read_text())
     trained = artifact.load(model_dir)
-    train_part = steps.read_part(artifact.read_manifest(model_dir)["prepared_dir"], "train")
+    train_part = steps.read_part(artifact.read_manifest(model_dir).prepared_dir, "train")
     users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:args.users])
     queries = steps.user_queries(trained, users, train_part)
     seen = steps.seen_items(train_part, users, trained)

@@ -113,7 +113,7 @@ def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int
         trained = artifact.load(Path(model_dir))
         users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:16])
         record = store.record(collection)
-        train_part = steps.read_part(artifact.read_manifest(Path(model_dir))["prepared_dir"], "train")
+        train_part = steps.read_part(artifact.read_manifest(Path(model_dir)).prepared_dir, "train")
         ids, scores = store.search(alias, steps.user_queries(trained, users, train_part), k,
                                    SearchParams.of(record))
         short = int((~np.isfinite(scores)).any(axis=1).sum())
@@ -153,7 +153,7 @@ def rebuild(
     keep_versions: int = defaults.KEEP_VERSIONS,
     target_recall: float = defaults.TARGET_RECALL,
     metrics: list[str] | None = None,
-    tolerance: float = decide.DEFAULT_TOLERANCE,
+    tolerance: float = defaults.GATE_TOLERANCE,
     eval_users: int | None = None,
     user_tower: str | None = None,
     epochs: int | None = None,
@@ -180,7 +180,7 @@ def rebuild(
     """
     logger = get_run_logger()
     check_name(alias)
-    metrics = tuple(metrics or decide.DEFAULT_METRICS)
+    metrics = tuple(metrics or defaults.GATE_METRICS)
     if not 0 < target_recall <= 1:
         raise ConfigError(f"target_recall must be in (0, 1], got {target_recall}")
     if tolerance < 0:

@@ -28,7 +28,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def built(milvus_uri, tmp_path_factory):
     model_dir = train_synthetic(tmp_path_factory.mktemp("analyst"), epochs=3, n_users=800, n_items=700, n_topics=16,
                                 seed=21)
-    prepared = artifact.read_manifest(model_dir)["prepared_dir"]
+    prepared = artifact.read_manifest(model_dir).prepared_dir
     items = pd.read_parquet(f"{prepared}/items.parquet")
     result = steps.index_model(model_dir, milvus_uri, alias=ALIAS, progress=False)
     store = ItemStore(milvus_uri)

@@ -90,7 +90,7 @@ def _known_interactions(model_dir: Path) -> pd.DataFrame:
     """Every interaction the model's prepared data holds (training and held out), the
     freshest log towerbridge has for that model."""
     manifest = artifact.read_manifest(model_dir)
-    parts = [Path(manifest["prepared_dir"]) / f"{name}.parquet" for name in ("train", "held_out")]
+    parts = [Path(manifest.prepared_dir) / f"{name}.parquet" for name in ("train", "held_out")]
     return pd.concat([pd.read_parquet(part, columns=["user_id", "item_id", "timestamp"])
                       for part in parts if part.exists()], ignore_index=True)
 
@@ -135,7 +135,7 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
             if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
                 raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection "
                                 f"{collection}); it was trained on {len(trained.user_ids):,} users")
-            prepared = Path(artifact.read_manifest(model_dir)["prepared_dir"])
+            prepared = Path(artifact.read_manifest(model_dir).prepared_dir)
             log = interactions if interactions is not None else pd.read_parquet(
                 prepared / "train.parquet", columns=["user_id", "item_id"])
             mine, histories = log[log["user_id"] == user_id], None

@@ -20,6 +20,10 @@ DEFAULT_USER_TOWER = "sequence"
 RANDOM_SPLIT_USER_TOWER = "id"
 # Cut-offs at which the evaluation reports every metric.
 REPORT_KS = (1, 5, 10, 20, 50, 100)
+# The rebuild's gate: a candidate serves only when these metrics are not worse than the
+# serving version's by more than the tolerance (absolute).
+GATE_METRICS = ("hit_rate@10", "ndcg@10")
+GATE_TOLERANCE = 0.005
 
 
 def utc_now() -> str:

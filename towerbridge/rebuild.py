@@ -10,15 +10,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from towerbridge import settings
+from towerbridge import defaults, settings
 from towerbridge.errors import ConfigError
 from towerbridge.milvus.index import SearchParams
 from towerbridge.report import compare
 from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact
-
-DEFAULT_METRICS = ("hit_rate@10", "ndcg@10")
-DEFAULT_TOLERANCE = 0.005
 
 
 @dataclass
@@ -85,7 +82,7 @@ def latest_model(models_dir: Path | None = None) -> str:
             manifest = artifact.read_manifest(directory)
         except Exception:  # a partial or foreign directory: not a model to reuse
             continue
-        found.append((manifest.get("created_at", ""), directory.name, directory))
+        found.append((manifest.created_at, directory.name, directory))
     if not found:
         raise ConfigError(f"--reuse-model: no trained model under {root}; run a rebuild without it first")
     return str(max(found)[2])
@@ -98,8 +95,8 @@ def serving_evaluation(record: dict) -> dict | None:
 
 
 def validate(built: BuiltVersion, report: EvaluationReport, serving: str | None, serving_record: dict | None,
-             target_recall: float, metrics: tuple[str, ...] = DEFAULT_METRICS,
-             tolerance: float = DEFAULT_TOLERANCE, serving_damaged: bool = False) -> Decision:
+             target_recall: float, metrics: tuple[str, ...] = defaults.GATE_METRICS,
+             tolerance: float = defaults.GATE_TOLERANCE, serving_damaged: bool = False) -> Decision:
     """May the candidate ``built`` (with its evaluation ``report``) replace ``serving``?
 
     1. every item is in the collection (rows == items of the model's catalog);

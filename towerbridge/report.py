@@ -107,7 +107,8 @@ def write_report(report: EvaluationReport, directory: Path) -> None:
 
 
 def compare(candidate: dict[str, float], serving: dict[str, float],
-            metrics: tuple[str, ...] = ("hit_rate@10", "ndcg@10"), tolerance: float = 0.005) -> tuple[bool, str]:
+            metrics: tuple[str, ...] = defaults.GATE_METRICS,
+            tolerance: float = defaults.GATE_TOLERANCE) -> tuple[bool, str]:
     """May a version with the metrics ``candidate`` replace one with ``serving`` (both the
     model's metrics through Milvus, ``{"hit_rate@10": ...}``)? It may when no chosen metric
     is worse by more than ``tolerance`` (absolute). Returns ``(passed, reason)``."""

@@ -46,6 +46,7 @@ from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact, distributed
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
+from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.train import train
 from towerbridge.towers.vectors import item_vectors, user_vectors
 
@@ -77,15 +78,11 @@ def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, 
         items, users, spec = distributed.read_catalog(prepared_dir, tower_config)
         trained = train(read_part(prepared_dir, "train"), items, users, tower_config, spec=spec,
                         progress=progress, checkpoint_dir=checkpoint_dir)
-        training = {"processes": 1}
+        training = TrainingRecord()
     seconds = time.perf_counter() - started
     directory = Path(models_dir) / settings.new_id()
-    artifact.save(trained, directory, extra={
-        "prepared_dir": str(Path(prepared_dir).resolve()),
-        "data": summary,
-        "train_seconds": round(seconds, 2),
-        "training": training,
-    })
+    artifact.save(trained, directory, TrainingRun(prepared_dir=str(Path(prepared_dir).resolve()), data=summary,
+                                                  seconds=round(seconds, 2), training=training))
     if checkpoint_dir:  # the artifact supersedes it
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return str(directory)
@@ -95,7 +92,7 @@ def embedding_shards(model_dir: str, shards: int) -> list[tuple[int, int]]:
     """The model's catalog cut into ``shards`` ranges of vocabulary positions ``(first, stop)``."""
     if shards < 1:
         raise ConfigError(f"embed_shards must be 1 or more, got {shards}")
-    n_items = artifact.read_manifest(Path(model_dir))["n_items"]
+    n_items = artifact.read_manifest(Path(model_dir)).n_items
     edges = np.linspace(0, n_items, min(shards, max(1, n_items)) + 1).round().astype(int)
     return [(int(first), int(stop)) for first, stop in zip(edges[:-1], edges[1:])]
 
@@ -189,16 +186,16 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         item_ids, vectors = trained.item_ids, read_embedded(embedded, len(trained.item_ids), trained.config.vector_dim)
     else:
         item_ids, vectors = item_vectors(trained, progress=progress)
-    items = read_part(manifest["prepared_dir"], "items").set_index("item_id").reindex(item_ids)
+    items = read_part(manifest.prepared_dir, "items").set_index("item_id").reindex(item_ids)
     params = choose_index(len(item_ids), vectors.shape[1], index_params)
     pad = pad_dims(params, vectors.shape[1])
-    record = {"model_id": manifest["model_id"], "model_dir": str(Path(model_dir).resolve()), "alias": alias,
-              "dataset": manifest["data"]["dataset"], "created_at": defaults.utc_now(),
-              "user_tower": manifest["config"].get("user_tower", "id"),
+    record = {"model_id": manifest.model_id, "model_dir": str(Path(model_dir).resolve()), "alias": alias,
+              "dataset": manifest.dataset, "created_at": defaults.utc_now(),
+              "user_tower": manifest.config.user_tower,
               **params_record(params), **({"pad_dims": pad} if pad else {})}
     titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
-    id_type = manifest["data"].get("id_type", "int64")
-    name = store.create_version(alias, manifest["model_id"], vectors.shape[1] + pad, record, id_type,
+    id_type = manifest.id_type
+    name = store.create_version(alias, manifest.model_id, vectors.shape[1] + pad, record, id_type,
                                 TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
     workers = insert_workers or store_insert_workers(len(item_ids))
     timing = {"embed_s": time.perf_counter() - started}
@@ -209,7 +206,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         info = store.build_index(name, params)
         timing["index_s"], mark = time.perf_counter() - mark, time.perf_counter()
         search, recall = _tune_search(store, name, params, trained, vectors,
-                                      read_part(manifest["prepared_dir"], "train"), target=target_recall, pad=pad)
+                                      read_part(manifest.prepared_dir, "train"), target=target_recall, pad=pad)
         timing["tune_s"] = time.perf_counter() - mark
         if complete:
             store.mark_complete(name)
@@ -219,7 +216,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
                         segments=tuple(store.segments(name)), index=params_record(params), nprobe=search.nprobe,
                         reorder_k=search.reorder_k,
-                        index_recall=round(recall, 4), model_id=manifest["model_id"], model_dir=record["model_dir"],
+                        index_recall=round(recall, 4), model_id=manifest.model_id, model_dir=record["model_dir"],
                         insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
 
 
@@ -304,8 +301,8 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     defaults.check_eval_users(eval_users)
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
-    prepared = manifest["prepared_dir"]
-    protocol = manifest["data"]["protocol"]
+    prepared = manifest.prepared_dir
+    protocol = manifest.protocol
     train_part, held_out = read_part(prepared, "train"), read_part(prepared, "held_out")
     users = np.unique(held_out["user_id"].to_numpy())
     if eval_users is not None and eval_users < len(users):
@@ -319,9 +316,9 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
 
     with ItemStore(uri) as store:
         record = store.record(collection)
-        if record.get("model_id") != manifest["model_id"]:
+        if record.get("model_id") != manifest.model_id:
             raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
-                                  f"not {manifest['model_id']!r}; evaluate it with its own model")
+                                  f"not {manifest.model_id!r}; evaluate it with its own model")
         tuned = SearchParams.of(record)
         search = search_indices(store, collection, tuned, trained)
         started = time.perf_counter()
@@ -343,7 +340,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     metrics = {source: ev.ranking_metrics(top[rows], relevant, ks, trained.item_counts)
                for source, top in rankings.items()}
     report = EvaluationReport(
-        dataset=manifest["data"]["dataset"],
+        dataset=manifest.dataset,
         protocol=protocol,
         ks=tuple(ks),
         users_evaluated=len(users),
@@ -358,15 +355,14 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
                "params": {**record["params"], **tuned.for_limit(0)}, "tuning": record.get("tuning")},
         collection=collection,
         alias=record.get("alias"),
-        model_id=manifest["model_id"],
+        model_id=manifest.model_id,
         model_dir=str(Path(model_dir).resolve()),
         training={
-            "seconds": manifest["train_seconds"],
-            "epochs": len(manifest["history"]),
-            "processes": manifest.get("training", {}).get("processes", 1),
-            "examples_per_s": round(sum(e["examples_per_s"] for e in manifest["history"])
-                                    / max(1, len(manifest["history"])), 1),
-            "train_interactions": manifest["data"]["train"],
+            "seconds": manifest.train_seconds,
+            "epochs": manifest.epochs,
+            "processes": manifest.training.processes,
+            "examples_per_s": manifest.mean_examples_per_s(),
+            "train_interactions": manifest.train_interactions,
         },
         timing={
             "milvus_seconds": round(milvus_seconds, 3),

@@ -1,6 +1,7 @@
 """A trained model on disk: a directory with a manifest, weights and vocabularies.
 
-    manifest.json        format, model id, config, feature spec and encoders, history, data summary
+    manifest.json        ``ModelManifest``: format, model id, config, feature spec and encoders,
+                         history, the prepared data and its summary, how training ran
     weights.pt           the state dict (loaded with ``weights_only=True``: no pickle)
     inputs.npz           encoded features per vocabulary index ("user/<column>", "item/<column>")
     user_vocab.parquet   user_id per vocabulary index (index = row + 1)
@@ -24,31 +25,31 @@ import torch
 
 from towerbridge import defaults
 from towerbridge.errors import ArtifactError
-from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec
+from towerbridge.towers.manifest import ModelManifest, TrainingRun
 from towerbridge.towers.model import TwoTowerModel
 from towerbridge.towers.trained import TrainedModel
 
-FORMAT = "towerbridge-model/2"
 FILES = ("manifest.json", "weights.pt", "inputs.npz", "user_vocab.parquet", "item_vocab.parquet")
 
 
-def save(trained: TrainedModel, directory: Path, extra: dict | None = None) -> Path:
-    """Write the artifact to ``directory`` (which must not exist yet); return it."""
+def save(trained: TrainedModel, directory: Path, run: TrainingRun | None = None) -> Path:
+    """Write the artifact to ``directory`` (which must not exist yet); return it. run: the
+    data it was trained on and how training ran, for its manifest."""
     directory = Path(directory)
     if directory.exists():
         raise ArtifactError(f"{directory}: a model directory already exists there")
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write(trained, directory, partial, extra)
+        _write(trained, directory, partial, run or TrainingRun())
     except OSError as error:  # disk full, read-only, a file where a directory should be: nothing half-written stays
         shutil.rmtree(partial, ignore_errors=True)
         raise ArtifactError(f"cannot write the model to {directory}: {error.strerror or error}") from None
     return directory
 
 
-def _write(trained: TrainedModel, directory: Path, partial: Path, extra: dict | None) -> None:
+def _write(trained: TrainedModel, directory: Path, partial: Path, run: TrainingRun) -> None:
     partial.mkdir(parents=True)
     torch.save(trained.model.state_dict(), partial / "weights.pt")
     np.savez(partial / "inputs.npz",
@@ -57,24 +58,18 @@ def _write(trained: TrainedModel, directory: Path, partial: Path, extra: dict | 
     pq.write_table(pa.table({"user_id": trained.user_ids}), partial / "user_vocab.parquet")
     pq.write_table(pa.table({"item_id": trained.item_ids, "train_count": trained.item_counts}),
                    partial / "item_vocab.parquet")
-    manifest = {
-        "format": FORMAT,
-        "model_id": directory.name,
-        "created_at": defaults.utc_now(),
-        "config": trained.config.to_dict(),
-        "features": {"spec": trained.spec.to_dict(),
-                     "user_encoders": [encoder.to_dict() for encoder in trained.user_encoders],
-                     "item_encoders": [encoder.to_dict() for encoder in trained.item_encoders]},
-        "n_users": len(trained.user_ids),
-        "n_items": len(trained.item_ids),
-        "history": trained.history,
-        **(extra or {}),
-    }
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = ModelManifest(
+        model_id=directory.name, created_at=defaults.utc_now(), config=trained.config,
+        features={"spec": trained.spec.to_dict(),
+                  "user_encoders": [encoder.to_dict() for encoder in trained.user_encoders],
+                  "item_encoders": [encoder.to_dict() for encoder in trained.item_encoders]},
+        n_users=len(trained.user_ids), n_items=len(trained.item_ids), history=tuple(trained.history),
+        prepared_dir=run.prepared_dir, data=run.data, train_seconds=run.seconds, training=run.training)
+    (partial / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     partial.rename(directory)
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path) -> ModelManifest:
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: model directory not found")
@@ -82,22 +77,17 @@ def read_manifest(directory: Path) -> dict:
     if missing:
         raise ArtifactError(f"{directory}: incomplete model artifact, missing {missing}")
     try:
-        manifest = json.loads((directory / "manifest.json").read_text())
+        values = json.loads((directory / "manifest.json").read_text())
     except ValueError as error:
         raise ArtifactError(f"{directory / 'manifest.json'}: not valid JSON ({error})") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{directory / 'manifest.json'}: format {manifest.get('format')!r}, "
-                            f"expected {FORMAT!r}")
-    return manifest
+    return ModelManifest.from_dict(values, source=str(directory / "manifest.json"))
 
 
 def load(directory: Path) -> TrainedModel:
     """Load a model artifact written by `save`."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    # models written before the history towers existed have the id tower
-    config = TowerConfig.from_dict({"user_tower": "id", **manifest["config"]})
-    features = manifest["features"]
+    config, features = manifest.config, manifest.features
     user_encoders = [Encoder.from_dict(values) for values in features["user_encoders"]]
     item_encoders = [Encoder.from_dict(values) for values in features["item_encoders"]]
     user_ids = pq.read_table(directory / "user_vocab.parquet").column("user_id").to_numpy()
@@ -121,5 +111,5 @@ def load(directory: Path) -> TrainedModel:
         user_encoders=user_encoders, item_encoders=item_encoders,
         user_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("user/")},
         item_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("item/")},
-        history=manifest.get("history", []),
+        history=list(manifest.history),
     )

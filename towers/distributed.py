@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from towerbridge.errors import ConfigError, DataError, TowerbridgeError, Trainin
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import FeatureSpec, default_spec
+from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.train import Replica, pick_device, train
 from towerbridge.towers.trained import TrainedModel
 
@@ -102,10 +104,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def train_rank(prepared_dir: str, config: TowerConfig, out_dir: str, checkpoint_dir: str | None = None,
-               progress: bool = True, extra: dict | None = None) -> dict:
+               progress: bool = True, run: TrainingRun | None = None) -> TrainingRecord:
     """One process's part of a data-parallel training (``torch.distributed`` initialised).
 
-    Process 0 writes the model artifact to ``out_dir`` (with ``extra`` and a ``training``
+    Process 0 writes the model artifact to ``out_dir`` (with ``run`` and a ``training``
     record: processes, backend, each process's shard and final weights' sha256) and returns
     that record; every process returns it."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -122,15 +124,15 @@ def train_rank(prepared_dir: str, config: TowerConfig, out_dir: str, checkpoint_
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"interactions": len(shard), "users": int(shard["user_id"].nunique()),
                                       "weights_sha256": weights_digest(trained.model)})
-    record = {"processes": world, "backend": dist.get_backend(),
-              "device": str(pick_device(config.device)), "shards": gathered}
+    record = TrainingRecord(processes=world, backend=dist.get_backend(), device=str(pick_device(config.device)),
+                            shards=tuple(gathered))
     digests = {part["weights_sha256"] for part in gathered}
     if len(digests) != 1:
         raise TrainingError(f"the {world} training processes ended with different weights "
                             f"({len(digests)} different digests); the model was not saved")
     if rank == 0:
-        artifact.save(trained, Path(out_dir), extra={
-            **(extra or {}), "training": record, "train_seconds": round(time.perf_counter() - started, 2)})
+        artifact.save(trained, Path(out_dir), replace(run or TrainingRun(), training=record,
+                                                      seconds=round(time.perf_counter() - started, 2)))
     dist.barrier()
     return record
 
@@ -161,7 +163,7 @@ def _spawned(rank: int, world: int, address: str, threads: int, prepared_dir: st
 
 
 def train_processes(prepared_dir: str, config: TowerConfig, processes: int, checkpoint_dir: str | None = None,
-                    progress: bool = True) -> tuple[TrainedModel, dict]:
+                    progress: bool = True) -> tuple[TrainedModel, TrainingRecord]:
     """Train on ``processes`` local processes (DDP); return the model and the training record.
 
     The machine's threads are shared out between the processes. If one process fails or
@@ -186,7 +188,7 @@ def train_processes(prepared_dir: str, config: TowerConfig, processes: int, chec
                                 f"processes were stopped"
                                 + ("; a new try resumes after the last finished epoch" if checkpoint_dir else "")
                                 ) from None
-        record = artifact.read_manifest(Path(out_dir))["training"]
+        record = artifact.read_manifest(Path(out_dir)).training
         return artifact.load(Path(out_dir)), record
 
 
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(_backend(config), init_method="env://", timeout=TIMEOUT)
     try:
         train_rank(args.prepared_dir, config, args.model_dir, args.checkpoint_dir, not args.no_progress,
-                   extra={"prepared_dir": str(Path(args.prepared_dir).resolve()),
-                          "data": read_summary(args.prepared_dir)})
+                   run=TrainingRun(prepared_dir=str(Path(args.prepared_dir).resolve()),
+                                   data=read_summary(args.prepared_dir)))
     except TowerbridgeError as error:
         print(f"error (process {dist.get_rank()}): {error}", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ def run(milvus_uri, prefect_harness, tmp_path_factory):
     report = pipeline(report_dir=str(report_dir), milvus_uri=milvus_uri, epochs=EPOCHS)
     model_dir = Path(report.model_dir)
     manifest = artifact.read_manifest(model_dir)
-    prepared = Path(manifest["prepared_dir"])
+    prepared = Path(manifest.prepared_dir)
     return {
         "report": report,
         "report_dir": report_dir,

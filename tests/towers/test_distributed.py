@@ -23,6 +23,7 @@ from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError, TrainingError
 from towerbridge.towers import artifact
 from towerbridge.towers.distributed import read_shard, shard_bounds, weights_digest
+from towerbridge.towers.manifest import TrainingRecord
 
 SMALL = {"n_users": 1500, "n_items": 800, "mean_interactions": 20.0}
 
@@ -69,23 +70,23 @@ def test_two_processes_end_with_identical_weights(prepared, tmp_path):
     one = steps.train_model(prepared, str(tmp_path / "one"), {"epochs": 2}, progress=False)
     two = steps.train_model(prepared, str(tmp_path / "two"), {"epochs": 2}, progress=False, processes=2)
     manifest = artifact.read_manifest(Path(two))
-    training = manifest["training"]
-    assert training["processes"] == 2 and training["backend"] == "gloo"
-    digests = [shard["weights_sha256"] for shard in training["shards"]]
+    training = manifest.training
+    assert training.processes == 2 and training.backend == "gloo"
+    digests = [shard["weights_sha256"] for shard in training.shards]
     assert digests[0] == digests[1] == weights_digest(artifact.load(Path(two)).model)
     # the shards are the training data, split by user
     train = pq.read_table(Path(prepared) / "train.parquet", columns=["user_id"]).column(0).to_numpy()
-    assert sum(shard["interactions"] for shard in training["shards"]) == len(train)
-    assert sum(shard["users"] for shard in training["shards"]) == len(np.unique(train))
-    assert min(shard["interactions"] for shard in training["shards"]) > 0.4 * len(train)
+    assert sum(shard["interactions"] for shard in training.shards) == len(train)
+    assert sum(shard["users"] for shard in training.shards) == len(np.unique(train))
+    assert min(shard["interactions"] for shard in training.shards) > 0.4 * len(train)
     # the same model as one process trains, up to the batches' composition: the summed gradient
     # of the global batch, the same vocabularies and item counts
     single = artifact.load(Path(one))
     double = artifact.load(Path(two))
     assert np.array_equal(single.user_ids, double.user_ids)
     assert np.array_equal(single.item_counts, double.item_counts)
-    assert artifact.read_manifest(Path(one))["training"] == {"processes": 1}
-    losses = [[epoch["loss_per_example"] for epoch in artifact.read_manifest(Path(d))["history"]] for d in (one, two)]
+    assert artifact.read_manifest(Path(one)).training == TrainingRecord(processes=1)
+    losses = [[epoch["loss_per_example"] for epoch in artifact.read_manifest(Path(d)).history] for d in (one, two)]
     assert losses[1][1] < losses[1][0]
     assert losses[1] == pytest.approx(losses[0], rel=0.03)
 
@@ -135,7 +136,7 @@ def test_a_process_that_dies_stops_the_others_with_one_message(prepared, tmp_pat
     done = state["epoch"]
     model = steps.train_model(prepared, str(tmp_path / "models"), {"epochs": done + 1}, progress=False,
                               checkpoint_dir=str(checkpoint), processes=2)
-    history = artifact.read_manifest(Path(model))["history"]
+    history = artifact.read_manifest(Path(model)).history
     assert len(history) == done + 1
     assert history[:done] == state["history"]
 
@@ -149,9 +150,9 @@ def test_torchrun_starts_the_processes(prepared, tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = artifact.read_manifest(out)
-    assert manifest["training"]["processes"] == 2
-    assert manifest["data"]["dataset"] == "synthetic"
-    assert {shard["weights_sha256"] for shard in manifest["training"]["shards"]} == \
+    assert manifest.training.processes == 2
+    assert manifest.dataset == "synthetic"
+    assert {shard["weights_sha256"] for shard in manifest.training.shards} == \
         {weights_digest(artifact.load(out).model)}
 
 
@@ -170,7 +171,7 @@ def test_sparse_embedding_tables_are_summed_over_the_processes(prepared, tmp_pat
     config = {"epochs": 2, "user_tower": "id", "sparse_embeddings": "always"}
     model = steps.train_model(prepared, str(tmp_path), config, progress=False, processes=2)
     manifest = artifact.read_manifest(Path(model))
-    assert {shard["weights_sha256"] for shard in manifest["training"]["shards"]} == \
+    assert {shard["weights_sha256"] for shard in manifest.training.shards} == \
         {weights_digest(artifact.load(Path(model)).model)}
-    history = manifest["history"]
+    history = manifest.history
     assert history[1]["loss_per_example"] < history[0]["loss_per_example"]
