@@ -24,6 +24,18 @@ def test_the_wheel_installs_one_top_level_package_holding_towers_milvus_and_flow
 
 
 
+def test_a_checkout_without_links_says_so_when_imported(tmp_path):
+    package = tmp_path / "towerbridge"
+    package.mkdir()
+    shutil.copy(ROOT / "towerbridge" / "__init__.py", package / "__init__.py")
+    (package / "towers").write_text("../towers")  # what git writes for a link where links are off
+    found = subprocess.run([sys.executable, "-c", "import towerbridge"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert found.returncode == 1
+    assert "towers is a plain file, not the link to ../towers that towerbridge's checkout needs" in found.stderr
+    assert "git clone -c core.symlinks=true" in found.stderr
+
+
 def _layout_paths() -> set[Path]:
     """Every file or folder the README's Layout table names. In the path column a name with a
     slash is relative to the repository and a bare one is a sibling of the name before it; a

@@ -6,18 +6,10 @@ from dataclasses import asdict, dataclass, fields
 
 from towerbridge.defaults import DEFAULT_USER_TOWER
 from towerbridge.errors import ConfigError
+from towerbridge.towers.registry import QUERY_TOWERS, tower_kind
 
 SPARSE_ROWS = 100_000  # sparse_embeddings="auto": tables larger than this get sparse gradients
-USER_TOWERS = ("sequence", "pooled", "id")
-# The settings whose defaults depend on the user tower (chosen on MovieLens 100K, figures in
-# BENCHMARKS.md). The history towers: a batch is one history per user, every catalog item is a
-# negative (no sampling, so no logQ correction), and a wider tower. The id tower: one example
-# per interaction, in-batch negatives with the logQ correction.
-HISTORY_DEFAULTS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
-                    "epochs": 40}
-TOWER_DEFAULTS = {"sequence": HISTORY_DEFAULTS, "pooled": HISTORY_DEFAULTS,
-                  "id": {"vector_dim": 32, "batch_size": 1024, "learning_rate": 0.01, "logq_correction": True,
-                         "epochs": 8}}
+USER_TOWERS = tuple(QUERY_TOWERS)
 
 
 @dataclass(frozen=True)
@@ -25,7 +17,7 @@ class TowerConfig:
     """Model shape and training settings.
 
     vector_dim, batch_size, learning_rate, logq_correction, epochs: None (the default) takes
-        the user tower's value from ``TOWER_DEFAULTS``.
+        the user tower's value (its ``defaults`` in ``towers/registry.py``).
     vector_dim: length of the vectors stored in Milvus. The towers output
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
@@ -50,10 +42,11 @@ class TowerConfig:
         validation set is the last interaction of up to ``validation_users`` sampled users,
         held out of training; the metric is factorized top-``validation_k`` accuracy.
     device: ``auto`` (the GPU when present), ``cpu`` or ``cuda``.
-    user_tower: the query tower. ``id``: the user's id and features; ``sequence``: causal
-        self-attention over the user's last ``history_length`` items (SASRec-style);
-        ``pooled``: a recency-weighted average of them. The history towers train on every
-        position of every history (next-item prediction) and need no user-id table.
+    user_tower: the query tower, a name in ``towers/registry.py``. ``id``: the user's id and
+        features; ``sequence``: causal self-attention over the user's last ``history_length``
+        items (SASRec-style); ``pooled``: a recency-weighted average of them. The history
+        towers train on every position of every history (next-item prediction) and need no
+        user-id table.
     history_length: items of a history the history towers read (the most recent ones).
     attention_blocks, attention_heads, dropout: the sequence tower's shape.
     full_softmax_items: history towers score every catalog item for every position when the
@@ -88,9 +81,8 @@ class TowerConfig:
     full_softmax_items: int = 100_000
 
     def __post_init__(self) -> None:
-        if self.user_tower not in USER_TOWERS:
-            raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
-        for name, value in TOWER_DEFAULTS[self.user_tower].items():
+        kind = tower_kind(self.user_tower)
+        for name, value in kind.defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.vector_dim < 2:
@@ -119,11 +111,10 @@ class TowerConfig:
                               f"{self.history_length}, {self.attention_heads} and {self.attention_blocks}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.user_tower == "sequence" and self.tower_dim % self.attention_heads:
-            raise ConfigError(f"attention_heads {self.attention_heads} must divide the tower width "
-                              f"vector_dim - 1 = {self.tower_dim}")
         if any(width < 1 for width in self.hidden_dims):
             raise ConfigError(f"hidden_dims must be positive widths, got {list(self.hidden_dims)}")
+        if kind.check is not None:
+            kind.check(self)
 
     def sparse(self, rows: int) -> bool:
         """Whether an embedding table with ``rows`` rows gets sparse gradients."""
@@ -138,7 +129,7 @@ class TowerConfig:
 
     @classmethod
     def for_tower(cls, user_tower: str, **settings) -> TowerConfig:
-        """The defaults of the ``user_tower`` kind (``TOWER_DEFAULTS``), then ``settings``."""
+        """The defaults of the ``user_tower`` kind (its registry entry), then ``settings``."""
         return cls.from_dict({**settings, "user_tower": user_tower})
 
     @classmethod

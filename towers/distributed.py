@@ -50,7 +50,9 @@ from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import FeatureSpec, default_spec
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
-from towerbridge.towers.train import Replica, pick_device, train
+from towerbridge.towers.parallel import Replica
+from towerbridge.towers.registry import query_tower
+from towerbridge.towers.train import pick_device, train
 from towerbridge.towers.trained import TrainedModel
 
 TIMEOUT = datetime.timedelta(minutes=30)  # how long a process waits for the others at a collective
@@ -116,7 +118,7 @@ def train_rank(prepared_dir: str, config: TowerConfig, out_dir: str, checkpoint_
     if not train_file.is_file():
         raise DataError(f"{train_file}: not found; run the train flow (which prepares the data) first")
     items, users, spec = read_catalog(prepared_dir, config)
-    cap = None if config.user_tower == "id" else config.history_length + 1
+    cap = query_tower(config.user_tower).interactions_read(config)
     user_ids, bounds = shard_bounds(pq.read_table(train_file, columns=["user_id"]).column(0).to_numpy(), world, cap)
     shard = read_shard(train_file, *bounds[rank])
     trained = train(shard, items, users, config, spec=spec, progress=progress and rank == 0,

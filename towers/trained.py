@@ -57,3 +57,7 @@ def lookup(vocabulary: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def gather(inputs: Inputs, index: torch.Tensor) -> Inputs:
     """The rows ``index`` of every feature tensor."""
     return {name: tensor[index] for name, tensor in inputs.items()}
+
+
+def to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    return {name: tensor.to(device) for name, tensor in inputs.items()}

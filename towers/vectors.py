@@ -13,10 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from towerbridge.errors import ConfigError, DataError
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
-from towerbridge.towers.model import Inputs
 from towerbridge.towers.trained import TrainedModel, gather
 
 BATCH = 65536
@@ -50,62 +48,16 @@ def item_vectors(trained: TrainedModel, progress: bool = False, first: int = 0,
                                                          trained.config).numpy()
     return trained.item_ids[first:stop], vectors
 
-
-def history_items(trained: TrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The items the ``windows`` hold, sorted, and their item-tower vectors (padding, item 0,
-    first, as a zero vector): what ``history_queries`` reads."""
-    needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=windows.device), windows.flatten()]))
-    item_inputs = {name: tensor.to(windows.device) for name, tensor in trained.item_inputs.items()}
-    vectors = trained.model.item_tower(gather(item_inputs, needed))
-    return needed, torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
-
-
-def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: Inputs,
-                    items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Query vectors (``user_layout``) of history windows ``[n, length]``: the history tower's
-    output at the last position. items: ``history_items`` of these windows or of more, when
-    embedding many batches of windows (computed here otherwise)."""
-    needed, vectors = items if items is not None else history_items(trained, windows)
-    out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
-    return user_layout(out[:, -1])
+@torch.inference_mode()
+def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histories | None = None) -> np.ndarray:
+    """Query vectors of users by raw id, ``[n, vector_dim]``, as the model's query tower makes
+    them: the id tower from their ids and features, the history towers from each user's last
+    ``history_length`` items in ``histories`` (which may be newer than the model)."""
+    return trained.model.user_tower.query_vectors(trained, np.asarray(user_ids), histories)
 
 
 @torch.inference_mode()
-def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histories | None = None) -> np.ndarray:
-    """Query vectors of users by raw id, ``[n, vector_dim]``.
-
-    The id tower reads their ids and features (unknown ids get the all-unknown inputs). The
-    history towers read each user's last ``history_length`` items in ``histories`` (which
-    may be newer than the model) and their features; a user with no history gets the
-    vector of an empty one."""
-    user_ids = np.asarray(user_ids)
-    indices = torch.from_numpy(trained.user_index(user_ids))
-    vectors = np.empty((len(indices), trained.config.vector_dim), dtype=np.float32)
-    if trained.config.user_tower == "id":
-        for start in range(0, len(indices), BATCH):
-            rows = gather(trained.user_inputs, indices[start:start + BATCH])
-            vectors[start:start + BATCH] = user_layout(trained.model.user_tower(rows)).numpy()
-        return vectors
-    if histories is None:
-        raise ValueError(f"the {trained.config.user_tower} tower builds query vectors from histories; none given")
-    windows = torch.from_numpy(histories.windows(histories.rows(user_ids), trained.config.history_length))
-    step = max(1, BATCH // trained.config.history_length)
-    items = history_items(trained, windows)  # once for all batches
-    for start in range(0, len(indices), step):
-        vectors[start:start + step] = history_queries(
-            trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step]),
-            items).numpy()
-    return vectors
-
-
 def history_vector(trained: TrainedModel, items: list) -> np.ndarray:
     """The query vector ``[vector_dim]`` of someone who just had ``items`` (raw item ids,
     oldest first), with no user id: what `towerbridge recommend --history` searches with."""
-    if trained.config.user_tower == "id":
-        raise ConfigError("this model has the id tower, which cannot read a history; build one with "
-                          "--user-tower sequence or pooled")
-    index = trained.item_index(np.asarray(items, dtype=trained.item_ids.dtype))
-    unknown = [item for item, i in zip(items, index) if i == 0]
-    if unknown:
-        raise DataError(f"history items {unknown[:5]} are not in the model's catalog")
-    return user_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
+    return trained.model.user_tower.history_query(trained, items)

@@ -8,8 +8,9 @@ import torch
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
+from towerbridge.towers.history_tower import history_queries
 from towerbridge.towers.train import prepare, train
-from towerbridge.towers.vectors import history_queries, user_vectors
+from towerbridge.towers.vectors import user_vectors
 
 
 def test_windows_are_right_aligned_and_left_padded():

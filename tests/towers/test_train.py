@@ -113,7 +113,8 @@ def test_an_unreadable_checkpoint_is_ignored_not_unpickled(data, tmp_path, caplo
 
 
 def test_early_stopping_keeps_the_best_epoch(data):
-    from towerbridge.towers.train import pick_device, validation_hit_rate, validation_split
+    from towerbridge.towers.id_tower import validation_hit_rate, validation_split
+    from towerbridge.towers.train import pick_device
 
     interactions, items = data
     config = id_tower(epochs=30, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=2,
@@ -153,10 +154,12 @@ def test_only_large_tables_are_sparse_by_default():
 
 
 def test_each_user_tower_has_its_own_defaults_and_settings_override_them():
-    from towerbridge.towers.config import DEFAULT_USER_TOWER, TOWER_DEFAULTS
+    from towerbridge.towers.config import DEFAULT_USER_TOWER
+    from towerbridge.towers.registry import QUERY_TOWERS
 
     assert TowerConfig().user_tower == DEFAULT_USER_TOWER == "sequence"
-    for tower, chosen in TOWER_DEFAULTS.items():
+    for tower, kind in QUERY_TOWERS.items():
+        chosen = kind.defaults
         for config in (TowerConfig(user_tower=tower), TowerConfig.for_tower(tower),
                        TowerConfig.from_dict({"user_tower": tower})):
             assert {name: getattr(config, name) for name in chosen} == chosen

@@ -1,0 +1,129 @@
+"""What a training has done so far, and the checkpoint that lets a new try resume it.
+
+After every epoch the model, the optimizer, the epochs' records, the best epoch so far (for
+early stopping) and the random state are saved; a later training with the same settings and
+number of processes resumes after the last finished epoch and ends with the weights a straight
+run would have had (dropout's masks and the batches go on as they would have).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.parallel import Replica
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainingState:
+    """epoch: epochs finished; history: one record per finished epoch; best: the best
+    validation metric so far, its epoch and a copy of its weights (``weights`` None until an
+    epoch was validated)."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"metric": -1.0, "epoch": 0, "weights": None})
+
+    def finish_epoch(self, record: dict, metric: float | None, model: torch.nn.Module) -> None:
+        self.epoch += 1
+        self.history.append(record)
+        if metric is not None and metric > self.best["metric"]:
+            self.best = {"metric": metric, "epoch": self.epoch,
+                         "weights": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    def stale(self, patience: int) -> bool:
+        """Whether the metric has not improved for ``patience`` epochs."""
+        return self.epoch - self.best["epoch"] >= patience
+
+    def keep_best(self, model: torch.nn.Module) -> None:
+        """Early stopping keeps the best epoch's weights."""
+        if self.best["weights"] is not None:
+            model.load_state_dict(self.best["weights"])
+
+
+class Checkpoints:
+    """The checkpoint of one training in ``directory`` (None: none is kept). With several
+    processes, process 0 writes it with every process's random state."""
+
+    def __init__(self, directory: Path | None, config: TowerConfig, replica: Replica) -> None:
+        self.directory, self.config, self.replica = directory, config, replica
+
+    def resume(self, model: torch.nn.Module, optimizer, generator: np.random.Generator,
+               device: torch.device) -> TrainingState:
+        """The state after the last finished epoch of an earlier try, loaded into ``model``,
+        ``optimizer``, ``generator`` and torch's generator; a fresh state if there is none."""
+        saved = self._read()
+        if saved is None:
+            return TrainingState()
+        rank = self.replica.rank
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        distributed = self.replica.distributed
+        generator.bit_generator.state = saved["generators"][rank] if distributed else saved["generator"]
+        torch_rng = saved["torch_rngs"][rank] if distributed else saved.get("torch_rng")
+        if torch_rng is not None:  # dropout's masks go on as they would have (older checkpoints lack it)
+            _set_torch_rng(torch_rng, device)
+        return TrainingState(epoch=saved["epoch"], history=saved["history"], best=saved["best"])
+
+    def save(self, state: TrainingState, model: torch.nn.Module, optimizer, generator: np.random.Generator,
+             device: torch.device) -> None:
+        if self.directory is None:
+            return
+        saved = {"config": self.config.to_dict(), "epoch": state.epoch, "history": state.history,
+                 "best": state.best, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if not self.replica.distributed:
+            self._write({**saved, "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device)})
+            return
+        generators: list = [None] * self.replica.world
+        torch_rngs: list = [None] * self.replica.world
+        dist.all_gather_object(generators, generator.bit_generator.state)
+        dist.all_gather_object(torch_rngs, _torch_rng(device).cpu())
+        if self.replica.rank == 0:
+            self._write({**saved, "processes": self.replica.world, "generators": generators,
+                         "torch_rngs": torch_rngs})
+        dist.barrier()  # no process goes on (and could fail) before the checkpoint is complete
+
+    def _write(self, saved: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / (CHECKPOINT + ".partial")
+        torch.save(saved, partial)
+        partial.replace(self.directory / CHECKPOINT)
+
+    def _read(self) -> dict | None:
+        """The checkpoint of an earlier run with the same settings and number of processes
+        (``epochs`` may differ, to train further), if there is one and it is not past ``epochs``."""
+        if self.directory is None or not (self.directory / CHECKPOINT).exists():
+            return None
+        path = self.directory / CHECKPOINT
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+            # never unpickled beyond tensors; an unreadable checkpoint only costs the epochs it held
+            logging.getLogger(__name__).warning("ignoring unreadable checkpoint %s (%s); training from the start",
+                                                path, str(error).splitlines()[0][:200])
+            return None
+        settings = {**self.config.to_dict(), "epochs": None}
+        same = {**saved.get("config", {}), "epochs": None} == settings and \
+            saved.get("processes", 1) == self.replica.world
+        return saved if same and saved["epoch"] <= self.config.epochs else None
+
+
+def _torch_rng(device: torch.device) -> torch.Tensor:
+    """The state of the random generator dropout draws from on ``device``."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_torch_rng(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    else:
+        torch.set_rng_state(state.cpu())

@@ -1,0 +1,223 @@
+"""What the history towers share: they read the user's last ``history_length`` items, as the
+candidate tower embeds them (so both towers share one item representation), and the user's
+features other than the id; they need no user-id table, so a user unseen in training is served
+from their history alone. They train on next-item prediction at every position of every
+history (``HistoryTask``). The towers themselves: ``SequenceTower`` (towers/sequence.py) and
+``PooledTower`` (towers/pooled.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from towerbridge.errors import DataError
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.features import Encoder
+from towerbridge.towers.history import Histories
+from towerbridge.towers.loss import full_softmax_loss, retrieval_loss
+from towerbridge.towers.metrics import factorized_top_k
+from towerbridge.towers.model import Inputs, Tower
+from towerbridge.towers.query import QueryTower
+from towerbridge.towers.trained import TrainedModel, gather, to_device
+from towerbridge.towers.vectors import BATCH, item_layout, user_layout
+
+
+class Features(nn.Module):
+    """The user's features other than the id (age, gender, ...), as one vector added to every
+    position of a history tower's output; nothing when there are none."""
+
+    def __init__(self, encoders: list[Encoder], width: int, config: TowerConfig) -> None:
+        super().__init__()
+        self.tower = Tower(encoders, 0, config) if encoders else None
+        self.project = nn.Linear(config.tower_dim, width) if encoders else None
+
+    def forward(self, inputs: Inputs) -> torch.Tensor | float:
+        if self.tower is None:
+            return 0.0
+        return self.project(self.tower(inputs))
+
+
+class HistoryTower(QueryTower):
+    """The query tower over a history window: ``[batch, length, tower_dim]`` item vectors (0
+    rows for padding, on the left) in, a unit vector per position out, each depending only
+    on the items up to it. The last position is the user's query vector. A subclass says how
+    the positions are mixed (``mix``); the user's features are added to every position."""
+
+    reads_history = True
+
+    def __init__(self, user_encoders: list[Encoder], config: TowerConfig) -> None:
+        super().__init__()
+        self.features = Features(user_encoders, config.tower_dim, config)
+
+    @classmethod
+    def build(cls, user_encoders: list[Encoder], n_users: int, config: TowerConfig) -> HistoryTower:
+        return cls([encoder for encoder in user_encoders if encoder.feature.kind != "id"], config)
+
+    @classmethod
+    def interactions_read(cls, config: TowerConfig) -> int | None:
+        return config.history_length + 1  # the window and the item that follows it
+
+    def mix(self, items: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``[batch, length, tower_dim]`` item vectors and the ``[batch, length]`` mask of real
+        (not padding) positions in; ``[batch, length, tower_dim]`` out, position t reading
+        only the positions up to t."""
+        raise NotImplementedError
+
+    def forward(self, items: torch.Tensor, real: torch.Tensor, user_inputs: Inputs | None = None) -> torch.Tensor:
+        out = self.mix(items, real)
+        if user_inputs is not None:
+            out = out + (self.features(user_inputs)[:, None, :] if self.features.tower is not None else 0.0)
+        return F.normalize(out, dim=-1)
+
+    def examples(self, trained: TrainedModel, interactions: pd.DataFrame, validation: pd.DataFrame | None,
+                 device: torch.device, replica) -> HistoryTask:
+        return HistoryTask(trained, Histories.from_interactions(interactions, trained.item_index), device,
+                           validation_users=replica.validation_users(trained.config))
+
+    def histories(self, trained: TrainedModel, interactions: pd.DataFrame) -> Histories:
+        return Histories.from_interactions(interactions, trained.item_index)
+
+    def query_vectors(self, trained: TrainedModel, user_ids: np.ndarray, histories: Histories | None) -> np.ndarray:
+        """Each user's last ``history_length`` items in ``histories`` (which may be newer than
+        the model) and their features; a user with no history gets the vector of an empty one."""
+        if histories is None:
+            raise ValueError(f"the {self.name} tower builds query vectors from histories; none given")
+        user_ids = np.asarray(user_ids)
+        indices = torch.from_numpy(trained.user_index(user_ids))
+        vectors = np.empty((len(indices), trained.config.vector_dim), dtype=np.float32)
+        windows = torch.from_numpy(histories.windows(histories.rows(user_ids), trained.config.history_length))
+        step = max(1, BATCH // trained.config.history_length)
+        items = history_items(trained, windows)  # once for all batches
+        for start in range(0, len(indices), step):
+            vectors[start:start + step] = history_queries(
+                trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step]),
+                items).numpy()
+        return vectors
+
+    def history_query(self, trained: TrainedModel, items: list) -> np.ndarray:
+        index = trained.item_index(np.asarray(items, dtype=trained.item_ids.dtype))
+        unknown = [item for item, i in zip(items, index) if i == 0]
+        if unknown:
+            raise DataError(f"history items {unknown[:5]} are not in the model's catalog")
+        return self.query_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
+
+
+def history_items(trained: TrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items the ``windows`` hold, sorted, and their item-tower vectors (padding, item 0,
+    first, as a zero vector): what ``history_queries`` reads."""
+    needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=windows.device), windows.flatten()]))
+    item_inputs = {name: tensor.to(windows.device) for name, tensor in trained.item_inputs.items()}
+    vectors = trained.model.item_tower(gather(item_inputs, needed))
+    return needed, torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+
+
+def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: Inputs,
+                    items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Query vectors (``user_layout``) of history windows ``[n, length]``: the history tower's
+    output at the last position. items: ``history_items`` of these windows or of more, when
+    embedding many batches of windows (computed here otherwise)."""
+    needed, vectors = items if items is not None else history_items(trained, windows)
+    out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
+    return user_layout(out[:, -1])
+
+
+class HistoryTask:
+    """The history towers' examples: one per user, predicting the next item at every
+    position of the user's last ``history_length + 1`` items.
+
+    The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
+    the batch's targets and ``mixed_negatives`` uniform samples with the logQ correction.
+    With early stopping, each user's last training item is the validation target, predicted
+    from the items before it, and never a training target."""
+
+    def __init__(self, trained: TrainedModel, histories: Histories, device: torch.device,
+                 validation_users: int | None = None) -> None:
+        config = trained.config
+        self.trained, self.histories, self.device = trained, histories, device
+        self.user_inputs = to_device(trained.user_inputs, device)
+        self.item_inputs = to_device(trained.item_inputs, device)
+        hold = 1 if config.early_stopping_patience else 0
+        inputs, targets = histories.training_pairs(config.history_length, drop_last=hold)
+        has_target = (targets > 0).any(axis=1)
+        self.inputs = torch.from_numpy(inputs[has_target]).to(device)
+        self.targets = torch.from_numpy(targets[has_target]).to(device)
+        self.user_rows = torch.from_numpy(trained.user_index(histories.users[has_target])).to(device)
+        self.examples = len(self.inputs)
+        self.lengths = (inputs[has_target] > 0).sum(axis=1)
+        self.full = len(trained.item_ids) <= config.full_softmax_items
+        counts = np.concatenate([[0], trained.item_counts]).astype(np.float64)
+        self.sampling_probability = torch.from_numpy(counts / max(1.0, counts.sum())).float().to(device)
+        self.validation, self.validation_count = None, 0
+        if hold:
+            rows = np.flatnonzero(histories.lengths() >= 2)
+            rows = np.random.default_rng(config.seed).permutation(rows)[:validation_users or config.validation_users]
+            self.validation_count = len(rows)
+            rows = np.sort(rows)
+            self.validation = (histories.windows(rows, config.history_length, drop_last=1),
+                               histories.items[histories.starts[rows + 1] - 1],
+                               trained.user_index(histories.users[rows]))
+
+    def order(self, generator: np.random.Generator, size: int | None = None, pool: int = 32) -> np.ndarray:
+        """The histories of one epoch: shuffled, then sorted by length within pools of
+        ``pool`` batches, cut into batches (of ``size``, default ``batch_size``), and the
+        batches shuffled. A batch is padded to its longest history, so batches of like lengths
+        skip most of the padding."""
+        size = size or self.trained.config.batch_size
+        shuffled = generator.permutation(self.examples)
+        pools = [shuffled[start:start + size * pool] for start in range(0, self.examples, size * pool)]
+        ordered = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in pools])
+        batches = [ordered[start:start + size] for start in range(0, self.examples, size)]
+        return np.concatenate([batches[i] for i in generator.permutation(len(batches))])
+
+    def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+        model, config = self.trained.model, self.trained.config
+        inputs, targets = self.inputs[batch], self.targets[batch]
+        used = (inputs > 0).any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else inputs.shape[1] - 1
+        # columns of padding only are skipped
+        inputs, targets = inputs[:, start:].contiguous(), targets[:, start:].contiguous()
+        if self.full:
+            needed = torch.arange(len(self.trained.item_ids) + 1, device=self.device)
+        else:
+            sampled = torch.from_numpy(generator.integers(1, len(self.trained.item_ids) + 1,
+                                                          config.mixed_negatives)).to(self.device)
+            needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=self.device),
+                                             inputs.flatten(), targets.flatten(), sampled]))
+        vectors = model.item_tower(gather(self.item_inputs, needed))
+        vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])  # row 0 (padding) stays 0
+        position = torch.searchsorted(needed, inputs) if not self.full else inputs
+        queries = model.user_tower(vectors[position], inputs > 0, gather(self.user_inputs, self.user_rows[batch]))
+        keep = targets > 0
+        queries, positives = queries[keep], targets[keep]
+        if self.full:
+            return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature)
+        columns = torch.searchsorted(needed, positives)
+        return retrieval_loss(queries, vectors[columns], temperature=config.temperature,
+                              candidate_sampling_probability=(
+                                  self.sampling_probability[positives] if config.logq_correction else None),
+                              candidate_ids=positives, num_hard_negatives=config.num_hard_negatives,
+                              extra_candidate_embeddings=vectors[torch.searchsorted(needed, sampled)],
+                              extra_sampling_probability=torch.full((len(sampled),), 1.0 / len(self.trained.item_ids),
+                                                                    device=self.device),
+                              extra_candidate_ids=sampled)
+
+    @torch.inference_mode()
+    def validate(self) -> float | None:
+        """Top-``validation_k`` accuracy of each sampled user's last training item over the catalog."""
+        if self.validation is None:
+            return None
+        windows, targets, user_rows = self.validation
+        model, config = self.trained.model, self.trained.config
+        model.eval()
+        queries = history_queries(self.trained, torch.from_numpy(windows).to(self.device),
+                                  gather(self.user_inputs, torch.from_numpy(user_rows).to(self.device)))
+        items = item_layout(model.item_tower(gather(self.item_inputs, torch.arange(
+            1, len(self.trained.item_ids) + 1, device=self.device))),
+            torch.from_numpy(self.trained.item_log_prior()).to(self.device), config)
+        model.train()
+        key = f"factorized_top_k/top_{config.validation_k}_categorical_accuracy"
+        return factorized_top_k(queries, items, torch.from_numpy(targets - 1).to(self.device),
+                                ks=(config.validation_k,))[key]

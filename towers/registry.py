@@ -1,0 +1,75 @@
+"""The query towers, by name: the one place that knows which towers exist.
+
+Each entry names the module that holds the tower's class (a ``QueryTower``,
+``towers/query.py``) and the settings that tower trains best with (chosen on MovieLens 100K,
+figures in BENCHMARKS.md). The entries need no torch, so the command line checks a model's
+settings before it imports any. Adding a tower: one module with its class, one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from towerbridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from towerbridge.towers.config import TowerConfig
+    from towerbridge.towers.query import QueryTower
+
+# The history towers: a batch is one history per user, every catalog item is a negative (no
+# sampling, so no logQ correction), and a wider tower.
+HISTORY_SETTINGS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
+                    "epochs": 40}
+
+
+def _heads_divide_width(config: TowerConfig) -> None:
+    if config.tower_dim % config.attention_heads:
+        raise ConfigError(f"attention_heads {config.attention_heads} must divide the tower width "
+                          f"vector_dim - 1 = {config.tower_dim}")
+
+
+@dataclass(frozen=True)
+class TowerKind:
+    """A query tower as the registry knows it.
+
+    module, cls: where its ``QueryTower`` class is (imported when first asked for);
+    defaults: the settings that take this tower's values when left unset (``TowerConfig``);
+    check: what this tower needs of the settings beyond ``TowerConfig``'s own checks;
+    summary: one line for ``--help``."""
+
+    name: str
+    module: str
+    cls: str
+    defaults: dict
+    summary: str
+    check: Callable[[TowerConfig], None] | None = field(default=None, compare=False)
+
+    def load(self) -> type[QueryTower]:
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+QUERY_TOWERS: dict[str, TowerKind] = {kind.name: kind for kind in (
+    TowerKind("sequence", "towerbridge.towers.sequence", "SequenceTower", HISTORY_SETTINGS,
+              "causal self-attention over the user's last items (SASRec-style)", check=_heads_divide_width),
+    TowerKind("pooled", "towerbridge.towers.pooled", "PooledTower", HISTORY_SETTINGS,
+              "a recency-weighted average of the user's last items"),
+    TowerKind("id", "towerbridge.towers.id_tower", "IdTower",
+              {"vector_dim": 32, "batch_size": 1024, "learning_rate": 0.01, "logq_correction": True, "epochs": 8},
+              "the user's id and features, in-batch negatives with the logQ correction"),
+)}
+
+
+def tower_kind(name: str) -> TowerKind:
+    """The registry's entry for ``name``; a ``ConfigError`` naming the known ones otherwise."""
+    try:
+        return QUERY_TOWERS[name]
+    except KeyError:
+        raise ConfigError(f"user_tower must be one of {', '.join(QUERY_TOWERS)}, got {name!r}") from None
+
+
+def query_tower(name: str) -> type[QueryTower]:
+    """The class of the query tower ``name``."""
+    return tower_kind(name).load()
