@@ -1,10 +1,12 @@
-"""The retrieval loss, as in ``tfrs.tasks.Retrieval``, as small composable functions.
+"""The retrieval loss, as in ``tfrs.tasks.Retrieval``, as small functions run in one pass.
 
-Read ``retrieval_loss`` top to bottom: score matrix, temperature, sampling-probability
+Read ``_InBatchSoftmax.forward`` top to bottom: score matrix, temperature, sampling-probability
 (logQ) correction, accidental-hit removal, hard-negative mining, softmax cross-entropy.
 Shapes: B queries, N candidate columns (the B in-batch candidates, then M extra
 negatives sampled from the corpus, so N = B + M). Each row has one positive, given as
 its column (``positive``, ``[B]``): row i's positive is column i.
+The steps before mining change the ``[B, N]`` scores in place (the trailing underscore),
+so that the loss holds one such matrix, not one per step.
 """
 
 from __future__ import annotations
@@ -16,98 +18,79 @@ MASKED_LOGIT = torch.finfo(torch.float32).min / 100.0
 _LARGE = torch.finfo(torch.float32).max / 100.0
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature``; a smaller temperature sharpens the softmax."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    return logits / temperature
+def apply_temperature_(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``scores / temperature``, in place; a smaller temperature sharpens the softmax."""
+    return scores.div_(temperature)
 
 
-def correct_sampling_probability(logits: torch.Tensor, sampling_probability: torch.Tensor) -> torch.Tensor:
-    """logQ correction: subtract ``log p_j`` from column j.
+def correct_sampling_probability_(scores: torch.Tensor, sampling_probability: torch.Tensor) -> torch.Tensor:
+    """logQ correction, in place: subtract ``log p_j`` from column j.
 
     Negatives are sampled in proportion to p (in-batch: how often an item appears), so
     frequent items are over-used as negatives; this removes that bias.
-    logits: ``[B, N]``; sampling_probability: ``[N]``.
+    scores: ``[B, N]``; sampling_probability: ``[N]``.
     """
-    return logits - torch.log(sampling_probability.clamp_min(1e-12))[None, :]
+    return scores.sub_(torch.log(sampling_probability.clamp_min(1e-12))[None, :])
 
 
-def remove_accidental_hits(logits: torch.Tensor, positive: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
-    """Mask negatives that are the row's positive item under another column.
+def remove_accidental_hits_(scores: torch.Tensor, positive: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """Mask, in place, negatives that are the row's positive item under another column.
 
     A column j other than row i's positive that holds the same candidate id is pushed to
-    MASKED_LOGIT. logits: ``[B, N]``; positive: ``[B]`` column of each row's positive;
+    MASKED_LOGIT. scores: ``[B, N]``; positive: ``[B]`` column of each row's positive;
     candidate_ids: ``[N]``.
     """
-    return logits.masked_fill(_accidental_hits(positive, candidate_ids), MASKED_LOGIT)
-
-
-def _accidental_hits(positive: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
-    """``[B, N]``: True where column j holds row i's positive item but is not its positive column."""
     duplicate = candidate_ids[positive][:, None] == candidate_ids[None, :]
     duplicate[torch.arange(len(positive), device=positive.device), positive] = False
-    return duplicate
+    return scores.masked_fill_(duplicate, MASKED_LOGIT)
 
 
-def mine_hard_negatives(logits: torch.Tensor, positive: torch.Tensor,
-                        num_hard_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep, per row, the positive and the ``num_hard_negatives`` highest-scoring negatives.
+def hard_negative_columns(scores: torch.Tensor, positive: torch.Tensor, num_hard_negatives: int) -> torch.Tensor:
+    """Hard-negative mining: the columns each row keeps, its positive and its
+    ``num_hard_negatives`` highest-scoring negatives.
 
-    Returns ``(logits [B, min(num_hard_negatives + 1, N)], positive [B])``, the positive's
-    new column in the kept logits.
+    scores: ``[B, N]``; positive: ``[B]``. Returns ``[B, min(num_hard_negatives + 1, N)]``
+    column indices, highest score first, the positive among them.
     """
-    keep = min(num_hard_negatives + 1, logits.shape[1])
-    rows = torch.arange(len(positive), device=logits.device)
-    boosted = logits.detach().clone()
-    boosted[rows, positive] = _LARGE  # the positive is always kept
-    _, columns = torch.topk(boosted, keep, dim=1)
-    return logits.gather(1, columns), (columns == positive[:, None]).int().argmax(dim=1)
-
-
-def softmax_cross_entropy(
-    logits: torch.Tensor,
-    positive: torch.Tensor,
-    sample_weight: torch.Tensor | None = None,
-    reduction: str = "sum",
-) -> torch.Tensor:
-    """Categorical cross-entropy of ``[B, N]`` logits against one positive column per row.
-
-    positive: ``[B]`` column indices (the argmax of one-hot labels). sample_weight: ``[B]``.
-    reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which divides the weighted sum by
-    the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
-    """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    per_example = -torch.log_softmax(logits, dim=1).gather(1, positive[:, None]).squeeze(1)
-    if sample_weight is not None:
-        per_example = per_example * sample_weight
-    return per_example.sum() if reduction == "sum" else per_example.mean()
+    boosted = scores.clone()
+    boosted[torch.arange(len(positive), device=scores.device), positive] = _LARGE  # the positive is always kept
+    return torch.topk(boosted, min(num_hard_negatives + 1, scores.shape[1]), dim=1).indices
 
 
 class _InBatchSoftmax(torch.autograd.Function):
-    """Per-row cross-entropy of the in-batch softmax, in one pass over the ``[B, N]`` scores.
+    """Per-row softmax cross-entropy of each query against the candidates, in one pass.
 
-    The same computation as ``apply_temperature`` → ``correct_sampling_probability`` →
-    ``remove_accidental_hits`` → ``softmax_cross_entropy`` (row i's positive is column i),
-    done in place on one score matrix, with the gradient written by hand (softmax minus the
-    one-hot positive). Step by step, autograd keeps and walks about eight ``[B, N]`` tensors
-    per batch; on a 2-core CPU that was half of each training step. Returns ``[B]`` losses."""
+    The forward pass runs the steps above on one ``[B, N]`` score matrix (no graph is built
+    inside a Function); the gradient is written by hand: softmax minus the one-hot positive
+    (row i's positive is column i), which holds with or without mining, since a column that
+    mining drops has a softmax of 0. Through autograd the steps keep and walk about eight
+    ``[B, N]`` tensors per batch; on a 2-core CPU that was half of each training step.
+    Returns ``[B]`` losses."""
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, candidates: torch.Tensor, temperature: float,
-                log_probability: torch.Tensor | None, duplicate: torch.Tensor | None) -> torch.Tensor:
-        scores = (queries @ candidates.T).div_(temperature)
-        if log_probability is not None:
-            scores.sub_(log_probability[None, :])
-        if duplicate is not None:
-            scores.masked_fill_(duplicate, MASKED_LOGIT)
-        normaliser = torch.logsumexp(scores, dim=1)
-        rows = torch.arange(len(queries), device=scores.device)
-        per_example = normaliser - scores[rows, rows]
+                sampling_probability: torch.Tensor | None, candidate_ids: torch.Tensor | None,
+                num_hard_negatives: int | None) -> torch.Tensor:
+        positive = torch.arange(len(queries), device=queries.device)  # the diagonal
+        scores = apply_temperature_(queries @ candidates.T, temperature)
+        if sampling_probability is not None:
+            correct_sampling_probability_(scores, sampling_probability)
+        if candidate_ids is not None:
+            remove_accidental_hits_(scores, positive, candidate_ids)
+        positive_scores = scores[positive, positive]
+        if num_hard_negatives is None:
+            normaliser = torch.logsumexp(scores, dim=1)
+            softmax = scores.sub_(normaliser[:, None]).exp_()
+        else:
+            # The softmax over the kept columns only, not over rows with the rest masked: exp
+            # of a masked logit underflows to 0, which on a CPU costs tens of ordinary exps.
+            kept = hard_negative_columns(scores, positive, num_hard_negatives)
+            kept_scores = scores.gather(1, kept)
+            normaliser = torch.logsumexp(kept_scores, dim=1)
+            softmax = scores.zero_().scatter_(1, kept, kept_scores.sub_(normaliser[:, None]).exp_())
         ctx.temperature = temperature
-        ctx.save_for_backward(queries, candidates, scores.sub_(normaliser[:, None]).exp_())  # the softmax
-        return per_example
+        ctx.save_for_backward(queries, candidates, softmax)
+        return normaliser - positive_scores
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -119,7 +102,7 @@ class _InBatchSoftmax(torch.autograd.Function):
         d_scores[rows, rows] -= scale
         d_queries = d_scores @ candidates if ctx.needs_input_grad[0] else None
         d_candidates = d_scores.T @ queries if ctx.needs_input_grad[1] else None
-        return d_queries, d_candidates, None, None, None
+        return d_queries, d_candidates, None, None, None, None
 
 
 def retrieval_loss(
@@ -140,8 +123,11 @@ def retrieval_loss(
     query_embeddings, candidate_embeddings: ``[B, dim]``; row i of both is a positive pair,
     the other in-batch candidates are negatives for row i.
     candidate_sampling_probability, candidate_ids, sample_weight: ``[B]``.
+    num_hard_negatives: when set, each row keeps only this many highest-scoring negatives.
     extra_candidate_embeddings: ``[M, dim]`` negatives sampled from the corpus (mixed
     negative sampling), with their own sampling probabilities and ids ``[M]``.
+    reduction: ``"sum"`` (the TFRS default) or ``"mean"``, which divides the weighted sum by
+    the batch size, as Keras' SUM_OVER_BATCH_SIZE does.
     """
     candidates, probability, ids = candidate_embeddings, candidate_sampling_probability, candidate_ids
     if extra_candidate_embeddings is not None:
@@ -159,23 +145,11 @@ def retrieval_loss(
         raise ValueError(f"temperature must be positive, got {temperature}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    positive = torch.arange(query_embeddings.shape[0], device=query_embeddings.device)  # the diagonal
-    if num_hard_negatives is None:  # the usual case, fused (same result as the steps below)
-        duplicate = None if ids is None else _accidental_hits(positive, ids)
-        log_probability = None if probability is None else torch.log(probability.clamp_min(1e-12))
-        per_example = _InBatchSoftmax.apply(query_embeddings, candidates, temperature, log_probability, duplicate)
-        if sample_weight is not None:
-            per_example = per_example * sample_weight
-        return per_example.sum() if reduction == "sum" else per_example.mean()
-    logits = query_embeddings @ candidates.T
-    logits = apply_temperature(logits, temperature)
-    if probability is not None:
-        logits = correct_sampling_probability(logits, probability)
-    if ids is not None:
-        logits = remove_accidental_hits(logits, positive, ids)
-    if num_hard_negatives is not None:
-        logits, positive = mine_hard_negatives(logits, positive, num_hard_negatives)
-    return softmax_cross_entropy(logits, positive, sample_weight, reduction)
+    per_example = _InBatchSoftmax.apply(query_embeddings, candidates, temperature, probability, ids,
+                                        num_hard_negatives)
+    if sample_weight is not None:
+        per_example = per_example * sample_weight
+    return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
 # Rows of the [rows, catalog] score block that the full softmax works on at a time: about

@@ -9,15 +9,60 @@ import torch
 from towerbridge.towers import loss as loss_module
 from towerbridge.towers.loss import (
     MASKED_LOGIT,
-    correct_sampling_probability,
+    correct_sampling_probability_,
     full_softmax_loss,
-    mine_hard_negatives,
-    remove_accidental_hits,
+    hard_negative_columns,
+    remove_accidental_hits_,
     retrieval_loss,
-    softmax_cross_entropy,
 )
 
 IDENTITY2 = torch.eye(2)
+
+
+# The loss as autograd sees it step by step, each step out of place: the reference that the
+# fused loss is checked against. These two steps are that reference's, not the product's.
+
+def mine_hard_negatives(logits: torch.Tensor, positive: torch.Tensor,
+                        num_hard_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep, per row, the positive and the ``num_hard_negatives`` highest-scoring negatives.
+
+    Returns ``(logits [B, min(num_hard_negatives + 1, N)], positive [B])``, the positive's
+    new column in the kept logits.
+    """
+    keep = min(num_hard_negatives + 1, logits.shape[1])
+    rows = torch.arange(len(positive), device=logits.device)
+    boosted = logits.detach().clone()
+    boosted[rows, positive] = loss_module._LARGE  # the positive is always kept
+    _, columns = torch.topk(boosted, keep, dim=1)
+    return logits.gather(1, columns), (columns == positive[:, None]).int().argmax(dim=1)
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """Categorical cross-entropy of ``[B, N]`` logits against one positive column per row.
+
+    positive: ``[B]`` column indices (the argmax of one-hot labels). sample_weight: ``[B]``.
+    reduction: ``"sum"`` or ``"mean"`` (the weighted sum divided by the batch size).
+    """
+    per_example = -torch.log_softmax(logits, dim=1).gather(1, positive[:, None]).squeeze(1)
+    if sample_weight is not None:
+        per_example = per_example * sample_weight
+    return per_example.sum() if reduction == "sum" else per_example.mean()
+
+
+def _step_by_step(query, candidate, temperature, probability, ids, weight, reduction, num_hard_negatives):
+    """The reference loss: ``[B, dim]`` queries against ``[N, dim]`` candidates, row i's positive column i."""
+    positive = torch.arange(len(query))
+    logits = (query @ candidate.T) / temperature - torch.log(probability.clamp_min(1e-12))[None, :]
+    accidental = (ids[positive][:, None] == ids[None, :]) & (torch.arange(len(ids))[None, :] != positive[:, None])
+    logits = logits.masked_fill(accidental, MASKED_LOGIT)
+    if num_hard_negatives is not None:
+        logits, positive = mine_hard_negatives(logits, positive, num_hard_negatives)
+    return softmax_cross_entropy(logits, positive, weight, reduction)
 
 
 def test_keras_categorical_crossentropy_examples():
@@ -47,8 +92,9 @@ def test_sampling_probability_correction():
     probability = torch.tensor([0.5, 0.25])
     loss = retrieval_loss(IDENTITY2, IDENTITY2, candidate_sampling_probability=probability)
     assert loss.item() == pytest.approx(0.720292, abs=1e-5)
-    corrected = correct_sampling_probability(IDENTITY2, probability).numpy()
-    np.testing.assert_allclose(corrected, IDENTITY2.numpy() - np.log([0.5, 0.25])[None, :], rtol=1e-6)
+    scores = IDENTITY2.clone()
+    correct_sampling_probability_(scores, probability)  # in place
+    np.testing.assert_allclose(scores.numpy(), IDENTITY2.numpy() - np.log([0.5, 0.25])[None, :], rtol=1e-6)
 
 
 def test_accidental_hits_are_not_negatives():
@@ -57,7 +103,7 @@ def test_accidental_hits_are_not_negatives():
     ids = torch.tensor([7, 7, 9])
     eye3 = torch.eye(3)
     assert retrieval_loss(eye3, eye3, candidate_ids=ids).item() == pytest.approx(1.177968, abs=1e-5)
-    masked = remove_accidental_hits(eye3, torch.arange(3), ids)
+    masked = remove_accidental_hits_(eye3.clone(), torch.arange(3), ids)
     assert masked[0, 1] == MASKED_LOGIT and masked[1, 0] == MASKED_LOGIT
     assert masked[0, 0] == 1 and masked[2, 0] == 0  # the positive itself is never masked
 
@@ -84,11 +130,17 @@ def test_matches_direct_numpy_computation():
 
 def test_hard_negative_mining_keeps_positive_and_hardest():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
+    assert hard_negative_columns(logits, torch.tensor([1]), num_hard_negatives=1).tolist() == [[1, 0]]
+    assert hard_negative_columns(logits, torch.tensor([1]), num_hard_negatives=9).tolist() == [[1, 0, 2, 3]]
     kept_logits, kept_positive = mine_hard_negatives(logits, torch.tensor([1]), num_hard_negatives=1)
     assert sorted(kept_logits[0].tolist()) == [1.0, 3.0]
     assert kept_logits[0, kept_positive[0]] == 1.0
     # cross-entropy over {positive 1, negative 3}: log(1 + e^2) = 2.126928
     assert softmax_cross_entropy(kept_logits, kept_positive).item() == pytest.approx(2.126928, abs=1e-5)
+    # the same row through the loss: the positive (score 1) in the batch, the others as extra negatives
+    loss = retrieval_loss(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), torch.eye(4)[:1], num_hard_negatives=1,
+                          extra_candidate_embeddings=torch.eye(4)[1:])
+    assert loss.item() == pytest.approx(2.126928, abs=1e-5)
 
 
 def test_hard_negatives_in_the_retrieval_loss():
@@ -149,36 +201,31 @@ def test_rejects_bad_options(bad):
         retrieval_loss(IDENTITY2, IDENTITY2, **bad)
 
 
-def _step_by_step(query, candidate, temperature, probability, ids, weight, reduction):
-    """The loss composed from the small functions, as autograd sees it step by step."""
-    from towerbridge.towers.loss import apply_temperature
-
-    positive = torch.arange(len(query))
-    logits = correct_sampling_probability(apply_temperature(query @ candidate.T, temperature), probability)
-    logits = remove_accidental_hits(logits, positive, ids)
-    return softmax_cross_entropy(logits, positive, weight, reduction)
-
-
+@pytest.mark.parametrize("num_hard_negatives", [None, 3, 8])  # 8 of 8 negatives: all kept
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_the_fused_loss_and_its_gradients_match_the_step_by_step_loss(reduction):
+def test_the_fused_loss_and_its_gradients_match_the_step_by_step_loss(reduction, num_hard_negatives):
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
     candidate = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)  # 2 extra negatives
     probability = torch.rand(9, dtype=torch.float64, generator=generator) * 0.5 + 0.01
     ids = torch.tensor([3, 1, 3, 4, 1, 6, 7, 3, 9])  # in-batch repeats and an extra negative that is a positive
     weight = torch.rand(7, dtype=torch.float64, generator=generator) + 0.5
-    fused = retrieval_loss(query, candidate[:7], 0.3, probability[:7], ids[:7], weight,
+    fused = retrieval_loss(query, candidate[:7], 0.3, probability[:7], ids[:7], weight, num_hard_negatives,
                            extra_candidate_embeddings=candidate[7:], extra_sampling_probability=probability[7:],
                            extra_candidate_ids=ids[7:], reduction=reduction)
     fused_grads = torch.autograd.grad(fused, (query, candidate))
-    reference = _step_by_step(query, candidate, 0.3, probability, ids, weight, reduction)
+    reference = _step_by_step(query, candidate, 0.3, probability, ids, weight, reduction, num_hard_negatives)
     reference_grads = torch.autograd.grad(reference, (query, candidate))
     assert fused.item() == pytest.approx(reference.item(), rel=1e-12)
     for mine, theirs in zip(fused_grads, reference_grads):
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
     # and against finite differences
-    assert torch.autograd.gradcheck(lambda q, c: retrieval_loss(q, c, 0.3, probability[:7], ids[:7], weight),
-                                    (query, candidate[:7].detach().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda q, c, extra: retrieval_loss(q, c, 0.3, probability[:7], ids[:7], weight, num_hard_negatives,
+                                           extra_candidate_embeddings=extra,
+                                           extra_sampling_probability=probability[7:], extra_candidate_ids=ids[7:],
+                                           reduction=reduction),
+        (query, candidate[:7].detach().requires_grad_(), candidate[7:].detach().requires_grad_()))
 
 
 @pytest.mark.parametrize("block", [1 << 22, 40])  # one block; blocks of 40 // 9 = 4 rows, the last one short
