@@ -72,6 +72,7 @@ def main() -> None:
     from pymilvus import connections, utility
 
     from towerbridge.milvus import server
+    from towerbridge.milvus.record import VersionRecord
     from towerbridge.milvus.store import ItemStore
 
     results: list[dict] = []
@@ -89,7 +90,7 @@ def main() -> None:
         cases = [("json", "absolute", ""), ("json", "working-dir", ""), ("json", "storage-root", ""),
                  ("numpy", "absolute", "2d"), ("numpy", "absolute", "object"), ("numpy", "absolute", "none")]
         for number, (kind, where, genre_list) in enumerate(cases):
-            name = store.create_version("bulkprobe", f"case{number}", DIM, {})
+            name = store.create_version("bulkprobe", f"case{number}", DIM, VersionRecord())
             folder = storage / "bulk" / name
             folder.mkdir(parents=True)
             if kind == "json":
@@ -109,14 +110,14 @@ def main() -> None:
             shutil.rmtree(folder)
         # 2. speed: the same rows by gRPC inserts (what towerbridge does) and by one JSON bulk insert
         data = rows(args.items)
-        name = store.create_version("bulkprobe", "grpc", DIM, {})
+        name = store.create_version("bulkprobe", "grpc", DIM, VersionRecord())
         started = time.perf_counter()
         store.insert(name, data["item_id"], data["embedding"], data["title"], data["genres"])
         grpc_s = time.perf_counter() - started
         record(load="grpc inserts + flush", items=args.items, seconds=round(grpc_s, 1),
                rows_per_s=round(args.items / grpc_s))
         store.drop(name)
-        name = store.create_version("bulkprobe", "json", DIM, {})
+        name = store.create_version("bulkprobe", "json", DIM, VersionRecord())
         folder = storage / "bulk" / name
         folder.mkdir(parents=True)
         started = time.perf_counter()

@@ -165,10 +165,11 @@ def embedding(sizes: Sizes, progress: bool) -> tuple[dict, np.ndarray, np.ndarra
 
 
 def milvus_build(store, ids: np.ndarray, vectors: np.ndarray, params, server_pid: int | None) -> tuple[dict, str]:
+    from towerbridge.milvus.record import VersionRecord
     from towerbridge.milvus.schema import TextLimits
 
     texts = [""] * len(ids)
-    name = store.create_version("bench_items", "bench", vectors.shape[1], {"model_id": "bench"},
+    name = store.create_version("bench_items", "bench", vectors.shape[1], VersionRecord(model_id="bench"),
                                 limits=TextLimits.of(texts, texts))
     figures: dict = {}
     try:

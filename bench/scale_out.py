@@ -32,6 +32,7 @@ def main() -> None:
     from towerbridge import steps
     from towerbridge.flows.embed import dask_runner, embed_items
     from towerbridge.milvus import server
+    from towerbridge.milvus.record import VersionRecord
     from towerbridge.milvus.store import ItemStore
     from towerbridge.towers import artifact
     from towerbridge.towers.vectors import item_vectors
@@ -82,7 +83,7 @@ def main() -> None:
                items_per_s_per_worker=round(len(vectors) / seconds / workers))
         shutil.rmtree(out)
     with server.endpoint(None) as uri, ItemStore(uri) as store:
-        name = store.create_version("scaleout", "insert", vectors.shape[1], {})
+        name = store.create_version("scaleout", "insert", vectors.shape[1], VersionRecord())
         titles = [f"item {i}" for i in range(len(vectors))]
         started = time.perf_counter()
         store.insert(name, trained.item_ids, vectors, titles, [""] * len(vectors))

@@ -51,7 +51,7 @@ def main() -> None:
     with server.endpoint(None) as uri, ItemStore(uri) as store:
         store.wait_until_serving(600)
         name = (work / args.collection_file).read_text().strip()
-        pad = SearchParams.of(store.record(name)).pad
+        pad = store.record(name).search_params().pad
         for setting in args.settings.split(","):
             nprobe, _, reorder = setting.partition(":")
             chosen = SearchParams(int(nprobe), int(reorder) if reorder else None, pad)

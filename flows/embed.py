@@ -2,9 +2,9 @@
 the catalog is cut into shards, each shard embedded by a task on a Dask worker and written as a
 ``.npy`` file; the index and rebuild flows then load those files into Milvus.
 
-A local cluster of ``workers`` processes by default; ``address`` (``tcp://HOST:8786``) uses a
-Dask cluster you run, whose workers must read the model directory and write ``out_dir``
-(shared storage: set ``TOWERBRIDGE_HOME`` or ``embed_dir`` there).
+A local cluster of ``embed_workers`` processes by default; ``dask_address`` (``tcp://HOST:8786``)
+uses a Dask cluster you run, whose workers must read the model directory and write the shards
+(shared storage: set ``TOWERBRIDGE_HOME`` or ``embed_dir`` there); both are ``IndexOptions``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task, unmapped
 
 from towerbridge import settings, steps
 from towerbridge.errors import ConfigError, EmbeddingError, TowerbridgeError
+from towerbridge.options import IndexOptions
 
 SHARDS_PER_WORKER = 4  # a worker that dies or lags costs a quarter of its share, not all of it
 REMOTE_SHARDS = 32
@@ -72,17 +73,16 @@ def dask_runner(workers: int, address: str | None):
 
 
 @contextmanager
-def embedded(model_dir: str, workers: int = 0, address: str | None = None, shards: int | None = None,
-             embed_dir: str | None = None) -> Iterator[list[str] | None]:
-    """The catalog's vectors as files embedded on Dask, removed on leaving; None (embed in this
-    process, as before) without ``workers`` or ``address``."""
-    if workers < 0:
-        raise ConfigError(f"embed_workers must be 0 (embed in this process) or more, got {workers}")
+def embedded(model_dir: str, options: IndexOptions) -> Iterator[list[str] | None]:
+    """The catalog's vectors as files embedded on Dask as ``options`` say (``embed_workers``,
+    ``dask_address``, ``embed_shards``, ``embed_dir``), removed on leaving; None (embed in this
+    process, as before) without workers or an address."""
+    workers, address = options.embed_workers, options.dask_address
     if not workers and not address:
         yield None
         return
-    shards = shards or (workers * SHARDS_PER_WORKER if not address else REMOTE_SHARDS)
-    out_dir = Path(embed_dir) if embed_dir else settings.state_dir("embeddings")
+    shards = options.embed_shards or (workers * SHARDS_PER_WORKER if not address else REMOTE_SHARDS)
+    out_dir = Path(options.embed_dir) if options.embed_dir else settings.state_dir("embeddings")
     out_dir = out_dir / settings.new_id()
     out_dir.mkdir(parents=True)
     threads = None if address else max(1, (os.cpu_count() or 1) // workers)

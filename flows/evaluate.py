@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from towerbridge import defaults, steps
+from towerbridge import steps
 from towerbridge.milvus import server
+from towerbridge.options import EvaluateOptions
 from towerbridge.report import report_markdown, report_table
 from towerbridge.results import EvaluationReport
 
@@ -19,19 +20,18 @@ def evaluate_collection(model_dir: str, uri: str, collection: str, report_dir: s
 
 
 @flow(name="evaluate")
-def evaluate(model_dir: str, collection: str, report_dir: str, milvus_uri: str | None = None,
-             ks: list[int] | None = None, eval_users: int | None = None, seed: int = 0) -> EvaluationReport:
-    """Hit rate, recall, NDCG, MRR, coverage and mean popularity at each k (default
-    1, 5, 10, 20, 50, 100) through Milvus, with exact search, popularity and random beside it.
+def evaluate(model_dir: str, collection: str, report_dir: str, options: EvaluateOptions = EvaluateOptions(),
+             milvus_uri: str | None = None) -> EvaluationReport:
+    """Hit rate, recall, NDCG, MRR, coverage and mean popularity at each of ``options.ks`` for
+    the model in ``model_dir`` through its version ``collection`` in Milvus, with exact search,
+    popularity and random beside it; for every user, or a seeded sample of ``options.eval_users``.
 
-    eval_users: evaluate a seeded sample of that many users (default: all of them).
     Writes ``evaluation.json``, ``evaluation.md`` and ``hit_rate.png`` to ``report_dir`` and
     publishes the table and the summary as Prefect artifacts. Returns the report.
     """
-    ks = steps.check_ks(ks)
-    defaults.check_eval_users(eval_users)
     with server.endpoint(milvus_uri, log=get_run_logger().info) as uri:
-        report = evaluate_collection(model_dir, uri, collection, report_dir, list(ks), eval_users, seed)
+        report = evaluate_collection(model_dir, uri, collection, report_dir, list(options.ks), options.eval_users,
+                                     options.seed)
     create_table_artifact(key="evaluation", table=report_table(report),
                           description=f"Hit rate on {report.dataset} ({report.protocol})")
     create_markdown_artifact(key="evaluation-report", markdown=report_markdown(report, plot=None))

@@ -27,18 +27,16 @@ from prefect.transactions import get_transaction, transaction
 
 from towerbridge import defaults, settings, steps
 from towerbridge import rebuild as decide
-from towerbridge.data.options import DataOptions
-from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
+from towerbridge.errors import MilvusUnavailable, RebuildRejected
 from towerbridge.flows.embed import embedded
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.train import train
 from towerbridge.milvus import server
-from towerbridge.milvus.index import SearchParams
-from towerbridge.milvus.schema import DEFAULT_ALIAS, check_name
+from towerbridge.milvus.schema import DEFAULT_ALIAS
 from towerbridge.milvus.store import ItemStore
+from towerbridge.options import RebuildOptions
 from towerbridge.results import BuiltVersion
 from towerbridge.towers import artifact
-from towerbridge.towers.config import TowerConfig
 
 TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
 
@@ -48,16 +46,14 @@ def _transient(task, task_run, state) -> bool:
     return isinstance(state.result(raise_on_failure=False), TRANSIENT)
 
 
-RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "retry_condition_fn": _transient}
+RETRY = {"retries": defaults.REBUILD_RETRIES, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+         "retry_condition_fn": _transient}
 
 
 @task(name="inspect-serving", **RETRY, timeout_seconds=300)
-def inspect_serving(uri: str, alias: str) -> dict:
+def inspect_serving(uri: str, alias: str) -> decide.Serving:
     with ItemStore(uri) as store:
-        half_built = store.remove_half_built(alias)
-        serving = store.alias_target(alias)
-        return {"serving": serving, "record": store.record(serving) if serving else None, "removed": half_built,
-                "missing_files": store.missing_files(serving) if serving else []}
+        return decide.find_serving(store, alias)
 
 
 @task(name="build-candidate", **RETRY, timeout_seconds=4 * 3600)
@@ -112,10 +108,9 @@ def verify_serving(uri: str, alias: str, collection: str, model_dir: str, k: int
             raise RuntimeError(f"after the swap, alias {alias} serves {target}, not {collection}")
         trained = artifact.load(Path(model_dir))
         users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:16])
-        record = store.record(collection)
         train_part = steps.read_part(artifact.read_manifest(Path(model_dir)).prepared_dir, "train")
         ids, scores = store.search(alias, steps.user_queries(trained, users, train_part), k,
-                                   SearchParams.of(record))
+                                   store.record(collection).search_params())
         short = int((~np.isfinite(scores)).any(axis=1).sum())
         if short:
             raise RuntimeError(f"alias {alias}: {short} of {len(users)} test searches returned fewer than {k} items")
@@ -132,6 +127,15 @@ def rebuild_dir() -> Path:
     return settings.state_dir("rebuilds") / str(current_run.id or settings.new_id())
 
 
+def _alias_of(parameters: dict) -> str:
+    """The alias a rebuild run was given: its options as the object, or as JSON (a deployment's)."""
+    options = parameters.get("options")
+    if isinstance(options, RebuildOptions):
+        return options.index.alias
+    index = options.get("index") if isinstance(options, dict) else None
+    return index.get("alias", DEFAULT_ALIAS) if isinstance(index, dict) else DEFAULT_ALIAS
+
+
 def _record_failure(flow, flow_run, state) -> None:
     """on_failure: one clear line in the log naming the report (the flow itself writes
     rebuild.json and rebuild.md, with the error, however it ends)."""
@@ -140,57 +144,24 @@ def _record_failure(flow, flow_run, state) -> None:
     message = state.message or "failed"
     flow_run_logger(flow_run, flow).error(
         "rebuild of %s FAILED; serving is unchanged unless the report says otherwise: %s (report: %s)",
-        flow_run.parameters.get("alias", DEFAULT_ALIAS), message, summary_file if summary_file.exists() else directory)
+        _alias_of(flow_run.parameters), message, summary_file if summary_file.exists() else directory)
 
 
 @flow(name="rebuild", on_failure=[_record_failure], timeout_seconds=6 * 3600)
-def rebuild(
-    data: DataOptions | None = None,
-    reuse_model: bool = False,
-    alias: str = DEFAULT_ALIAS,
-    milvus_uri: str | None = None,
-    index_params: dict | None = None,
-    keep_versions: int = defaults.KEEP_VERSIONS,
-    target_recall: float = defaults.TARGET_RECALL,
-    metrics: list[str] | None = None,
-    tolerance: float = defaults.GATE_TOLERANCE,
-    eval_users: int | None = None,
-    user_tower: str | None = None,
-    epochs: int | None = None,
-    use_features: bool = TowerConfig.use_features,
-    seed: int = TowerConfig.seed,
-    lock_timeout_s: float = 3600.0,
-    retries: int = 2,
-    prepared_dir: str | None = None,
-    train_processes: int = 1,
-    embed_workers: int = 0,
-    dask_address: str | None = None,
-) -> decide.RebuildSummary:
-    """Rebuild the collection behind ``alias`` from the latest data, and serve it only if it
-    passes validation: every item indexed, index recall >= ``target_recall``, and
-    ``metrics`` (default hit_rate@10, ndcg@10) not worse than the serving version's beyond
-    ``tolerance``. ``reuse_model``: skip training, re-index the latest trained model.
-    ``retries``: how often a Milvus task is retried (with backoff) after a transient failure.
-    ``prepared_dir``: the latest data prepared already, instead of ``data``; ``train_processes``:
-    data-parallel training processes (both: see the train flow); ``embed_workers`` /
-    ``dask_address``: embed the catalog on Dask (see the index flow).
+def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary:
+    """Rebuild the collection behind ``options.index.alias`` from the latest data, and serve it
+    only if it passes validation: every item indexed, index recall >= ``options.index.target_recall``,
+    and ``options.gate.metrics`` (default hit_rate@10, ndcg@10) not worse than the serving
+    version's beyond ``options.gate.tolerance``. ``options.reuse_model``: skip training, re-index
+    the latest trained model; otherwise the train flow trains one with ``options.train``.
+    ``options.retries``: how often a Milvus task is retried (with backoff) after a transient failure.
 
     Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
     Raises ``RebuildRejected`` when the candidate failed validation (serving unchanged).
     """
     logger = get_run_logger()
-    check_name(alias)
-    metrics = tuple(metrics or defaults.GATE_METRICS)
-    if not 0 < target_recall <= 1:
-        raise ConfigError(f"target_recall must be in (0, 1], got {target_recall}")
-    if tolerance < 0:
-        raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
-    defaults.check_keep_versions(keep_versions)
-    defaults.check_eval_users(eval_users)
-    defaults.check_train_processes(train_processes)
-    if retries < 0:
-        raise ConfigError(f"retries must be 0 or more, got {retries}")
-    inspect, build, swap, retain = (t.with_options(retries=retries) for t in (
+    alias, gate = options.index.alias, options.gate
+    inspect, build, swap, retain = (t.with_options(retries=options.retries) for t in (
         inspect_serving, build_candidate, swap_alias, apply_retention))
     # A failed check rolls the swap back at once, so retrying it could only fail again.
     verify = verify_serving.with_options(retries=0)
@@ -198,38 +169,36 @@ def rebuild(
     started = time.perf_counter()
     summary = decide.RebuildSummary(alias=alias, started_at=defaults.utc_now())
     try:
-        with server.endpoint(milvus_uri, log=logger.info) as uri, \
-                settings.lock(f"index-{alias}", timeout_s=lock_timeout_s, log=logger.info):
+        with server.endpoint(options.milvus_uri, log=logger.info) as uri, \
+                settings.lock(f"index-{alias}", timeout_s=options.lock_timeout_s, log=logger.info):
             serving = inspect(uri, alias)
-            summary.serving_before = summary.serving_after = serving["serving"]
-            summary.removed_half_built = serving["removed"]
-            summary.serving_evaluation = decide.serving_evaluation(serving["record"] or {})
-            if serving["missing_files"]:
-                summary.serving_damaged = serving["missing_files"]
+            summary.serving_before = summary.serving_after = serving.collection
+            summary.removed_half_built = list(serving.removed_half_built)
+            summary.serving_evaluation = serving.evaluation
+            if serving.missing_files:
+                summary.serving_damaged = list(serving.missing_files)
                 logger.warning("%s serves nothing: %d of its files are missing from the server's disk; this "
-                               "rebuild replaces it", serving["serving"], len(serving["missing_files"]))
-            if reuse_model:
+                               "rebuild replaces it", serving.collection, len(serving.missing_files))
+            if options.reuse_model:
                 model_dir = decide.latest_model()
                 logger.info("reusing the latest model %s", model_dir)
             else:
-                model_dir = train(data=data, run_dir=str(directory / "run"), user_tower=user_tower,
-                                  epochs=epochs,
-                                  use_features=use_features, seed=seed, prepared_dir=prepared_dir,
-                                  train_processes=train_processes)["model_dir"]
+                model_dir = train(options.train, run_dir=str(directory / "run")).model_dir
             summary.model_dir = model_dir
-            with embedded(model_dir, embed_workers, dask_address) as vectors:
-                summary.built = built = build(model_dir, uri, alias, index_params or {}, target_recall, vectors)
+            with embedded(model_dir, options.index) as vectors:
+                summary.built = built = build(model_dir, uri, alias, options.index.index_params.overrides(),
+                                              options.index.target_recall, vectors)
             try:
-                report = evaluate(model_dir=model_dir, collection=built.collection,
-                                  report_dir=str(directory / "report"), milvus_uri=uri, eval_users=eval_users)
-                summary.report = {key: getattr(report, key) for key in (
-                    "dataset", "protocol", "users_evaluated", "model", "ann_gap", "index_recall")}
+                report = evaluate(model_dir, built.collection, str(directory / "report"), options.evaluate,
+                                  milvus_uri=uri)
+                summary.report = report
                 summary.decision = decision = decide.validate(
-                    built, report, serving["serving"], serving["record"], target_recall, metrics, tolerance,
-                    serving_damaged=bool(serving["missing_files"]))
+                    built, report, serving.collection, serving.evaluation, options.index.target_recall, gate.metrics,
+                    gate.tolerance,
+                    serving_damaged=bool(serving.missing_files))
                 if not decision.passed:
                     raise RebuildRejected(f"candidate {built.collection} rejected, "
-                                                 f"{serving['serving'] or 'nothing'} still serves: {decision.reason}")
+                                          f"{serving.collection or 'nothing'} still serves: {decision.reason}")
                 with transaction():
                     swap(uri, alias, built.collection)
                     verify(uri, alias, built.collection, model_dir)
@@ -241,21 +210,21 @@ def rebuild(
                 raise
             summary.serving_after, summary.outcome = built.collection, "swapped"
             try:
-                summary.dropped_versions = retain(uri, alias, keep_versions)
+                summary.dropped_versions = retain(uri, alias, options.index.keep_versions)
             except Exception as error:  # the new version serves; old versions linger until the next rebuild
                 summary.warn(f"retention failed, old versions kept: {error}")
     except BaseException as error:
         if isinstance(error, RebuildRejected):
             summary.outcome = "rejected"
         summary.error = "".join(traceback.format_exception_only(type(error), error)).strip()
+        decide.attach(error, summary)
         raise
     finally:
         summary.seconds = round(time.perf_counter() - started, 1)
         summary.report_dir = str(directory)
-        record = summary.to_dict()
-        decide.write_summary(record, directory)
+        decide.write_summary(summary, directory)
         try:
-            create_markdown_artifact(key=f"rebuild-{_artifact_key(alias)}", markdown=decide.markdown(record),
+            create_markdown_artifact(key=f"rebuild-{_artifact_key(alias)}", markdown=decide.markdown(summary),
                                      description=f"rebuild of {alias}: {summary.outcome}")
         except Exception as error:  # the files on disk are the record; the artifact is a convenience
             logger.warning("could not publish the rebuild artifact: %s", error)
@@ -269,8 +238,11 @@ def _artifact_key(alias: str) -> str:
 
 
 def nightly(cron: str = defaults.NIGHTLY_CRON, timezone: str = defaults.NIGHTLY_TIMEZONE,
-            parameters: dict | None = None, name: str = "nightly"):
-    """The scheduled deployment of the rebuild: cron in an explicit timezone, one run at a time."""
+            options: RebuildOptions | None = None, name: str = "nightly"):
+    """The scheduled deployment of the rebuild: cron in an explicit timezone, one run at a time.
+    Its one parameter is ``options`` as JSON, holding what differs from the defaults (the rest
+    takes the defaults of the day it runs)."""
+    chosen = (options or RebuildOptions()).model_dump(mode="json", exclude_defaults=True)
     return rebuild.to_deployment(name=name, schedule=Cron(cron, timezone=timezone), concurrency_limit=1,
-                                 parameters=parameters or {}, tags=["towerbridge", "nightly"],
+                                 parameters={"options": chosen}, tags=["towerbridge", "nightly"],
                                  description=f"Nightly rebuild of the item collection ({cron}, {timezone}).")

@@ -43,7 +43,8 @@ REORDER_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 @dataclass(frozen=True)
 class SearchParams:
     """What a search of one version sends to Milvus: nprobe, and for SCANN reorder_k; pad:
-    zero dimensions put before each query (the version's ``pad_dims``)."""
+    zero dimensions put before each query (the version's ``pad_dims``). A version's own:
+    ``VersionRecord.search_params()``."""
 
     nprobe: int
     reorder_k: int | None = None
@@ -60,14 +61,6 @@ class SearchParams:
     def queries(self, vectors: np.ndarray) -> np.ndarray:
         """Query vectors shaped as the version stores its vectors (``pad`` zeros first)."""
         return pad_vectors(vectors, self.pad)
-
-    @classmethod
-    def of(cls, record: dict) -> SearchParams:
-        """The tuned settings a version records (``nprobe``, ``reorder_k``), else its build's."""
-        params = record.get("params") or {}
-        nprobe = record.get("nprobe", params.get("nprobe", 1))
-        reorder_k = record.get("reorder_k", params.get("reorder_k"))
-        return cls(int(nprobe), None if reorder_k is None else int(reorder_k), int(record.get("pad_dims", 0)))
 
     def describe(self) -> str:
         return f"nprobe {self.nprobe}" + ("" if self.reorder_k is None else f", reorder_k {self.reorder_k}")

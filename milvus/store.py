@@ -3,15 +3,14 @@
 Every other module asks this one to "load these embeddings as a new version",
 "point the alias at it", "search these vectors"; none of them calls pymilvus.
 
-A version is a collection named ``<alias>_v<UTC time>_<model id>`` whose
-description holds a small JSON record (model directory, index parameters,
-nprobe). Readers use the alias, which moves only to a fully indexed, loaded
-collection.
+A version is a collection named ``<alias>_v<UTC time>_<model id>`` that records
+itself (``record.VersionRecord``: model directory, index parameters, tuned search) in
+its description and properties. Readers use the alias, which moves only to a fully
+indexed, loaded collection.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -33,9 +32,9 @@ from towerbridge import defaults, settings
 from towerbridge.errors import CollectionError, ConfigError, MilvusUnavailable
 from towerbridge.milvus import answers, server
 from towerbridge.milvus.index import METRIC, IndexParams, SearchParams
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.schema import (
     MAX_LIMIT,
-    PROPERTY_PREFIX,
     VECTOR_FIELD,
     TextLimits,
     clip_text,
@@ -157,18 +156,19 @@ class ItemStore:
 
     # --- versions -------------------------------------------------------------------------
 
-    def create_version(self, alias: str, model_id: str, dim: int, record: dict, id_type: str = "int64",
+    def create_version(self, alias: str, model_id: str, dim: int, record: VersionRecord,
                        limits: TextLimits | None = None) -> str:
-        """Create an empty collection for a new version; return its name.
+        """Create an empty collection for a new version, recording ``record`` (its fields
+        fixed at creation) in its description; return its name.
 
-        id_type: ``int64`` or ``string`` (a VARCHAR primary key), as the catalog's ids are.
-        limits: the text fields' maximum lengths (default: the caps); ``TextLimits.of(...)`` the
-        data to be inserted."""
+        The primary key is ``record.id_type``: ``int64``, or ``string`` (a VARCHAR), as the
+        catalog's ids are. limits: the text fields' maximum lengths (default: the caps);
+        ``TextLimits.of(...)`` the data to be inserted."""
         limits = limits or TextLimits()
         name = version_name(alias, model_id)
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False,
-                                           description=json.dumps({**record, "id_type": id_type}, sort_keys=True))
-        if id_type == "string":
+                                           description=record.description())
+        if record.id_type == "string":
             schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=limits.item_id)
         else:
             schema.add_field("item_id", DataType.INT64, is_primary=True)
@@ -350,22 +350,16 @@ class ItemStore:
         found = {name: self.missing_files(name) for name in names}
         return {name: missing for name, missing in found.items() if missing}
 
-    def record(self, name: str) -> dict:
-        """What a version records about itself: the JSON in its description (fixed at
-        creation), updated by its ``towerbridge.*`` properties (set later, e.g. the tuned nprobe)."""
+    def record(self, name: str) -> VersionRecord:
+        """What a version records about itself: the fields in its description (fixed at
+        creation), with those its properties set later (e.g. the tuned nprobe)."""
         info = self._call(f"describe {name}", self.client.describe_collection, name)
-        try:
-            record = json.loads(info.get("description") or "{}")
-        except ValueError:
-            record = {}
-        for key, value in (info.get("properties") or {}).items():
-            if key.startswith(PROPERTY_PREFIX):
-                record[key[len(PROPERTY_PREFIX):]] = json.loads(value)
-        return record
+        return VersionRecord.read(info.get("description"), info.get("properties"), name)
 
     def set_record(self, name: str, **values) -> None:
-        """Add values to a version's record (stored as collection properties)."""
-        properties = {PROPERTY_PREFIX + key: json.dumps(value) for key, value in values.items()}
+        """Set fields of a version's record that are set after its creation, each of its type
+        (``VersionRecord.UPDATED``; others are refused), as collection properties."""
+        properties = VersionRecord.properties(**values)
         # Sent twice: Milvus 2.3.5 persists, on each change of properties, the properties as
         # they were before it; the newest change lives only in memory and is gone after a
         # restart (measured: set a, b, c, d; restart; d was lost). The second, identical call
@@ -413,7 +407,7 @@ class ItemStore:
         is then never one that another build is still writing."""
         serving = self.alias_target(alias)
         dropped = [name for name in self.versions(alias)
-                   if name != serving and not self.record(name).get("complete")]
+                   if name != serving and not self.record(name).complete]
         for name in dropped:
             self.drop(name)
         return dropped
@@ -425,7 +419,7 @@ class ItemStore:
         the dropped names."""
         defaults.check_keep_versions(keep, "keep")
         serving = self.alias_target(alias)
-        complete = [n for n in self.versions(alias) if self.record(n).get("complete")]
+        complete = [n for n in self.versions(alias) if self.record(n).complete]
         damaged = [n for n in complete if n != serving and self.missing_files(n)]
         complete = [n for n in complete if n not in damaged]
         kept = set(complete[-keep:]) | ({serving} if serving else set())
@@ -492,7 +486,7 @@ class ItemStore:
     def search_rows(self, name: str, vector: np.ndarray, limit: int, search: SearchParams | int, expression: str = "",
                     fields: tuple[str, ...] = ("title", "genres")) -> list[dict]:
         """One query's hits, best first, as ``{"item_id", "score", <fields>}``. search: the
-        version's search settings (``SearchParams.of(record)``), or an nprobe."""
+        version's search settings (``record.search_params()``), or an nprobe."""
         limit = min(limit, MAX_LIMIT)
         chosen = _settings(search)
         vector = chosen.queries(np.asarray(vector, dtype=np.float32)).tolist()

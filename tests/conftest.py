@@ -126,17 +126,28 @@ def towerbridge(*args, env=None, timeout=900, cwd=None):
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
 
-def run_rebuild(data_dir: str, alias: str, uri: str | None = None, **options):
-    """One real nightly rebuild (flows.rebuild) under the test harness; returns its final
-    state and the summary it wrote (rebuild.json)."""
+def run_rebuild(data_dir: str, alias: str, uri: str | None = None, *, epochs: int | None = None,
+                tolerance: float | None = None, reuse_model: bool = False, retries: int | None = None,
+                keep_versions: int | None = None, index_params: dict | None = None):
+    """One real nightly rebuild (flows.rebuild) under the test harness, of the synthetic log in
+    ``data_dir`` behind ``alias``; returns its final state and the summary it wrote
+    (rebuild.json). What is left out (None) takes the options' defaults."""
     import json
 
     import towerbridge.flows.rebuild as rebuild_flow
     from towerbridge import settings
     from towerbridge.data.options import DataOptions
+    from towerbridge.options import GateOptions, IndexOptions, RebuildOptions, TrainOptions
 
-    state = rebuild_flow.rebuild(data=DataOptions("synthetic", data_dir), alias=alias, milvus_uri=uri,
-                                 return_state=True, **options)
+    def chosen(**values) -> dict:
+        return {key: value for key, value in values.items() if value is not None}
+
+    options = RebuildOptions(
+        train=TrainOptions(data=DataOptions("synthetic", data_dir), **chosen(epochs=epochs)),
+        index=IndexOptions(alias=alias, **chosen(keep_versions=keep_versions, index_params=index_params)),
+        gate=GateOptions(**chosen(tolerance=tolerance)), reuse_model=reuse_model,
+        **chosen(milvus_uri=uri, retries=retries))
+    state = rebuild_flow.rebuild(options, return_state=True)
     summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
     return state, json.loads(summary_file.read_text())
 

@@ -16,6 +16,7 @@ from tests.conftest import train_synthetic
 from towerbridge import analyst, steps
 from towerbridge.errors import CollectionError, ConfigError, DataError
 from towerbridge.milvus import server
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
@@ -191,7 +192,7 @@ def test_a_question_is_asked_again_only_after_a_swap_or_an_internal_error(built)
             return "answered"
         return question
 
-    other = store.create_version(ALIAS, "retrytest", 33, {"model_id": "retrytest"})
+    other = store.create_version(ALIAS, "retrytest", 33, VersionRecord(model_id="retrytest"))
     try:
         assert once_failing("gone", swap_to=other)(store, ALIAS) == "answered"
         assert asked == [built["collection"], other]

@@ -48,6 +48,29 @@ def test_bad_options_are_refused_before_any_work(args, message):
     assert result.stderr.strip() == f"towerbridge: error: {message}"
 
 
+def test_the_options_defaults_and_their_help_come_from_defaults_py(monkeypatch, capsys):
+    from towerbridge import defaults
+    from towerbridge.cli import parser
+    from towerbridge.cli.options import pipeline_options, rebuild_options
+    from towerbridge.data.options import DataOptions
+    from towerbridge.options import PipelineOptions, RebuildOptions, TrainOptions
+
+    # with no options given, the command line builds the flows' defaults
+    assert rebuild_options(parser().parse_args(["rebuild"])) == RebuildOptions(train=TrainOptions(data=DataOptions()))
+    assert pipeline_options(parser().parse_args(["run"])) == PipelineOptions(train=TrainOptions(data=DataOptions()))
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option's help
+    helps = {}
+    for command in ("run", "rebuild"):
+        with pytest.raises(SystemExit):
+            parser().parse_args([command, "--help"])
+        helps[command] = capsys.readouterr().out
+    assert f"top-k cut-offs to report (default: {','.join(map(str, defaults.REPORT_KS))})" in helps["run"]
+    for expected in (f"(default: {','.join(defaults.GATE_METRICS)})", f"(absolute, default {defaults.GATE_TOLERANCE})",
+                     f"(default {defaults.TARGET_RECALL})", f"dropped (default {defaults.KEEP_VERSIONS})",
+                     f"Default {defaults.TRAIN_PROCESSES}", f"default {defaults.EMBED_WORKERS}: in this process"):
+        assert expected in helps["rebuild"], expected
+
+
 def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     # The README's main command, on the session's embedded server (reused, not restarted), with
     # two data-parallel training processes (DDP; tests/towers/test_distributed.py has the rest)

@@ -86,9 +86,8 @@ def test_an_id_tower_model_still_serves_and_refuses_a_history(built):
     log = pd.concat([built["train"], newer], ignore_index=True)  # newer data: the first item is now seen
     assert [row["item_id"] for row in analyst.recommend(built["store"], ID_ALIAS, str(user), k=4,
                                                         interactions=log)] == [row["item_id"] for row in got[1:]]
-    record = built["store"].record(built["models"]["id"]["collection"])
-    assert record["user_tower"] == "id"
-    assert built["store"].record(built["models"]["sequence"]["collection"])["user_tower"] == "sequence"
+    assert built["store"].record(built["models"]["id"]["collection"]).user_tower == "id"
+    assert built["store"].record(built["models"]["sequence"]["collection"]).user_tower == "sequence"
     with pytest.raises(ConfigError, match="has the id tower, which cannot read a history"):
         analyst.recommend(built["store"], ID_ALIAS, history=["1", "2"])
     with pytest.raises(DataError, match="user 999999 is not known to model"):

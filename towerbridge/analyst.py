@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 
 from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
-from towerbridge.milvus.index import SearchParams
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.schema import MAX_LIMIT, VECTOR_FIELD, id_filter
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers import artifact
-from towerbridge.towers.history import Histories
 from towerbridge.towers.vectors import history_vector, user_vectors
 
 RESULT_FIELDS = ("title", "genres")
@@ -68,9 +67,9 @@ def damaged_message(collection: str, missing: list[str]) -> str:
             f"(e.g. {missing[0]}), so Milvus cannot load it; `towerbridge rebuild` builds a version to replace it")
 
 
-def _typed_id(value: str, record: dict, what: str):
+def _typed_id(value: str, record: VersionRecord, what: str):
     """An id from the command line as the collection stores it."""
-    if record.get("id_type") == "string":
+    if record.id_type == "string":
         return str(value)
     try:
         return int(value)
@@ -78,10 +77,10 @@ def _typed_id(value: str, record: dict, what: str):
         raise DataError(f"{what} id {value!r}: this collection's ids are integers") from None
 
 
-def _version(store: ItemStore, name: str) -> tuple[str, dict]:
+def _version(store: ItemStore, name: str) -> tuple[str, VersionRecord]:
     collection = store.resolve(name)
     record = store.record(collection)
-    if not record.get("model_dir"):
+    if not record.model_dir:
         raise CollectionError(f"{collection} was not built by towerbridge (no model recorded with it)")
     return collection, record
 
@@ -99,7 +98,7 @@ def interactions(store: ItemStore, name: str) -> pd.DataFrame:
     """The interactions the model of the version behind ``name`` knows (user_id, item_id,
     timestamp; its training and held-out data): what `recommend` reads users' items from."""
     _, record = _version(store, name)
-    return _known_interactions(Path(record["model_dir"]))
+    return _known_interactions(Path(record.model_dir))
 
 
 @_again_if_swapped
@@ -119,21 +118,21 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
         store.check_filter(collection, expression)
     if (user is None) == (history is None):
         raise ConfigError("recommend needs a user or a history (one of them)")
-    model_dir = Path(record["model_dir"])
+    model_dir = Path(record.model_dir)
     trained = artifact.load(model_dir)
-    tower = trained.config.user_tower
     if history is not None:
         items = [_typed_id(str(item), record, "item") for item in history]
         try:
             query = history_vector(trained, items)
         except TowerbridgeError as error:
-            raise type(error)(f"model {record['model_id']} (collection {collection}): {error}") from None
+            raise type(error)(f"model {record.model_id} (collection {collection}): {error}") from None
         seen = set() if include_seen else set(items)
     else:
         user_id = _typed_id(user, record, "user")
-        if tower == "id":  # the id tower knows the users it trained on; newer data only adds seen items
+        if not trained.model.user_tower.reads_history:
+            # the id tower knows the users it trained on; newer data only adds seen items
             if trained.user_index(np.array([user_id], dtype=trained.user_ids.dtype))[0] == 0:
-                raise DataError(f"user {user_id!r} is not known to model {record['model_id']} (collection "
+                raise DataError(f"user {user_id!r} is not known to model {record.model_id} (collection "
                                 f"{collection}); it was trained on {len(trained.user_ids):,} users")
             prepared = Path(artifact.read_manifest(model_dir).prepared_dir)
             log = interactions if interactions is not None else pd.read_parquet(
@@ -143,12 +142,12 @@ def recommend(store: ItemStore, name: str, user: str | None = None, k: int = 10,
             log = _known_interactions(model_dir) if interactions is None else interactions
             mine = log[log["user_id"] == user_id]
             if mine.empty:
-                raise DataError(f"user {user_id!r} has no interactions in the data of model {record['model_id']} "
+                raise DataError(f"user {user_id!r} has no interactions in the data of model {record.model_id} "
                                 f"(collection {collection}); ask with a history of items instead")
-            histories = Histories.from_interactions(mine, trained.item_index)
+            histories = trained.model.user_tower.histories(trained, mine)
         query = user_vectors(trained, np.array([user_id], dtype=trained.user_ids.dtype), histories)[0]
         seen = set() if include_seen else set(mine["item_id"].tolist())
-    hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), SearchParams.of(record), expression,
+    hits = store.search_rows(collection, query, min(MAX_LIMIT, k + len(seen)), record.search_params(), expression,
                              RESULT_FIELDS)
     return [hit for hit in hits if hit["item_id"] not in seen][:k]
 
@@ -166,11 +165,11 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     if expression:
         store.check_filter(collection, expression)
     item_id = _typed_id(item, record, "item")
-    id_type = record.get("id_type", "int64")
+    id_type = record.id_type
     rows = store.rows(collection, id_filter([item_id], id_type), [VECTOR_FIELD])
     if not rows:
         raise DataError(f"item {item_id!r} is not in collection {collection}")
-    tuned = SearchParams.of(record)
+    tuned = record.search_params()
     query = np.asarray(rows[0][VECTOR_FIELD][tuned.pad:], dtype=np.float32)  # without a SCANN version's padding
     query[-1] = 0.0
     nearest = store.search_rows(collection, query, k + 1, tuned, expression, RESULT_FIELDS)
@@ -227,16 +226,16 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "alias_target": name == target,
             "damaged": bool(missing),
             "missing_files": missing,
-            "complete": bool(record.get("complete")),
+            "complete": record.complete,
             "rows": store.count(name),
-            "index_type": record.get("index_type"),
-            "params": record.get("params"),
-            "nprobe": record.get("nprobe"),
-            "reorder_k": record.get("reorder_k"),
-            "model_id": record.get("model_id"),
-            "dataset": record.get("dataset"),
-            "created_at": record.get("created_at"),
-            "served_since": record.get("served_since"),
-            "hit_rate@10": ((record.get("evaluation") or {}).get("model") or {}).get("hit_rate@10"),
+            "index_type": record.index_type,
+            "params": record.params,
+            "nprobe": record.nprobe,
+            "reorder_k": record.reorder_k,
+            "model_id": record.model_id,
+            "dataset": record.dataset,
+            "created_at": record.created_at,
+            "served_since": record.served_since,
+            "hit_rate@10": record.evaluated_metric("hit_rate@10"),
         })
     return listed

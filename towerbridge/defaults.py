@@ -6,6 +6,14 @@ import time
 
 from towerbridge.errors import ConfigError
 
+# The data a run reads unless told otherwise, and how it is split for evaluation.
+DATASET = "synthetic"
+PROTOCOL = "leave-last-out"
+# Data-parallel training processes (1: this one) and Dask workers embedding the catalog (0: none, this process).
+TRAIN_PROCESSES = 1
+EMBED_WORKERS = 0
+# The index a new version gets unless told otherwise (milvus/index.py: IVF_PQ or SCANN).
+INDEX_TYPE = "IVF_PQ"
 # Index recall@100 against exact search that tuning aims for and a new version must reach.
 TARGET_RECALL = 0.95
 # Complete versions of an alias kept after a build (the served one always among them).
@@ -24,6 +32,12 @@ REPORT_KS = (1, 5, 10, 20, 50, 100)
 # serving version's by more than the tolerance (absolute).
 GATE_METRICS = ("hit_rate@10", "ndcg@10")
 GATE_TOLERANCE = 0.005
+# The seed of the evaluation's sample of users and of its random baseline.
+EVALUATION_SEED = 0
+# The rebuild: how long it waits for another rebuild of the same alias to finish, and how often
+# a Milvus task is retried after a transient failure.
+REBUILD_LOCK_TIMEOUT_S = 3600.0
+REBUILD_RETRIES = 2
 
 
 def utc_now() -> str:
@@ -42,14 +56,3 @@ def check_keep_versions(keep_versions: int, option: str = "keep_versions") -> in
     if keep_versions < 1:
         raise ConfigError(f"{option} must be at least 1, got {keep_versions}")
     return keep_versions
-
-
-def check_eval_users(eval_users: int | None) -> None:
-    if eval_users is not None and eval_users < 1:
-        raise ConfigError(f"eval_users (--eval-users) must be at least 1, got {eval_users}")
-
-
-def check_train_processes(processes: int, option: str = "train_processes") -> int:
-    if not isinstance(processes, int) or processes < 1:
-        raise ConfigError(f"{option} must be a whole number of processes, 1 or more, got {processes!r}")
-    return processes

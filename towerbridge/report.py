@@ -127,11 +127,5 @@ def compare(candidate: dict[str, float], serving: dict[str, float],
     return True, f"candidate is not worse beyond {tolerance}: {summary}"
 
 
-def evaluation_record(report: EvaluationReport) -> dict:
-    """What a version keeps of its evaluation, for the next rebuild to compare against."""
-    return {"dataset": report.dataset, "protocol": report.protocol, "users": report.users_evaluated,
-            "model": report.model, "evaluated_at": defaults.utc_now()}
-
-
 def _processes(processes: int) -> str:
     return f", {processes} data-parallel processes (PyTorch DDP)" if processes > 1 else ", one process"

@@ -1,8 +1,17 @@
-"""What the steps hand back: small frozen records, written as JSON in one place (``to_dict``)."""
+"""What the steps and the flows hand back: small frozen records, written as JSON in one place (``to_dict``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model the train flow saved: its directory (manifest, weights, vocabularies) and the
+    prepared data it was trained on."""
+
+    model_dir: str
+    prepared_dir: str
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,14 @@ from towerbridge.milvus.index import (
     params_record,
     tune_search,
 )
-from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, TextLimits
+from towerbridge.milvus.record import Tuning, VersionEvaluation, VersionRecord
+from towerbridge.milvus.schema import DEFAULT_ALIAS, TextLimits
 from towerbridge.milvus.store import ItemStore
 from towerbridge.milvus.store import insert_workers as store_insert_workers
-from towerbridge.report import evaluation_record, write_report
+from towerbridge.report import write_report
 from towerbridge.results import BuiltVersion, EvaluationReport
 from towerbridge.towers import artifact, distributed
 from towerbridge.towers.config import TowerConfig
-from towerbridge.towers.history import Histories
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.train import train
 from towerbridge.towers.vectors import item_vectors, user_vectors
@@ -61,14 +61,13 @@ def read_part(prepared_dir: str, name: str) -> pd.DataFrame:
 
 
 def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True,
-                checkpoint_dir: str | None = None, processes: int = 1) -> str:
+                checkpoint_dir: str | None = None, processes: int = defaults.TRAIN_PROCESSES) -> str:
     """Train the towers on the prepared training split; return the model directory.
 
     With ``checkpoint_dir``, a run interrupted after some epochs resumes from there.
     processes: data-parallel training processes on this machine (PyTorch DDP,
-    ``towerbridge.towers.distributed``); 1: this process."""
+    ``towerbridge.towers.distributed``), 1 or more (``TrainOptions`` checks it); 1: this process."""
     tower_config = TowerConfig.from_dict(config or {})
-    defaults.check_train_processes(processes)
     started = time.perf_counter()
     summary = read_summary(prepared_dir)
     if processes > 1:
@@ -151,8 +150,8 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     partial collection and leaves the alias where it was. embedded: the item vectors as
     ``embed_shard`` files (e.g. from Dask workers) instead of embedding them here.
     insert_workers: processes inserting at once (default: by catalog size, ``store.insert_workers``).
+    keep_versions (at least 1) and target_recall (in (0, 1]) as ``IndexOptions`` checks them.
     """
-    defaults.check_keep_versions(keep_versions)
     with ItemStore(uri) as store, settings.lock(f"index-{alias}"):
         half_built = store.remove_half_built(alias)
         built = build_version(store, model_dir, alias, progress, index_params, target_recall, embedded=embedded,
@@ -189,13 +188,13 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     items = read_part(manifest.prepared_dir, "items").set_index("item_id").reindex(item_ids)
     params = choose_index(len(item_ids), vectors.shape[1], index_params)
     pad = pad_dims(params, vectors.shape[1])
-    record = {"model_id": manifest.model_id, "model_dir": str(Path(model_dir).resolve()), "alias": alias,
-              "dataset": manifest.dataset, "created_at": defaults.utc_now(),
-              "user_tower": manifest.config.user_tower,
-              **params_record(params), **({"pad_dims": pad} if pad else {})}
-    titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
     id_type = manifest.id_type
-    name = store.create_version(alias, manifest.model_id, vectors.shape[1] + pad, record, id_type,
+    record = VersionRecord(model_id=manifest.model_id, model_dir=str(Path(model_dir).resolve()), alias=alias,
+                           dataset=manifest.dataset, created_at=defaults.utc_now(),
+                           user_tower=manifest.config.user_tower, id_type=id_type, **params_record(params),
+                           pad_dims=pad)
+    titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
+    name = store.create_version(alias, manifest.model_id, vectors.shape[1] + pad, record,
                                 TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
     workers = insert_workers or store_insert_workers(len(item_ids))
     timing = {"embed_s": time.perf_counter() - started}
@@ -216,7 +215,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
                         segments=tuple(store.segments(name)), index=params_record(params), nprobe=search.nprobe,
                         reorder_k=search.reorder_k,
-                        index_recall=round(recall, 4), model_id=manifest.model_id, model_dir=record["model_dir"],
+                        index_recall=round(recall, 4), model_id=manifest.model_id, model_dir=record.model_dir,
                         insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
 
 
@@ -254,8 +253,8 @@ def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarr
     search = replace(search, pad=pad)
     reorder = {} if search.reorder_k is None else {"reorder_k": search.reorder_k}
     store.set_record(name, nprobe=search.nprobe, **reorder,
-                     tuning={"target_recall": target, "k": k, "queries": len(users),
-                             "recall": round(recall, 4), "reached_target": recall >= target})
+                     tuning=Tuning(target_recall=target, k=k, queries=len(users), recall=round(recall, 4),
+                                   reached_target=bool(recall >= target)))
     if recall < target:
         log.warning(f"{name}: recall@{k} {recall:.3f} at {search.describe()} (nlist {params.nlist}); more lists "
                     f"gained less than {PLATEAU} each doubling, so the index's codes ({params.codes()}), not "
@@ -266,8 +265,7 @@ def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarr
 def user_queries(trained, users: np.ndarray, interactions: pd.DataFrame) -> np.ndarray:
     """Query vectors of ``users``; the history towers read their histories in ``interactions``
     (user_id, item_id, timestamp), the id tower only their ids and features."""
-    histories = None if trained.config.user_tower == "id" else \
-        Histories.from_interactions(interactions[interactions["user_id"].isin(users)], trained.item_index)
+    histories = trained.model.user_tower.histories(trained, interactions[interactions["user_id"].isin(users)])
     return user_vectors(trained, users, histories)
 
 
@@ -278,27 +276,17 @@ def seen_items(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemS
                               trained.item_index(mine["item_id"].to_numpy()), len(users))
 
 
-def check_ks(ks) -> tuple[int, ...]:
-    """The cut-offs to report, sorted; each between 1 and Milvus' search limit."""
-    if ks is None:
-        return defaults.REPORT_KS
-    ks = tuple(sorted({int(k) for k in ks}))
-    if not ks or ks[0] < 1 or ks[-1] > MAX_LIMIT:
-        raise ConfigError(f"every k must be between 1 and {MAX_LIMIT} (Milvus' search limit), got {list(ks)}")
-    return ks
-
-
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, ks: tuple[int, ...] = defaults.REPORT_KS,
-                   eval_users: int | None = None, seed: int = 0) -> EvaluationReport:
+                   eval_users: int | None = None, seed: int = defaults.EVALUATION_SEED) -> EvaluationReport:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
 
     Each user with held-out interactions is ranked once. Queries are users for protocols
     that exclude seen items (all of a user's held-out items are relevant to one ranking),
     and interactions for tfrs (each held-out interaction is its own query, as in TFRS).
-    eval_users: evaluate a seeded sample of that many users instead of all of them.
+    ks: the cut-offs, ascending, each between 1 and Milvus' search limit; eval_users: evaluate a
+    seeded sample of that many users (1 or more) instead of all of them (``EvaluateOptions``
+    checks both).
     """
-    ks = check_ks(ks)
-    defaults.check_eval_users(eval_users)
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
     prepared = manifest.prepared_dir
@@ -316,10 +304,10 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
 
     with ItemStore(uri) as store:
         record = store.record(collection)
-        if record.get("model_id") != manifest.model_id:
-            raise CollectionError(f"collection {collection} was built from model {record.get('model_id')!r}, "
+        if record.model_id != manifest.model_id:
+            raise CollectionError(f"collection {collection} was built from model {record.model_id!r}, "
                                   f"not {manifest.model_id!r}; evaluate it with its own model")
-        tuned = SearchParams.of(record)
+        tuned = record.search_params()
         search = search_indices(store, collection, tuned, trained)
         started = time.perf_counter()
         rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
@@ -351,10 +339,11 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         ann_gap={key: round(metrics["model"][key] - metrics["exact"][key], 6)
                  for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
         index_recall=ev.overlap(rankings["model"], rankings["exact"], ks),
-        index={"index_type": record["index_type"], "metric_type": record["metric_type"],
-               "params": {**record["params"], **tuned.for_limit(0)}, "tuning": record.get("tuning")},
+        index={"index_type": record.index_type, "metric_type": record.metric_type,
+               "params": {**record.params, **tuned.for_limit(0)},
+               "tuning": record.tuning.to_dict() if record.tuning else None},
         collection=collection,
-        alias=record.get("alias"),
+        alias=record.alias,
         model_id=manifest.model_id,
         model_dir=str(Path(model_dir).resolve()),
         training={
@@ -373,5 +362,5 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     )
     write_report(report, Path(report_dir))
     with ItemStore(uri) as store:  # the next rebuild compares its candidate with this
-        store.set_record(collection, evaluation=evaluation_record(report))
+        store.set_record(collection, evaluation=VersionEvaluation.of(report))
     return report

@@ -181,12 +181,12 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
             bar.update(1)
         [epoch_loss] = replica.all_sum([epoch_loss], device)
         seconds = time.perf_counter() - started
-        record = {"epoch": state.epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
+        epoch_record = {"epoch": state.epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
                   "seconds": round(seconds, 3), "examples_per_s": round(n_examples / seconds, 1)}
         metric = replica.mean_metric(task, device)
         if metric is not None:
-            record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
-        state.finish_epoch(record, metric, model)
+            epoch_record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
+        state.finish_epoch(epoch_record, metric, model)
         bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / n_examples:.3f}", ex_s=f"{n_examples / seconds:,.0f}")
         checkpoints.save(state, model, optimizer, generator, device)
         if metric is not None and state.stale(config.early_stopping_patience):

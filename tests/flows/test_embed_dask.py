@@ -18,6 +18,7 @@ from towerbridge.errors import EmbeddingError
 from towerbridge.flows.index import index
 from towerbridge.milvus.schema import VECTOR_FIELD
 from towerbridge.milvus.store import ItemStore
+from towerbridge.options import IndexOptions
 from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
 
@@ -48,8 +49,8 @@ def test_shards_cover_the_catalog_once(model_dir, tmp_path):
 
 
 def test_two_dask_workers_build_the_version_one_process_builds(model_dir, store, milvus_uri, prefect_harness):
-    single = index(model_dir=model_dir, milvus_uri=milvus_uri, alias="dask_one")
-    sharded = index(model_dir=model_dir, milvus_uri=milvus_uri, alias="dask_two", embed_workers=2, embed_shards=5)
+    single = index(model_dir, IndexOptions(alias="dask_one"), milvus_uri=milvus_uri)
+    sharded = index(model_dir, IndexOptions(alias="dask_two", embed_workers=2, embed_shards=5), milvus_uri=milvus_uri)
     ids_one, vectors_one = stored_vectors(store, single.collection)
     ids_two, vectors_two = stored_vectors(store, sharded.collection)
     assert len(ids_two) == sharded.items == 1500
@@ -67,7 +68,7 @@ def test_a_worker_killed_mid_shard_fails_the_flow_and_nothing_half_built_serves(
     from distributed import Client, LocalCluster
 
     alias = "dask_killed"
-    serving = index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias).collection
+    serving = index(model_dir, IndexOptions(alias=alias), milvus_uri=milvus_uri).collection
     # a cluster of our own, that gives up on a task at the first worker lost while running it
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -88,8 +89,8 @@ def test_a_worker_killed_mid_shard_fails_the_flow_and_nothing_half_built_serves(
         killer = threading.Thread(target=kill_a_busy_worker)
         killer.start()
         with pytest.raises(EmbeddingError) as failure:
-            index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias, dask_address=cluster.scheduler_address,
-                  embed_shards=4)
+            index(model_dir, IndexOptions(alias=alias, dask_address=cluster.scheduler_address, embed_shards=4),
+                  milvus_uri=milvus_uri)
         killer.join()
     assert killed, "no worker was seen running a shard"
     message = str(failure.value)
@@ -100,5 +101,5 @@ def test_a_worker_killed_mid_shard_fails_the_flow_and_nothing_half_built_serves(
     assert store.versions(alias) == [serving]  # nothing was half-built: Milvus is written after every shard
     assert not any(settings.state_dir("embeddings").iterdir())
     # and the next build, on a local cluster, serves
-    built = index(model_dir=model_dir, milvus_uri=milvus_uri, alias=alias, embed_workers=2)
+    built = index(model_dir, IndexOptions(alias=alias, embed_workers=2), milvus_uri=milvus_uri)
     assert store.alias_target(alias) == built.collection != serving

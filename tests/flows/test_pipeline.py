@@ -15,6 +15,7 @@ from towerbridge.defaults import REPORT_KS
 from towerbridge.evaluation import METRICS
 from towerbridge.flows.evaluate import evaluate
 from towerbridge.flows.pipeline import pipeline
+from towerbridge.options import EvaluateOptions, PipelineOptions, TrainOptions
 from towerbridge.results import EvaluationReport
 from towerbridge.steps import user_queries
 from towerbridge.towers import artifact
@@ -27,7 +28,8 @@ EPOCHS = 5
 @pytest.fixture(scope="module")
 def run(milvus_uri, prefect_harness, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("report")
-    report = pipeline(report_dir=str(report_dir), milvus_uri=milvus_uri, epochs=EPOCHS)
+    report = pipeline(PipelineOptions(train=TrainOptions(epochs=EPOCHS), report_dir=str(report_dir),
+                                      milvus_uri=milvus_uri))
     model_dir = Path(report.model_dir)
     manifest = artifact.read_manifest(model_dir)
     prepared = Path(manifest.prepared_dir)
@@ -95,10 +97,9 @@ def test_plot_is_a_png_with_every_source(run):
 
 def test_evaluating_a_sample_of_users_is_seeded(run, milvus_uri, tmp_path):
     report, model_dir = run["report"], run["report"].model_dir
-    first = evaluate(model_dir=model_dir, collection=report.collection, report_dir=str(tmp_path / "a"),
-                     milvus_uri=milvus_uri, eval_users=300, ks=[10])
-    again = evaluate(model_dir=model_dir, collection=report.collection, report_dir=str(tmp_path / "b"),
-                     milvus_uri=milvus_uri, eval_users=300, ks=[10])
+    sample = EvaluateOptions(eval_users=300, ks=[10])
+    first = evaluate(model_dir, report.collection, str(tmp_path / "a"), sample, milvus_uri=milvus_uri)
+    again = evaluate(model_dir, report.collection, str(tmp_path / "b"), sample, milvus_uri=milvus_uri)
     assert first.users_evaluated == 300 < report.users_evaluated
     assert first.ks == (10,) and set(first.model) == {f"{metric}@10" for metric in METRICS}
     assert first.model == again.model and first.random == again.random
@@ -186,7 +187,8 @@ def test_flow_runs_and_artifacts_are_recorded(run):
     )
 
     with get_client(sync_client=True) as client:
-        mine = [r for r in client.read_flow_runs() if r.parameters.get("report_dir") == str(run["report_dir"])
+        mine = [r for r in client.read_flow_runs()
+                if r.parameters.get("options", {}).get("report_dir") == str(run["report_dir"])
                 and client.read_flow(r.flow_id).name == "pipeline"]
         assert len(mine) == 1 and mine[0].state.type.value == "COMPLETED"
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(

@@ -6,6 +6,7 @@ import csv
 from towerbridge.data.options import DataOptions
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.flows.pipeline import pipeline
+from towerbridge.options import PipelineOptions, TrainOptions
 
 
 def test_latest_format_through_the_whole_pipeline(milvus_uri, prefect_harness, tmp_path):
@@ -22,7 +23,8 @@ def test_latest_format_through_the_whole_pipeline(milvus_uri, prefect_harness, t
         writer.writerows((i, title.replace("The ", "Story, The ", 1), genres)
                          for i, title, genres in items.itertuples(index=False))
 
-    report = pipeline(data=DataOptions("movielens-latest", str(directory)), report_dir=str(tmp_path / "report"),
-                      milvus_uri=milvus_uri, epochs=5)
+    data = DataOptions("movielens-latest", str(directory))
+    report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5), report_dir=str(tmp_path / "report"),
+                                      milvus_uri=milvus_uri))
     assert report.dataset == "movielens-latest" and report.users_evaluated > 1000
     assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]

@@ -5,6 +5,7 @@ import pytest
 from tests.conftest import SHARED_ML100K
 from towerbridge.data.options import DataOptions
 from towerbridge.flows.pipeline import pipeline
+from towerbridge.options import PipelineOptions, TrainOptions
 from towerbridge.towers import artifact
 
 pytestmark = pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason=f"MovieLens 100K not found at {SHARED_ML100K}")
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason=f"MovieLens 1
                                                                   ("tfrs", 20_000, 941, "id")])
 def test_movielens_through_milvus_beats_popularity(milvus_uri, prefect_harness, tmp_path, protocol, interactions,
                                                    users, tower):
-    report = pipeline(data=DataOptions("movielens-100k", str(SHARED_ML100K), protocol=protocol),
-                      report_dir=str(tmp_path), milvus_uri=milvus_uri, epochs=5)  # 40 by default: BENCHMARKS.md
+    data = DataOptions("movielens-100k", str(SHARED_ML100K), protocol=protocol)
+    report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5),  # 40 by default: BENCHMARKS.md
+                                      report_dir=str(tmp_path), milvus_uri=milvus_uri))
     assert (report.dataset, report.protocol) == ("movielens-100k", protocol)
     assert artifact.load(report.model_dir).config.user_tower == tower
     assert report.interactions_evaluated == interactions and report.users_evaluated == users

@@ -6,6 +6,7 @@ from pymilvus import DataType, MilvusClient
 from towerbridge.data.options import DataOptions
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.flows.pipeline import pipeline
+from towerbridge.options import PipelineOptions, TrainOptions
 
 SPEC = """
 [interactions]
@@ -37,8 +38,9 @@ def test_string_ids_from_a_spec_through_milvus(milvus_uri, prefect_harness, tmp_
         ["sku", "name", "categories", "shelf"]].to_parquet(tmp_path / "catalog.parquet")
     (tmp_path / "shop.toml").write_text(SPEC)
 
-    report = pipeline(data=DataOptions("custom", spec_file=str(tmp_path / "shop.toml")), report_dir=str(tmp_path / "r"),
-                      milvus_uri=milvus_uri, epochs=5)
+    data = DataOptions("custom", spec_file=str(tmp_path / "shop.toml"))
+    report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5), report_dir=str(tmp_path / "r"),
+                                      milvus_uri=milvus_uri))
     assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]
 
     client = MilvusClient(milvus_uri)

@@ -11,9 +11,10 @@ from prefect import task
 
 import towerbridge.flows.rebuild as rebuild_flow
 from tests.conftest import run_rebuild, write_synthetic
-from towerbridge import settings
+from towerbridge import defaults, settings
 from towerbridge.data.options import DataOptions
 from towerbridge.milvus.store import ItemStore
+from towerbridge.options import IndexOptions, RebuildOptions, TrainOptions
 
 ALIAS = "rebuild_test"
 
@@ -45,8 +46,8 @@ def test_two_rebuilds_make_two_versions_and_the_alias_moves_to_the_second(two_re
     compared = second["decision"]["checks"][2]
     assert compared["passed"] and compared["detail"].startswith("candidate is not worse beyond 0.03: hit_rate@10")
     record = store.record(second["serving_after"])
-    assert record["complete"] and record["served_since"] and record["evaluation"]["model"]["hit_rate@10"] > 0
-    assert second["serving_evaluation"] == store.record(first["serving_after"])["evaluation"]
+    assert record.complete and record.served_since and record.evaluated_metric("hit_rate@10") > 0
+    assert second["serving_evaluation"] == store.record(first["serving_after"]).evaluation.to_dict()
     text = (settings.state_dir("rebuilds") / str(second_state.state_details.flow_run_id) / "rebuild.md").read_text()
     assert text.startswith(f"# Rebuild of `{ALIAS}`: swapped") and "| hit_rate@10 |" in text
 
@@ -133,7 +134,7 @@ def test_a_scann_rebuild_validates_records_and_serves_with_its_settings(two_rebu
     recall_check = summary["decision"]["checks"][1]
     assert recall_check["passed"] and f"reorder_k {built['reorder_k']}" in recall_check["detail"]
     record = store.record(summary["serving_after"])
-    assert (record["index_type"], record["reorder_k"], record["served_since"] is not None) == \
+    assert (record.index_type, record.reorder_k, record.served_since is not None) == \
         ("SCANN", built["reorder_k"], True)
     text = (settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.md").read_text()
     assert f"SCANN nlist {built['index']['params']['nlist']}, tuned nprobe {built['nprobe']}, reorder_k" in text
@@ -142,17 +143,50 @@ def test_a_scann_rebuild_validates_records_and_serves_with_its_settings(two_rebu
 def test_the_nightly_deployment_has_its_schedule_time_zone_and_limit(prefect_harness):
     from prefect.client.orchestration import get_client
 
-    rebuild_flow.nightly(cron="30 3 * * *", timezone="Europe/London",
-                         parameters={"data": {"dataset": "movielens-100k"}, "alias": "nightly_test"}).apply()
+    options = RebuildOptions(train=TrainOptions(data=DataOptions("movielens-100k")),
+                             index=IndexOptions(alias="nightly_test"))
+    rebuild_flow.nightly(cron="30 3 * * *", timezone="Europe/London", options=options).apply()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("rebuild/nightly")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("30 3 * * *", "Europe/London")
     assert deployment.schedules[0].active
     assert deployment.global_concurrency_limit.limit == 1
-    assert deployment.parameters == {"data": {"dataset": "movielens-100k"}, "alias": "nightly_test"}
-    # a scheduled run gets its parameters as JSON; the flow reads them as DataOptions
+    # what differs from the defaults, as JSON
+    assert deployment.parameters == {"options": {"train": {"data": {"dataset": "movielens-100k"}},
+                                                 "index": {"alias": "nightly_test"}}}
+    # the server holds the options object's schema: the deployment's form, and what its runs are checked against
+    schema = rebuild_flow.rebuild.parameters.model_dump()
+    assert deployment.parameter_openapi_schema["properties"]["options"]["$ref"] == "#/definitions/RebuildOptions"
+    assert deployment.parameter_openapi_schema["definitions"] == schema["definitions"]
+    # a scheduled run gets its parameters as JSON; the flow reads them as the options object
     validated = rebuild_flow.rebuild.validate_parameters(deployment.parameters)
-    assert validated["data"] == DataOptions("movielens-100k")
+    assert validated["options"] == options
+    assert validated["options"].train.data == DataOptions("movielens-100k")
     default = rebuild_flow.nightly(name="nightly-default")
     assert (default.schedules[0].schedule.cron, default.schedules[0].schedule.timezone) == ("0 2 * * *", "UTC")
+    assert default.parameters == {"options": {}}
+
+
+def test_the_rebuild_deployment_shows_the_options_object_as_its_one_parameter():
+    schema = rebuild_flow.rebuild.parameters.model_dump()
+    assert list(schema["properties"]) == ["options"]
+    assert schema["properties"]["options"]["$ref"] == "#/definitions/RebuildOptions"
+    assert schema["properties"]["options"]["default"] == RebuildOptions().model_dump(mode="json")
+    options = schema["definitions"]["RebuildOptions"]
+    assert list(options["properties"]) == ["train", "index", "evaluate", "gate", "reuse_model", "milvus_uri",
+                                           "lock_timeout_s", "retries"]
+    assert options["additionalProperties"] is False  # a misspelt option is refused, not ignored
+    for name in ("TrainOptions", "IndexOptions", "IndexSettings", "EvaluateOptions", "GateOptions", "DataOptions"):
+        assert name in schema["definitions"], name
+    index = schema["definitions"]["IndexOptions"]["properties"]
+    assert index["keep_versions"]["default"] == defaults.KEEP_VERSIONS
+    assert index["keep_versions"]["description"].startswith("complete versions of the alias kept")
+    gate = schema["definitions"]["GateOptions"]["properties"]
+    assert (gate["metrics"]["default"], gate["tolerance"]["default"]) == (list(defaults.GATE_METRICS),
+                                                                          defaults.GATE_TOLERANCE)
+    deployment = rebuild_flow.nightly(options=RebuildOptions(index=IndexOptions(alias="schema_test")))
+    assert deployment.parameters == {"options": {"index": {"alias": "schema_test"}}}
+    # and a deployment's parameters are checked by the same validators as the command line's
+    with pytest.raises(Exception, match="keep_versions must be at least 1, got 0"):
+        rebuild_flow.rebuild.validate_parameters({"options": {"index": {"keep_versions": 0}}})

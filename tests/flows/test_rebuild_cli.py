@@ -80,7 +80,8 @@ def test_serve_registers_the_nightly_deployment_with_the_server(prefect_api, dat
     try:
         deadline, deployment = time.monotonic() + 180, None
         with get_client(sync_client=True) as client:
-            while deployment is None or deployment.parameters.get("alias") != "served_test":
+            while deployment is None or deployment.parameters.get("options", {}).get("index") != {
+                    "alias": "served_test"}:
                 assert process.poll() is None and time.monotonic() < deadline, "serve exited or never registered"
                 time.sleep(1)
                 try:
@@ -90,7 +91,7 @@ def test_serve_registers_the_nightly_deployment_with_the_server(prefect_api, dat
         schedule = deployment.schedules[0].schedule
         assert (schedule.cron, schedule.timezone) == ("15 1 * * *", "America/New_York")
         assert deployment.global_concurrency_limit.limit == 1
-        assert deployment.parameters["data"]["data_dir"] == data_dir
+        assert deployment.parameters["options"]["train"]["data"]["data_dir"] == data_dir
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]

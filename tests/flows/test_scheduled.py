@@ -292,10 +292,10 @@ def scheduled(milvus_uri, tmp_path_factory):
             pool.prefect("work-pool", "create", POOL, "--type", "process")
             pool.start_runner("prefect worker", [BIN / "prefect", "worker", "start", "--pool", POOL,
                                                  "--type", "process"])
-            # the repository's prefect.yaml; the command line adds the per-minute schedule and sets the parameters
+            # the repository's prefect.yaml; the command line adds the per-minute schedule and sets the options
+            options = {"index": {"alias": ALIASES["pool"]}, "milvus_uri": milvus_uri, "reuse_model": True}
             pool.prefect("--no-prompt", "deploy", "--name", "nightly", "--pool", POOL, "--cron", EVERY_MINUTE,
-                         "--param", f"alias={ALIASES['pool']}", "--param", f"milvus_uri={milvus_uri}",
-                         "--param", "reuse_model=true")
+                         "--params", json.dumps({"options": options}))
             wait_healthy(serve)
             serve.start_runner("towerbridge serve", [
                 BIN / "towerbridge", "serve", "--cron", EVERY_MINUTE, "--timezone", "UTC", "--reuse-model",
@@ -344,7 +344,9 @@ def test_towerbridge_serve_rebuilds_on_its_cron_and_reports_what_now_serves(sche
     assert (schedule.schedule.cron, schedule.schedule.timezone) == (EVERY_MINUTE, "UTC")
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.tags == ["towerbridge", "nightly"]
-    assert (deployment.parameters["alias"], deployment.parameters["milvus_uri"]) == (ALIASES["serve"], milvus_uri)
+    options = deployment.parameters["options"]
+    assert (options["index"]["alias"], options["milvus_uri"], options["reuse_model"]) == (
+        ALIASES["serve"], milvus_uri, True)
     check_scheduled_run_swapped(outcome, ALIASES["serve"], schedule.id, scheduled["model_dir"])
 
 
@@ -357,7 +359,8 @@ def test_prefect_yaml_deploys_into_a_process_pool_whose_worker_rebuilds_on_the_c
     assert (deployment.entrypoint, deployment.work_pool_name) == ("towerbridge/flows/rebuild.py:rebuild", POOL)
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.tags == ["towerbridge", "nightly"]
-    assert deployment.parameters == {"alias": ALIASES["pool"], "milvus_uri": milvus_uri, "reuse_model": True}
+    assert deployment.parameters == {"options": {"index": {"alias": ALIASES["pool"]}, "milvus_uri": milvus_uri,
+                                                 "reuse_model": True}}
     # the pull step's directory is where `prefect deploy` ran, not a path written in the file
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     check_scheduled_run_swapped(outcome, ALIASES["pool"], schedules[EVERY_MINUTE, None].id, scheduled["model_dir"])

@@ -89,10 +89,6 @@ def test_search_settings_re_rank_at_least_as_many_as_asked_for():
     assert SearchParams(16).for_limit(100) == {"nprobe": 16}
     assert SearchParams(16, 200).for_limit(100) == {"nprobe": 16, "reorder_k": 200}
     assert SearchParams(16, 200).for_limit(500) == {"nprobe": 16, "reorder_k": 500}
-    # a version's record: the tuned values, else the build's; an IVF_PQ record has no reorder_k
-    assert SearchParams.of({"nprobe": 32, "reorder_k": 400, "params": {"nprobe": 8, "reorder_k": 800}}) == \
-        SearchParams(32, 400)
-    assert SearchParams.of({"params": {"nlist": 64, "m": 8, "nbits": 8, "nprobe": 8}}) == SearchParams(8)
 
 
 def test_padding_goes_first_so_the_prior_stays_last():

@@ -33,8 +33,8 @@ def test_a_scann_version_is_built_tuned_and_recorded(built, store):
     assert built.index_recall >= defaults.TARGET_RECALL
     assert built.reorder_k in {100 * factor for factor in REORDER_FACTORS}
     record = store.record(built.collection)
-    assert (record["index_type"], record["nprobe"], record["reorder_k"]) == ("SCANN", built.nprobe, built.reorder_k)
-    assert record["tuning"]["reached_target"] is True
+    assert (record.index_type, record.nprobe, record.reorder_k) == ("SCANN", built.nprobe, built.reorder_k)
+    assert record.tuning.reached_target is True
 
 
 def test_scann_searches_rank_by_the_exact_scores(built, store, model_dir):
@@ -42,7 +42,7 @@ def test_scann_searches_rank_by_the_exact_scores(built, store, model_dir):
     trained = artifact.load(model_dir)
     ids, vectors = item_vectors(trained)
     queries = vectors[:20].copy()
-    tuned = SearchParams.of(store.record(built.collection))
+    tuned = store.record(built.collection).search_params()
     assert tuned == SearchParams(built.nprobe, built.reorder_k, pad=queries.shape[1] % 2)  # odd: one zero appended
     found, scores = store.search(ALIAS, queries, 10, tuned)
     row = {item: position for position, item in enumerate(ids.tolist())}
@@ -55,7 +55,7 @@ def test_a_search_wider_than_the_tuned_re_ranking_gets_every_hit(built, store, m
     trained = artifact.load(model_dir)
     _, vectors = item_vectors(trained)
     limit = built.reorder_k + 50
-    found, scores = store.search(ALIAS, vectors[:3], limit, SearchParams.of(store.record(built.collection)))
+    found, scores = store.search(ALIAS, vectors[:3], limit, store.record(built.collection).search_params())
     assert found.shape == (3, limit) and np.isfinite(scores).all()
 
 

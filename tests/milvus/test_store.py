@@ -1,10 +1,13 @@
 """The item store against the real embedded Milvus."""
 
+import json
+
 import numpy as np
 import pytest
 
 from towerbridge.errors import CollectionError
-from towerbridge.milvus.index import choose_ivf_pq
+from towerbridge.milvus.index import SearchParams, choose_ivf_pq
+from towerbridge.milvus.record import Tuning, VersionEvaluation, VersionRecord
 
 N, DIM = 2000, 16
 
@@ -19,7 +22,7 @@ def vectors():
 @pytest.fixture(scope="module")
 def built(store, vectors):
     params = choose_ivf_pq(N, DIM)
-    name = store.create_version("test_items", "model-abc123", DIM, {"model_id": "model-abc123"})
+    name = store.create_version("test_items", "model-abc123", DIM, VersionRecord(model_id="model-abc123"))
     ids = np.arange(100, 100 + N)
     store.insert(name, ids, vectors, [f"title {i}" for i in ids], ["Drama"] * N)
     store.build_index(name, params)
@@ -34,7 +37,7 @@ def test_collection_holds_every_row_under_ivf_pq(store, built):
     assert {key: int(info[key]) for key in ("nlist", "m", "nbits")} == params.build_params()
     assert info["indexed_rows"] == info["total_rows"] == N
     assert store.count(name) == N
-    assert store.record(name) == {"model_id": "model-abc123", "id_type": "int64"}
+    assert store.record(name) == VersionRecord(model_id="model-abc123", id_type="int64")
 
 
 def test_search_agrees_with_brute_force(store, built, vectors):
@@ -52,7 +55,7 @@ def test_alias_moves_between_versions(store, built, vectors):
     assert store.alias_target("test_alias") is None
     store.point_alias("test_alias", name)
     assert store.alias_target("test_alias") == name
-    other = store.create_version("test_items", "model-def456", DIM, {})
+    other = store.create_version("test_items", "model-def456", DIM, VersionRecord())
     try:
         store.insert(other, ids[:300], vectors[:300], ["t"] * 300, ["g"] * 300)
         store.build_index(other, choose_ivf_pq(300, DIM))
@@ -65,8 +68,44 @@ def test_alias_moves_between_versions(store, built, vectors):
         store.drop(other)
 
 
+def test_a_version_recorded_before_the_format_reads_with_its_defaults(store):
+    """A version as towerbridge wrote it before its record had a format: the build's dict plus
+    ``id_type`` as the description (an id-tower model: no ``user_tower``; IVF_PQ: no
+    ``pad_dims``), and each value set later as one JSON property."""
+    from pymilvus import DataType
+
+    from tests.milvus.test_record import EVALUATION
+
+    description = {"model_id": "m-old", "model_dir": "/models/m-old", "alias": "old_items",
+                   "dataset": "movielens-100k", "created_at": "2026-11-01T02:00:00Z", "index_type": "IVF_PQ",
+                   "metric_type": "IP", "params": {"nlist": 43, "m": 4, "nbits": 8, "nprobe": 16}}
+    schema = store.client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                        description=json.dumps({**description, "id_type": "int64"}, sort_keys=True))
+    schema.add_field("item_id", DataType.INT64, is_primary=True)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=4)
+    name = "old_items_v20261101_020000_m_old"
+    store.client.create_collection(name, schema=schema)
+    try:
+        later = {"nprobe": 8, "tuning": {"target_recall": 0.95, "k": 100, "queries": 943, "recall": 0.9712},
+                 "evaluation": EVALUATION}
+        store.client.alter_collection_properties(
+            name, properties={f"towerbridge.{key}": json.dumps(value) for key, value in later.items()})
+        store.mark_complete(name)  # a later value written by today's code beside the old ones
+        record = store.record(name)
+        assert record == VersionRecord(
+            **description, user_tower="id", id_type="int64", pad_dims=0, nprobe=8,
+            tuning=Tuning(target_recall=0.95, k=100, queries=943, recall=0.9712), complete=True,
+            completed_at=record.completed_at, evaluation=VersionEvaluation(**EVALUATION))
+        assert record.completed_at and record.search_params() == SearchParams(8)
+        with pytest.raises(ValueError, match="model_dir: not a field set after a version is created"):
+            store.set_record(name, model_dir="/elsewhere")
+        assert store.record(name).model_dir == "/models/m-old"
+    finally:
+        store.client.drop_collection(name)
+
+
 def test_nan_vectors_are_rejected_before_any_write(store):
-    name = store.create_version("test_items", "model-nan000", 4, {})
+    name = store.create_version("test_items", "model-nan000", 4, VersionRecord())
     try:
         bad = np.ones((3, 4), dtype=np.float32)
         bad[1, 2] = np.nan
@@ -79,7 +118,7 @@ def test_nan_vectors_are_rejected_before_any_write(store):
 
 def test_parallel_inserts_from_processes_write_every_row_once(store, vectors):
     # two insert processes, each with its own connection, four batches between them
-    name = store.create_version("test_parallel", "model-par", DIM, {})
+    name = store.create_version("test_parallel", "model-par", DIM, VersionRecord())
     try:
         ids = np.arange(7, 7 + N)
         assert store.insert(name, ids, vectors, [f"title {i}" for i in ids], ["Drama|Comedy"] * N, workers=2) == N
@@ -89,7 +128,7 @@ def test_parallel_inserts_from_processes_write_every_row_once(store, vectors):
         assert all(row["title"] == f"title {row['item_id']}" and list(row["genre_list"]) == ["Drama", "Comedy"]
                    for row in rows)
         # what a process is refused comes back as the one error the caller sees
-        other = store.create_version("test_parallel", "model-bad", DIM, {})
+        other = store.create_version("test_parallel", "model-bad", DIM, VersionRecord())
         try:
             with pytest.raises(CollectionError, match=f"Milvus refused insert into {other}: "):
                 store.insert(other, np.array([f"id{i}" for i in range(N)]), vectors, ["t"] * N, ["g"] * N, workers=2)
@@ -110,7 +149,7 @@ def test_replicas_are_asked_of_milvus_and_a_standalone_refuses_two(store, vector
     # MILVUS_REPLICAS reaches Milvus' load: the embedded standalone server has one query node,
     # so it cannot hold two replicas, and says so (a cluster with two query nodes would load them).
     monkeypatch.setenv("MILVUS_REPLICAS", "2")
-    name = store.create_version("test_replicas", "model-rep", DIM, {})
+    name = store.create_version("test_replicas", "model-rep", DIM, VersionRecord())
     try:
         store.insert(name, np.arange(N), vectors, ["t"] * N, [""] * N)
         with pytest.raises(CollectionError) as refused:

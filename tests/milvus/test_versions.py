@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import train_synthetic
 from towerbridge import steps
 from towerbridge.errors import CollectionError, ConfigError
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.store import ItemStore
 from towerbridge.towers.vectors import item_vectors
 
@@ -31,11 +32,11 @@ def test_retention_keeps_exactly_n_and_the_alias_serves_the_newest(milvus_uri, m
     assert built[-1].previous == built[-2].collection
     assert built[-1].dropped_versions == (built[0].collection,)
     record = store.record(built[-1].collection)
-    assert record["complete"] is True and record["model_dir"] == model_dir and record["nprobe"] >= 1
+    assert record.complete is True and record.model_dir == model_dir and record.nprobe >= 1
 
 
 def test_a_half_built_version_is_removed_by_the_next_build(milvus_uri, model_dir, store):
-    orphan = store.create_version(ALIAS, "crashed0", 32, {"model_id": "crashed"})
+    orphan = store.create_version(ALIAS, "crashed0", 32, VersionRecord(model_id="crashed"))
     store.insert(orphan, np.arange(3), np.ones((3, 32), np.float32), ["a"] * 3, ["g"] * 3)
     built = build(milvus_uri, model_dir, keep_versions=2)
     assert built.removed_half_built == (orphan,)
@@ -88,7 +89,7 @@ def test_readers_of_the_alias_see_no_failure_while_versions_swap(milvus_uri, mod
 
 
 def test_a_wrong_dimension_is_rejected_before_writing(store):
-    name = store.create_version("dim_test", "model1", 4, {})
+    name = store.create_version("dim_test", "model1", 4, VersionRecord())
     try:
         with pytest.raises(CollectionError, match="holds 4-dimensional vectors, these are 8-dimensional"):
             store.insert(name, np.arange(2), np.ones((2, 8), np.float32), ["a", "b"], ["g", "g"])
@@ -104,7 +105,7 @@ def test_search_read_as_columns_matches_pymilvus_hits(store, id_type):
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((300, 8)).astype(np.float32)
     ids = np.arange(300) * 7 if id_type == "int64" else np.array([f"sku-{i}" for i in range(300)], dtype=object)
-    name = store.create_version(f"columns_{id_type}", "model1", 8, {}, id_type=id_type)
+    name = store.create_version(f"columns_{id_type}", "model1", 8, VersionRecord(id_type=id_type))
     try:
         store.insert(name, ids, vectors, [""] * 300, [""] * 300)
         store.build_index(name, IvfPqParams(nlist=4, m=4, nbits=8, nprobe=4))
@@ -135,7 +136,7 @@ def test_a_versions_text_limits_come_from_its_data_and_long_text_is_clipped_by_b
     ids = np.array(["sku-1", "sku-22"], dtype=object)
     limits = TextLimits.of(titles, genres, ids)
     assert limits == TextLimits(title=32, genres=32, genre_count=4, genre=16, item_id=16)
-    name = store.create_version("limits_test", "model1", 4, {}, id_type="string", limits=limits)
+    name = store.create_version("limits_test", "model1", 4, VersionRecord(id_type="string"), limits=limits)
     try:
         assert store.text_limits(name) == limits
         long_title = "é" * 20  # 40 bytes, 20 characters: over the title's 32 bytes

@@ -37,7 +37,7 @@ def test_a_server_killed_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds
     serving, versions = serving_now()
     assert serving == serving_before  # nothing reached the alias
     with ItemStore(fault_uri) as store:
-        half_built = [v for v in versions if not store.record(v).get("complete")]
+        half_built = [v for v in versions if not store.record(v).complete]
     next_state, following = rebuild(fault_data)
     assert next_state.is_completed() and following["outcome"] == "swapped", following.get("error")
     assert following["removed_half_built"] == half_built
@@ -45,6 +45,6 @@ def test_a_server_killed_mid_rebuild_fails_cleanly_and_the_next_rebuild_succeeds
     assert serving == following["serving_after"] and serving in versions
     # what the failed rebuild left half-built is gone now
     with ItemStore(fault_uri) as store:
-        assert all(store.record(v).get("complete") for v in versions)
+        assert all(store.record(v).complete for v in versions)
 
 

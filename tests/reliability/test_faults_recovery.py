@@ -25,7 +25,7 @@ def test_a_server_killed_right_after_the_swap_leaves_a_validated_version_serving
     store = ItemStore(server.running().uri)
     # The alias moved before the kill and the rollback could not reach the server: the
     # candidate serves. It had passed validation and was marked complete before the swap.
-    assert serving == summary["built"]["collection"] and store.record(serving).get("complete")
+    assert serving == summary["built"]["collection"] and store.record(serving).complete
     store.close()
     next_state, following = rebuild(fault_data)
     assert next_state.is_completed() and following["outcome"] == "swapped"

@@ -12,6 +12,7 @@ from tests.conftest import towerbridge
 from towerbridge.errors import ConfigError
 from towerbridge.milvus import server
 from towerbridge.milvus.index import choose_ivf_pq
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.schema import id_filter
 from towerbridge.milvus.store import ItemStore, connect
 
@@ -66,7 +67,7 @@ def test_user_and_password_over_tls_work_and_are_never_printed(secure, monkeypat
     monkeypatch.setenv("MILVUS_PASSWORD", PASSWORD)
     monkeypatch.setenv("MILVUS_CA_CERT", str(ca))
     store = ItemStore(uri)
-    name = store.create_version("secure", "m1", 8, {"model_id": "m1"})
+    name = store.create_version("secure", "m1", 8, VersionRecord(model_id="m1"))
     try:
         vectors = np.eye(8, dtype=np.float32)
         store.insert(name, np.arange(8), vectors, [""] * 8, [""] * 8)
@@ -125,7 +126,7 @@ HOSTILE_IDS = ['plain', 'a" or item_id != "', 'back\\slash', 'x") or (true', 'ü
 def test_hostile_ids_select_exactly_their_own_row(milvus_uri):
     # Ids become part of a filter expression; each must match itself and nothing else.
     store = ItemStore(milvus_uri)
-    name = store.create_version("quoting", "m1", 4, {"model_id": "m1"}, id_type="string")
+    name = store.create_version("quoting", "m1", 4, VersionRecord(model_id="m1", id_type="string"))
     try:
         vectors = np.random.default_rng(0).standard_normal((len(HOSTILE_IDS), 4)).astype(np.float32)
         store.insert(name, np.array(HOSTILE_IDS, dtype=object), vectors, [""] * len(HOSTILE_IDS),

@@ -61,11 +61,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", help="write evaluation.json, evaluation.md and hit_rate.png here "
                                           "(default: the run's directory under TOWERBRIDGE_HOME/runs)")
     add_build_options(run, DEFAULT_ALIAS, TowerConfig)
-    run.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+    run.add_argument("--early-stopping", type=int, default=TowerConfig.early_stopping_patience, metavar="PATIENCE",
                      help="stop when a validation split's hit rate has not improved for PATIENCE epochs and "
-                          "keep the best epoch (default: 0, train all --epochs)")
+                          f"keep the best epoch (default: {TowerConfig.early_stopping_patience}, train all --epochs)")
     run.add_argument("--ks", type=ks_list, metavar="K,K,...",
-                     help="top-k cut-offs to report (default: 1,5,10,20,50,100)")
+                     help=f"top-k cut-offs to report (default: {','.join(map(str, defaults.REPORT_KS))})")
     run.set_defaults(handler=cmd_run)
 
     rebuild = subcommand(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from towerbridge import settings
@@ -14,10 +13,9 @@ from towerbridge.cli.options import (
     check_k,
     data_options,
     history_list,
-    index_params,
     latest_interactions,
-    rebuild_parameters,
-    training_options,
+    pipeline_options,
+    rebuild_options,
 )
 from towerbridge.cli.output import print_frame, print_report, print_rows, quiet_prefect_tracebacks, records
 from towerbridge.errors import ConfigError
@@ -25,28 +23,17 @@ from towerbridge.errors import ConfigError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from towerbridge.milvus import server
-    from towerbridge.milvus.schema import check_name
 
-    check_name(args.alias, "--alias")
-    if args.early_stopping < 0:
-        raise ConfigError(f"--early-stopping must be 0 (off) or a positive patience, got {args.early_stopping}")
-    training = training_options(args)
-    data = data_options(args)
-    index = index_params(args)
-    prepared = prepare_before_servers(data)
+    options = pipeline_options(args)
+    options = options.with_prepared(prepare_before_servers(options.train.data))
     from towerbridge.milvus.store import connect  # the heavy imports come after the cheap checks
-    from towerbridge.steps import check_ks
 
-    check_ks(args.ks)
-    with server.endpoint(args.milvus_uri) as uri:
+    with server.endpoint(options.milvus_uri) as uri:
         connect(uri).close()  # fail fast, before any work
         from towerbridge.flows.pipeline import pipeline  # imports Prefect: only when there is work to do
 
         quiet_prefect_tracebacks()
-        report = pipeline(prepared_dir=prepared, **training, report_dir=args.report_dir, milvus_uri=uri,
-                          alias=args.alias, index_params=index, keep_versions=args.keep_versions,
-                          embed_workers=args.embed_workers, dask_address=args.dask_address,
-                          early_stopping_patience=args.early_stopping, ks=args.ks)
+        report = pipeline(options.model_copy(update={"milvus_uri": uri}))
         print_report(report)
     return 0
 
@@ -62,36 +49,38 @@ def prepare_before_servers(data) -> str:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from towerbridge.milvus import server
 
-    parameters = rebuild_parameters(args)
-    if not parameters["reuse_model"]:  # a rebuild that trains reads the data first, before any server
-        parameters["prepared_dir"] = prepare_before_servers(parameters.pop("data"))
+    options = rebuild_options(args)
+    if not options.reuse_model:  # a rebuild that trains reads the data first, before any server
+        options = options.with_prepared(prepare_before_servers(options.train.data))
     from towerbridge.milvus.store import connect
-    with server.endpoint(args.milvus_uri) as uri:
+    with server.endpoint(options.milvus_uri) as uri:
         connect(uri).close()  # fail fast, before any work
         from towerbridge.flows.rebuild import rebuild
 
         quiet_prefect_tracebacks()
-        state = rebuild(**parameters, milvus_uri=uri, return_state=True)
-    directory = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id)
-    summary_file = directory / "rebuild.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if summary.get("decision"):
+        state = rebuild(options.model_copy(update={"milvus_uri": uri}), return_state=True)
+    from towerbridge.rebuild import summary_of
+
+    # the flow returns its summary; when it fails, its error carries the summary (if it got that far)
+    completed = state.is_completed()
+    error = None if completed else state.result(raise_on_failure=False)
+    summary = state.result() if completed else summary_of(error)
+    if summary is not None and summary.decision:
         print()
-        for check in summary["decision"]["checks"]:
-            print(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['check']}: {check['detail']}")
-    if state.is_completed():
-        print(f"rebuild of {args.alias}: {summary['serving_after']} now serves "
-              f"(before: {summary.get('serving_before') or 'nothing'})")
-        if summary.get("dropped_versions"):
-            print(f"retention dropped: {', '.join(summary['dropped_versions'])}")
-        print(f"report: {directory}/rebuild.md")
+        for check in summary.decision.checks:
+            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    if completed:
+        print(f"rebuild of {args.alias}: {summary.serving_after} now serves "
+              f"(before: {summary.serving_before or 'nothing'})")
+        if summary.dropped_versions:
+            print(f"retention dropped: {', '.join(summary.dropped_versions)}")
+        print(f"report: {summary.report_dir}/rebuild.md")
         return 0
-    error = state.result(raise_on_failure=False)
-    print(f"towerbridge: rebuild of {args.alias} {summary.get('outcome', 'failed')}: {error}", file=sys.stderr)
-    if summary:
-        print(f"serving: {summary.get('serving_after') or 'nothing'} (unchanged); report: {directory}/rebuild.md",
+    print(f"towerbridge: rebuild of {args.alias} {summary.outcome if summary else 'failed'}: {error}", file=sys.stderr)
+    if summary is not None:
+        print(f"serving: {summary.serving_after or 'nothing'} (unchanged); report: {summary.report_dir}/rebuild.md",
               file=sys.stderr)
-    return 3 if summary.get("outcome") == "rejected" else 1
+    return 3 if summary is not None and summary.outcome == "rejected" else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -104,10 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"--timezone {args.timezone!r}: not an IANA time zone such as UTC or "
                           "Europe/London") from None
-    parameters = rebuild_parameters(args)
-    parameters["data"] = asdict(parameters["data"])  # a deployment keeps its parameters as JSON
-    if args.milvus_uri:
-        parameters["milvus_uri"] = args.milvus_uri
+    options = rebuild_options(args)
     if not get_current_settings().api.url:
         raise ConfigError("schedules need a running Prefect server: start one with `prefect server start`, "
                           "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Run nightly)")
@@ -116,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from towerbridge.flows.rebuild import nightly
 
     try:
-        deployment = nightly(cron=args.cron, timezone=args.timezone, parameters=parameters)
+        deployment = nightly(cron=args.cron, timezone=args.timezone, options=options)
     except ValueError as error:
         raise ConfigError(f"--cron {args.cron!r}: {error}") from None
     print(f"serving deployment rebuild/nightly: {args.cron} ({args.timezone}), one run at a time; Ctrl-C stops")

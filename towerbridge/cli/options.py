@@ -1,14 +1,29 @@
-"""The command line's options: how they are declared, and how they become checked, typed
-values before any work (a ConfigError names the option and what is wrong with it)."""
+"""The command line's options: how they are declared, and how they become the flows' options
+objects (``towerbridge.options``) before any work. Those objects check every value; a value they
+refuse is printed as one ConfigError naming the option as it was given (``--keep-versions``)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from towerbridge import defaults
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError
+from towerbridge.options import (
+    EvaluateOptions,
+    GateOptions,
+    IndexOptions,
+    IndexSettings,
+    OptionError,
+    PipelineOptions,
+    RebuildOptions,
+    TrainOptions,
+)
 from towerbridge.towers.config import USER_TOWERS
 
 EPILOG = """\
@@ -36,7 +51,7 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     from towerbridge.data.split import PROTOCOLS
 
     data = command.add_argument_group("data")
-    data.add_argument("--dataset", default="synthetic", choices=DATASETS,
+    data.add_argument("--dataset", default=defaults.DATASET, choices=DATASETS,
                       help="dataset to use (default: the built-in synthetic log); movielens-* read their files "
                            "from --data-dir, or from a copy made by `towerbridge data fetch`")
     data.add_argument("--data-dir", help="where the dataset's files are; for synthetic, a directory with "
@@ -53,7 +68,7 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     filters.add_argument("--min-user-interactions", type=int, metavar="N", help="drop users with fewer")
     filters.add_argument("--min-item-interactions", type=int, metavar="N", help="drop items with fewer")
     split = command.add_argument_group("evaluation split")
-    split.add_argument("--protocol", default="leave-last-out", choices=PROTOCOLS,
+    split.add_argument("--protocol", default=defaults.PROTOCOL, choices=PROTOCOLS,
                        help="leave-last-out (default): each user's last --holdout interactions are held out and "
                             "items seen in training are not ranked; tfrs: a random split ranked over all items, "
                             "comparable with the TensorFlow Recommenders tutorials; time-cutoff: interactions "
@@ -102,21 +117,22 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
     command.add_argument("--alias", default=default_alias, help=f"alias readers query (default: {default_alias})")
     index = command.add_argument_group("index (default: chosen from the data)")
-    index.add_argument("--index", choices=("ivf_pq", "scann"), default="ivf_pq",
+    index.add_argument("--index", choices=("ivf_pq", "scann"), default=defaults.INDEX_TYPE.lower(),
                        help="ivf_pq: product quantization, 8-bit codes; scann: Milvus' SIMD fast-scan IVF with "
                             "4-bit codes whose best candidates are re-scored exactly on the raw vectors (reorder_k, "
                             "tuned with nprobe), for higher recall at the same speed on large catalogs; it keeps "
-                            "the raw vectors in memory beside the codes (BENCHMARKS.md). Default ivf_pq")
+                            f"the raw vectors in memory beside the codes (BENCHMARKS.md). Default "
+                            f"{defaults.INDEX_TYPE.lower()}")
     index.add_argument("--nlist", type=int, help="IVF lists (default about 4·sqrt(items), at most items/39)")
     index.add_argument("--m", type=int, help="ivf_pq: PQ sub-quantizers; must divide the vector dimension (default: "
                                              "the dimension, one code per coordinate)")
     index.add_argument("--nbits", type=int, help="ivf_pq: bits per PQ code (default 8)")
-    index.add_argument("--keep-versions", type=int, default=3, metavar="N",
-                       help="collection versions to keep; older ones are dropped (default 3)")
-    index.add_argument("--embed-workers", type=int, default=0, metavar="N",
+    index.add_argument("--keep-versions", type=int, default=defaults.KEEP_VERSIONS, metavar="N",
+                       help=f"collection versions to keep; older ones are dropped (default {defaults.KEEP_VERSIONS})")
+    index.add_argument("--embed-workers", type=int, default=defaults.EMBED_WORKERS, metavar="N",
                        help="embed the catalog on a local Dask cluster of N worker processes (Prefect's "
                             "DaskTaskRunner), in shards written as .npy files then loaded into Milvus; "
-                            "default 0: in this process")
+                            f"default {defaults.EMBED_WORKERS}: in this process")
     index.add_argument("--dask-address", metavar="tcp://HOST:8786",
                        help="embed the catalog on this Dask cluster instead; its workers must read "
                             "TOWERBRIDGE_HOME (shared storage). docs/scale-out.md")
@@ -132,12 +148,12 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
-    training.add_argument("--train-processes", type=int, default=1, metavar="N",
+    training.add_argument("--train-processes", type=int, default=defaults.TRAIN_PROCESSES, metavar="N",
                           help="train with N data-parallel processes on this machine (PyTorch DDP: each trains on "
                                "its own shard of the users and the gradients are summed, so all end with the same "
                                "weights; gloo on CPUs, nccl on GPUs; the cores are shared out between them). For "
                                "several machines, torchrun -m towerbridge.towers.distributed (docs/scale-out.md). "
-                               "Default 1")
+                               f"Default {defaults.TRAIN_PROCESSES}")
     training.add_argument("--eval-users", type=int, metavar="N",
                           help="evaluate a seeded random sample of N users (default: every user with "
                                "held-out interactions)")
@@ -152,10 +168,12 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
     checks.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
                         help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
                              f"(default {defaults.TARGET_RECALL})")
-    checks.add_argument("--metrics", default="hit_rate@10,ndcg@10",
-                        help="metrics compared with the serving version's (default: hit_rate@10,ndcg@10)")
-    checks.add_argument("--tolerance", type=float, default=0.005,
-                        help="how much worse than the serving version a metric may be (absolute, default 0.005)")
+    checks.add_argument("--metrics", default=",".join(defaults.GATE_METRICS),
+                        help="metrics compared with the serving version's (default: "
+                             f"{','.join(defaults.GATE_METRICS)})")
+    checks.add_argument("--tolerance", type=float, default=defaults.GATE_TOLERANCE,
+                        help="how much worse than the serving version a metric may be (absolute, default "
+                             f"{defaults.GATE_TOLERANCE})")
 
 
 def ks_list(text: str) -> list[int]:
@@ -178,41 +196,6 @@ def history_list(text: str) -> list[str]:
 def check_k(k: int) -> None:
     if not 1 <= k <= 16384:
         raise ConfigError(f"-k must be between 1 and 16384 (Milvus' limit), got {k}")
-
-
-def index_params(args: argparse.Namespace) -> dict:
-    """--index, --nlist/--m/--nbits and --keep-versions, checked before any work."""
-    from towerbridge.towers.config import TowerConfig
-
-    defaults.check_keep_versions(args.keep_versions, "--keep-versions")
-    if args.embed_workers < 0:
-        raise ConfigError(f"--embed-workers must be 0 (embed in this process) or more, got {args.embed_workers}")
-    if args.dask_address is not None and "://" not in args.dask_address:
-        raise ConfigError(f"--dask-address {args.dask_address!r}: expected a scheduler address such as "
-                          "tcp://10.0.0.5:8786")
-    tower = defaults.user_tower_for(getattr(args, "protocol", "leave-last-out"), args.user_tower)
-    dim = TowerConfig.for_tower(tower).vector_dim
-    index_type = getattr(args, "index", "ivf_pq")
-    if index_type == "scann" and (args.m is not None or args.nbits is not None):
-        raise ConfigError("--m and --nbits set IVF_PQ's codes; --index scann has fixed 4-bit codes (leave them out)")
-    if args.m is not None and (args.m < 1 or dim % args.m):
-        raise ConfigError(f"--m {args.m} must divide the vector dimension {dim} (of the {tower} tower)")
-    if args.nbits is not None and not 1 <= args.nbits <= 16:
-        raise ConfigError(f"--nbits must be between 1 and 16, got {args.nbits}")
-    if args.nlist is not None and args.nlist < 1:
-        raise ConfigError(f"--nlist must be at least 1, got {args.nlist}")
-    chosen = {key: value for key, value in (("nlist", args.nlist), ("m", args.m), ("nbits", args.nbits))
-              if value is not None}
-    return {"index_type": "SCANN", **chosen} if index_type == "scann" else chosen
-
-
-def training_options(args: argparse.Namespace) -> dict:
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    defaults.check_eval_users(args.eval_users)
-    defaults.check_train_processes(args.train_processes, "--train-processes")
-    return {"user_tower": args.user_tower, "epochs": args.epochs, "use_features": not args.ids_only, "seed": args.seed,
-            "eval_users": args.eval_users, "train_processes": args.train_processes}
 
 
 def data_options(args: argparse.Namespace) -> DataOptions:
@@ -244,23 +227,58 @@ def data_options(args: argparse.Namespace) -> DataOptions:
                        split_options=split_options, drop_unknown_items=args.drop_unknown_items)
 
 
-def rebuild_parameters(args: argparse.Namespace) -> dict:
-    """The rebuild flow's parameters from the command line, checked before any work."""
-    from towerbridge.milvus.schema import check_name
+# An options field as the command line names it, where that is not --<the field with dashes>.
+OPTION_NAMES = {"early_stopping_patience": "--early-stopping", "index_type": "--index", "use_features": "--ids-only"}
 
-    check_name(args.alias, "--alias")
-    if not 0 < args.target_recall <= 1:
-        raise ConfigError(f"--target-recall must be in (0, 1], got {args.target_recall}")
-    if args.tolerance < 0:
-        raise ConfigError(f"--tolerance must be 0 or more, got {args.tolerance}")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    known = ("hit_rate", "recall", "ndcg", "mrr")
-    for metric in metrics:
-        name, _, k = metric.partition("@")
-        if name not in known or not k.isdigit() or int(k) not in (1, 5, 10, 20, 50, 100):
-            raise ConfigError(f"--metrics: {metric!r} is not one of {', '.join(known)} at k 1, 5, 10, 20, 50 "
-                              "or 100 (e.g. hit_rate@10)")
-    return {"data": data_options(args), **training_options(args), "reuse_model": args.reuse_model,
-            "alias": args.alias, "index_params": index_params(args), "keep_versions": args.keep_versions,
-            "embed_workers": args.embed_workers, "dask_address": args.dask_address,
-            "target_recall": args.target_recall, "metrics": metrics, "tolerance": args.tolerance}
+
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+@contextmanager
+def refused() -> Iterator[None]:
+    """Around building options objects: the value they refuse first, as the ConfigError the
+    command prints, naming the option as it was given."""
+    try:
+        yield
+    except ValidationError as invalid:
+        error = invalid.errors()[0]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, OptionError):
+            raise ConfigError(cause.says(option_name)) from None
+        raise ConfigError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+
+
+def given(**values) -> dict:
+    """The values the command line was given; the rest (None) take the options' defaults."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def train_options(args: argparse.Namespace, **more) -> TrainOptions:
+    return TrainOptions(data=data_options(args), **given(user_tower=args.user_tower, epochs=args.epochs),
+                        use_features=not args.ids_only, seed=args.seed, train_processes=args.train_processes, **more)
+
+
+def index_options(args: argparse.Namespace, **more) -> IndexOptions:
+    index = IndexSettings(index_type=args.index, **given(nlist=args.nlist, m=args.m, nbits=args.nbits))
+    return IndexOptions(alias=args.alias, index_params=index, keep_versions=args.keep_versions,
+                        embed_workers=args.embed_workers, **given(dask_address=args.dask_address), **more)
+
+
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """`run`'s options, checked before any work."""
+    with refused():
+        return PipelineOptions(train=train_options(args, early_stopping_patience=args.early_stopping),
+                               index=index_options(args),
+                               evaluate=EvaluateOptions(**given(ks=args.ks, eval_users=args.eval_users)),
+                               **given(report_dir=args.report_dir, milvus_uri=args.milvus_uri))
+
+
+def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
+    """`rebuild`'s and `serve`'s options, checked before any work."""
+    metrics = [metric.strip() for metric in args.metrics.split(",") if metric.strip()]
+    with refused():
+        return RebuildOptions(train=train_options(args), index=index_options(args, target_recall=args.target_recall),
+                              evaluate=EvaluateOptions(**given(eval_users=args.eval_users)),
+                              gate=GateOptions(tolerance=args.tolerance, **given(metrics=metrics or None)),
+                              reuse_model=args.reuse_model, **given(milvus_uri=args.milvus_uri))
