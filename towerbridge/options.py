@@ -61,6 +61,16 @@ def _checked(check: Callable[[object, str], object], value, field: str):
     return value
 
 
+def _at_least(field: str, least: int, wording: str):
+    """A validator refusing ``field`` below ``least``, saying ``{field} {wording}, got {value}``
+    (None passes: the default applies)."""
+    def check(cls, value):
+        if value is not None and value < least:
+            raise OptionError(lambda name: f"{name(field)} {wording}, got {value}")
+        return value
+    return field_validator(field)(check)
+
+
 def _listed(values) -> str:
     """1, 5, 10 or 20."""
     *most, last = map(str, values)
@@ -95,28 +105,9 @@ class TrainOptions(_Options):
     train_processes: int = Field(defaults.TRAIN_PROCESSES, description=(
         "data-parallel training processes on this machine (PyTorch DDP)"))
 
-    @field_validator("epochs")
-    @classmethod
-    def _epochs(cls, epochs: int | None) -> int | None:
-        if epochs is not None and epochs < 1:
-            raise OptionError(lambda name: f"{name('epochs')} must be at least 1, got {epochs}")
-        return epochs
-
-    @field_validator("early_stopping_patience")
-    @classmethod
-    def _patience(cls, patience: int) -> int:
-        if patience < 0:
-            raise OptionError(lambda name: f"{name('early_stopping_patience')} must be 0 (off) or a positive "
-                                           f"patience, got {patience}")
-        return patience
-
-    @field_validator("train_processes")
-    @classmethod
-    def _processes(cls, processes: int) -> int:
-        if processes < 1:
-            raise OptionError(lambda name: f"{name('train_processes')} must be a whole number of processes, "
-                                           f"1 or more, got {processes!r}")
-        return processes
+    _epochs = _at_least("epochs", 1, "must be at least 1")
+    _patience = _at_least("early_stopping_patience", 0, "must be 0 (off) or a positive patience")
+    _processes = _at_least("train_processes", 1, "must be a whole number of processes, 1 or more")
 
     @model_validator(mode="after")
     def _one_source_and_a_model_to_train(self) -> TrainOptions:
@@ -160,12 +151,7 @@ class IndexSettings(_Options):
     def _any_case(cls, index_type):
         return index_type.upper() if isinstance(index_type, str) else index_type
 
-    @field_validator("nlist")
-    @classmethod
-    def _nlist(cls, nlist: int | None) -> int | None:
-        if nlist is not None and nlist < 1:
-            raise OptionError(lambda name: f"{name('nlist')} must be at least 1, got {nlist}")
-        return nlist
+    _nlist = _at_least("nlist", 1, "must be at least 1")
 
     @field_validator("nbits")
     @classmethod
@@ -224,13 +210,7 @@ class IndexOptions(_Options):
             raise OptionError(lambda name: f"{name('target_recall')} must be in (0, 1], got {target}")
         return target
 
-    @field_validator("embed_workers")
-    @classmethod
-    def _embed_workers(cls, workers: int) -> int:
-        if workers < 0:
-            raise OptionError(lambda name: f"{name('embed_workers')} must be 0 (embed in this process) or more, "
-                                           f"got {workers}")
-        return workers
+    _embed_workers = _at_least("embed_workers", 0, "must be 0 (embed in this process) or more")
 
     @field_validator("dask_address")
     @classmethod
@@ -240,12 +220,7 @@ class IndexOptions(_Options):
                                            "such as tcp://10.0.0.5:8786")
         return address
 
-    @field_validator("embed_shards")
-    @classmethod
-    def _embed_shards(cls, shards: int | None) -> int | None:
-        if shards is not None and shards < 1:
-            raise OptionError(lambda name: f"{name('embed_shards')} must be 1 or more, got {shards}")
-        return shards
+    _embed_shards = _at_least("embed_shards", 1, "must be 1 or more")
 
 
 class EvaluateOptions(_Options):
@@ -297,12 +272,7 @@ class GateOptions(_Options):
                     f"{_listed(defaults.REPORT_KS)} (e.g. hit_rate@10)"))
         return metrics
 
-    @field_validator("tolerance")
-    @classmethod
-    def _tolerance(cls, tolerance: float) -> float:
-        if tolerance < 0:
-            raise OptionError(lambda name: f"{name('tolerance')} must be 0 or more, got {tolerance}")
-        return tolerance
+    _tolerance = _at_least("tolerance", 0, "must be 0 or more")
 
 
 class _TrainAndIndex(_Options):
@@ -355,19 +325,8 @@ class RebuildOptions(_TrainAndIndex):
     retries: int = Field(defaults.REBUILD_RETRIES, description=(
         "retries of a Milvus task after a transient failure, with backoff"))
 
-    @field_validator("lock_timeout_s")
-    @classmethod
-    def _lock_timeout(cls, seconds: float) -> float:
-        if seconds < 0:
-            raise OptionError(lambda name: f"{name('lock_timeout_s')} must be 0 or more, got {seconds}")
-        return seconds
-
-    @field_validator("retries")
-    @classmethod
-    def _retries(cls, retries: int) -> int:
-        if retries < 0:
-            raise OptionError(lambda name: f"{name('retries')} must be 0 or more, got {retries}")
-        return retries
+    _lock_timeout = _at_least("lock_timeout_s", 0, "must be 0 or more")
+    _retries = _at_least("retries", 0, "must be 0 or more")
 
     @model_validator(mode="after")
     def _gate_at_evaluated_ks(self) -> RebuildOptions:
