@@ -119,7 +119,8 @@ class ModelManifest:
     def from_dict(cls, values: dict, source: str = "manifest.json") -> ModelManifest:
         """Read manifest.json's content; ``source`` names the file in errors."""
         if values.get("format") not in READABLE_FORMATS:
-            raise ArtifactError(f"{source}: format {values.get('format')!r}, expected one of {list(READABLE_FORMATS)}")
+            expected = " or ".join(repr(name) for name in READABLE_FORMATS)
+            raise ArtifactError(f"{source}: format {values.get('format')!r}, expected {expected}")
         try:
             return cls(
                 model_id=values["model_id"], created_at=values.get("created_at", ""),

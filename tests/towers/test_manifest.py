@@ -51,7 +51,8 @@ def test_what_is_written_reads_back_equal():
 
 
 def test_an_unknown_format_or_a_missing_key_is_refused_with_the_file_named():
-    with pytest.raises(ArtifactError, match=r"m/manifest.json: format 'towerbridge-model/9', expected one of"):
+    expected = r"m/manifest.json: format 'towerbridge-model/9', expected 'towerbridge-model/2'"
+    with pytest.raises(ArtifactError, match=expected):
         ModelManifest.from_dict({**written_before_the_record(), "format": "towerbridge-model/9"},
                                 source="m/manifest.json")
     incomplete = written_before_the_record()
