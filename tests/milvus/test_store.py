@@ -90,7 +90,7 @@ def test_a_version_recorded_before_the_format_reads_with_its_defaults(store):
                  "evaluation": EVALUATION}
         store.client.alter_collection_properties(
             name, properties={f"towerbridge.{key}": json.dumps(value) for key, value in later.items()})
-        store.mark_complete(name)  # a later value written by today's code beside the old ones
+        store.mark_complete(name)  # a later value, written by the current writer, beside the old ones
         record = store.record(name)
         assert record == VersionRecord(
             **description, user_tower="id", id_type="int64", pad_dims=0, nprobe=8,
