@@ -10,6 +10,9 @@ is its own; the embedded Milvus server's peak during each stage is read from /pr
     index      embed every item, IVF_PQ (or SCANN), tune the search, alias (steps.index_model)
     evaluate   every metric through Milvus beside exact search, popularity and random
                                                             (steps.evaluate_model)
+    compare    the nightly gate's extra work: the serving model (here the same version, as a
+               rebuild that re-indexes its model would have it) ranks the evaluated users
+               through its collection, paired with the evaluation (steps.compare_with_serving)
 
 A stage's process runs ``python -m bench.scale STAGE WORKDIR OPTIONS_JSON`` and prints
 its figures as JSON on its last line.
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from towerbridge.errors import TowerbridgeError
 
-STAGES = ("generate", "prepare", "train", "index", "evaluate")
+STAGES = ("generate", "prepare", "train", "index", "evaluate", "compare")
 ALIAS = "scale_items"
 
 
@@ -77,6 +80,11 @@ def _stage(stage: str, work: Path, options: dict) -> dict:
                                  index_params=options.get("index_params"))
         (work / options.get("collection_file", "collection")).write_text(info.collection)
         return info.to_dict()
+    if stage == "compare":
+        comparison = steps.compare_with_serving((work / "model_dir").read_text(), str(work / "report"), options["uri"],
+                                                (work / options.get("collection_file", "collection")).read_text())
+        return {"users": comparison.users, "compare_seconds": comparison.seconds,
+                "differences": [metric.difference for metric in comparison.metrics]}
     report = steps.evaluate_model((work / "model_dir").read_text(), options["uri"],
                                   (work / options.get("collection_file", "collection")).read_text(),
                                   str(work / "report"), eval_users=options["eval_users"])
@@ -148,6 +156,8 @@ def _what(stage: str, s: dict) -> str:
         reorder = f", reorder_k {s['reorder_k']}" if s.get("reorder_k") else ""
         return (f"{s['rows']:,} rows in {len(s['segments'])} segment(s), {s['index'].get('index_type', 'IVF_PQ')} "
                 f"nlist {index['nlist']}{codes}, nprobe {s['nprobe']}{reorder}, recall@100 {s['index_recall@100']}")
+    if stage == "compare":
+        return f"the serving model on the same {s['users']:,} users, paired: {s['compare_seconds']:.1f} s"
     return (f"{s['users_evaluated']:,} users, {s['timing']['milvus_users_per_s']:,} users/s through Milvus, "
             f"HR@10 {s['model_hit_rate@10']:.4f} (popularity {s['popularity_hit_rate@10']:.4f})")
 

@@ -35,7 +35,7 @@ from towerbridge.milvus import server
 from towerbridge.milvus.schema import DEFAULT_ALIAS
 from towerbridge.milvus.store import ItemStore
 from towerbridge.options import RebuildOptions
-from towerbridge.results import BuiltVersion
+from towerbridge.results import BuiltVersion, Comparison
 from towerbridge.towers import artifact
 
 TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
@@ -65,6 +65,12 @@ def build_candidate(model_dir: str, uri: str, alias: str, index_params: dict, ta
                                    complete=False, embedded=vectors)
 
 
+@task(name="compare-with-serving", **RETRY, timeout_seconds=3600)
+def compare_with_serving(model_dir: str, report_dir: str, uri: str, serving: str, metrics: tuple[str, ...],
+                         confidence: float, margin: float) -> Comparison:
+    return steps.compare_with_serving(model_dir, report_dir, uri, serving, metrics, confidence, margin)
+
+
 @task(name="drop-candidate", **RETRY, timeout_seconds=300)
 def drop_candidate(uri: str, alias: str, collection: str) -> bool:
     """Drop the candidate unless it is what the alias serves; True if dropped."""
@@ -76,15 +82,17 @@ def drop_candidate(uri: str, alias: str, collection: str) -> bool:
 
 
 @task(name="swap-alias", **RETRY, timeout_seconds=300)
-def swap_alias(uri: str, alias: str, collection: str) -> str | None:
-    """Mark the validated ``collection`` complete and point ``alias`` at it; return what it
-    served before (kept for the rollback)."""
+def swap_alias(uri: str, alias: str, collection: str, comparison: Comparison, previous: str | None) -> None:
+    """Record what the gate based its decision on (``comparison``), mark the validated
+    ``collection`` complete and point ``alias`` at it. ``previous``: what the alias served when
+    the rebuild began (the rebuild holds the alias' lock, so nothing else moved it), kept for the
+    rollback; passed in, not read here, so that a retry after a swap that did happen but
+    reported an error does not take the candidate for the version to restore."""
     with ItemStore(uri) as store:
-        previous = store.alias_target(alias)
         get_transaction().set("restore", {"uri": uri, "alias": alias, "previous": previous})
+        store.set_record(collection, gate=comparison)
         store.mark_complete(collection)
         store.point_alias(alias, collection)
-        return previous
 
 
 @swap_alias.on_rollback
@@ -151,9 +159,11 @@ def _record_failure(flow, flow_run, state) -> None:
 def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary:
     """Rebuild the collection behind ``options.index.alias`` from the latest data, and serve it
     only if it passes validation: every item indexed, index recall >= ``options.index.target_recall``,
-    and ``options.gate.metrics`` (default hit_rate@10, ndcg@10) not worse than the serving
-    version's beyond ``options.gate.tolerance``. ``options.reuse_model``: skip training, re-index
-    the latest trained model; otherwise the train flow trains one with ``options.train``.
+    and, with the serving model ranking the same users, none of ``options.gate.metrics`` (default
+    hit_rate@10, ndcg@10) worse with confidence: the ``options.gate.confidence`` interval of the
+    mean per-user difference is not wholly below ``-options.gate.tolerance``.
+    ``options.reuse_model``: skip training, re-index the latest trained model; otherwise the
+    train flow trains one with ``options.train``.
     ``options.retries``: how often a Milvus task is retried (with backoff) after a transient failure.
 
     Returns the ``RebuildSummary`` (also in TOWERBRIDGE_HOME/rebuilds/<run id>/rebuild.json).
@@ -161,8 +171,8 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
     """
     logger = get_run_logger()
     alias, gate = options.index.alias, options.gate
-    inspect, build, swap, retain = (t.with_options(retries=options.retries) for t in (
-        inspect_serving, build_candidate, swap_alias, apply_retention))
+    inspect, build, compare, swap, retain = (t.with_options(retries=options.retries) for t in (
+        inspect_serving, build_candidate, compare_with_serving, swap_alias, apply_retention))
     # A failed check rolls the swap back at once, so retrying it could only fail again.
     verify = verify_serving.with_options(retries=0)
     directory = rebuild_dir()
@@ -174,7 +184,6 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
             serving = inspect(uri, alias)
             summary.serving_before = summary.serving_after = serving.collection
             summary.removed_half_built = list(serving.removed_half_built)
-            summary.serving_evaluation = serving.evaluation
             if serving.missing_files:
                 summary.serving_damaged = list(serving.missing_files)
                 logger.warning("%s serves nothing: %d of its files are missing from the server's disk; this "
@@ -189,18 +198,17 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
                 summary.built = built = build(model_dir, uri, alias, options.index.index_params.overrides(),
                                               options.index.target_recall, vectors)
             try:
-                report = evaluate(model_dir, built.collection, str(directory / "report"), options.evaluate,
-                                  milvus_uri=uri)
-                summary.report = report
-                summary.decision = decision = decide.validate(
-                    built, report, serving.collection, serving.evaluation, options.index.target_recall, gate.metrics,
-                    gate.tolerance,
-                    serving_damaged=bool(serving.missing_files))
+                report_dir = str(directory / "report")
+                summary.report = evaluate(model_dir, built.collection, report_dir, options.evaluate, milvus_uri=uri)
+                summary.comparison = comparison = decide.not_compared(serving, gate.confidence, gate.tolerance) \
+                    or compare(model_dir, report_dir, uri, serving.collection, gate.metrics, gate.confidence,
+                               gate.tolerance)
+                summary.decision = decision = decide.validate(built, comparison, options.index.target_recall)
                 if not decision.passed:
                     raise RebuildRejected(f"candidate {built.collection} rejected, "
                                           f"{serving.collection or 'nothing'} still serves: {decision.reason}")
                 with transaction():
-                    swap(uri, alias, built.collection)
+                    swap(uri, alias, built.collection, comparison, serving.collection)
                     verify(uri, alias, built.collection, model_dir)
             except BaseException:
                 try:

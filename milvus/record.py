@@ -22,7 +22,7 @@ from towerbridge import defaults
 from towerbridge.errors import CollectionError
 from towerbridge.milvus.index import SearchParams
 from towerbridge.milvus.schema import PROPERTY_PREFIX
-from towerbridge.results import EvaluationReport
+from towerbridge.results import Comparison, EvaluationReport
 
 FORMAT = "towerbridge-version/2"
 READABLE_FORMATS = (None, FORMAT)  # None: written before the format was
@@ -93,12 +93,13 @@ class VersionRecord:
     and ``pad_dims`` (zero dimensions before each vector: 1 for SCANN on an odd dimension).
     Set later (``UPDATED``): the tuned search (``nprobe``, ``reorder_k``, ``tuning``),
     ``complete`` / ``completed_at`` (built, indexed, loaded and tuned), the ``evaluation``,
+    the rebuild's ``gate`` (its comparison with the version it replaced, on the same users),
     and ``served_since`` (when the rebuild's check after the swap passed). A collection not
     built by towerbridge reads as a record without a model."""
 
     UPDATED: ClassVar[dict[str, type]] = {"nprobe": int, "reorder_k": int, "tuning": Tuning, "complete": bool,
                                           "completed_at": str, "evaluation": VersionEvaluation,
-                                          "served_since": str}
+                                          "gate": Comparison, "served_since": str}
 
     model_id: str | None = None
     model_dir: str | None = None
@@ -117,6 +118,7 @@ class VersionRecord:
     complete: bool = False
     completed_at: str | None = None
     evaluation: VersionEvaluation | None = None
+    gate: Comparison | None = None
     served_since: str | None = None
 
     def search_params(self) -> SearchParams:
@@ -181,7 +183,7 @@ class VersionRecord:
         def number(name: str) -> int | None:
             return None if values.get(name) is None else int(values[name])
 
-        tuning = values.get("tuning")
+        tuning, gate = values.get("tuning"), values.get("gate")
         return cls(
             model_id=values.get("model_id"), model_dir=values.get("model_dir"), alias=values.get("alias"),
             dataset=values.get("dataset"), created_at=values.get("created_at"),
@@ -191,6 +193,7 @@ class VersionRecord:
             tuning=Tuning.from_dict(tuning) if isinstance(tuning, dict) else None,
             complete=bool(values.get("complete", False)), completed_at=values.get("completed_at"),
             evaluation=VersionEvaluation.from_dict(values.get("evaluation")),
+            gate=Comparison.from_dict(gate) if isinstance(gate, dict) else None,
             served_since=values.get("served_since"))
 
 

@@ -1,6 +1,6 @@
 """Hand-made results for tests of what reads them (reports, rebuild decisions)."""
 
-from towerbridge.results import EvaluationReport
+from towerbridge.results import Comparison, EvaluationReport, MetricComparison
 
 KS = (1, 10)
 
@@ -30,3 +30,16 @@ def evaluation_report(hit_rate_10: float = 0.14, ndcg_10: float = 0.07, dataset:
         training={"seconds": 12.8, "epochs": 8, "examples_per_s": 9000.0, "train_interactions": 99057},
         timing={"milvus_users_per_s": 700.0, "exact_users_per_s": 48000.0},
     )
+
+
+def comparison(difference: float = 0.0, half_width: float = 0.02, serving_hit_rate: float = 0.14,
+               users: int = 943, margin: float = 0.005, **more) -> Comparison:
+    """The gate's comparison of a candidate whose hit_rate@10 and ndcg@10 differ from the
+    serving model's by ``difference``, with intervals of ``half_width`` either side."""
+    gated = tuple(MetricComparison(metric, serving, serving + difference, difference, difference - half_width,
+                                   difference + half_width)
+                  for metric, serving in (("hit_rate@10", serving_hit_rate), ("ndcg@10", serving_hit_rate / 2)))
+    return Comparison(serving="items_v1", compared=True, note=more.pop("note", ""), confidence=0.95, margin=margin,
+                      serving_model="m1", serving_tower="sequence", users=users, queries=users, metrics=gated,
+                      serving_metrics={m.metric: m.serving for m in gated},
+                      candidate_metrics={m.metric: m.candidate for m in gated}, seconds=1.5, **more)

@@ -48,7 +48,10 @@ def test_bench_prints_a_table_and_writes_every_figure(milvus_uri, tmp_path):
     else:
         assert any("training skipped" in note for note in figures["notes"])
     scale = figures["scale"]  # the whole pipeline, one process per stage, on a small synthetic log
-    assert list(scale["stages"]) == ["generate", "prepare", "train", "index", "evaluate"]
+    assert list(scale["stages"]) == ["generate", "prepare", "train", "index", "evaluate", "compare"]
+    # the gate's comparison of a version with itself: the same rankings, no difference
+    compare = scale["stages"]["compare"]
+    assert compare["users"] == scale["stages"]["evaluate"]["users_evaluated"] and compare["differences"] == [0, 0]
     assert scale["stages"]["generate"]["items"] == 1500 and scale["stages"]["index"]["rows"] == 1500
     assert scale["stages"]["evaluate"]["users_evaluated"] > 1000
     assert 0 < scale["stages"]["evaluate"]["model_hit_rate@100"] <= 1

@@ -67,7 +67,8 @@ def test_the_options_defaults_and_their_help_come_from_defaults_py(monkeypatch, 
     assert f"top-k cut-offs to report (default: {','.join(map(str, defaults.REPORT_KS))})" in helps["run"]
     for expected in (f"(default: {','.join(defaults.GATE_METRICS)})", f"(absolute, default {defaults.GATE_TOLERANCE})",
                      f"(default {defaults.TARGET_RECALL})", f"dropped (default {defaults.KEEP_VERSIONS})",
-                     f"Default {defaults.TRAIN_PROCESSES}", f"default {defaults.EMBED_WORKERS}: in this process"):
+                     f"Default {defaults.TRAIN_PROCESSES}", f"default {defaults.EMBED_WORKERS}: in this process",
+                     f"per-user differences; default {defaults.GATE_CONFIDENCE})"):
         assert expected in helps["rebuild"], expected
 
 

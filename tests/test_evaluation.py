@@ -144,3 +144,60 @@ def test_several_held_out_items_count_once_for_hit_rate_and_each_for_recall():
     assert got["hit_rate@2"] == 1 and got["recall@2"] == pytest.approx(2 / 3)
     # DCG 1 + 1/log2(3) over IDCG of three relevant: 1 + 1/log2(3) + 1/2
     assert got["ndcg@4"] == pytest.approx((1 + 1 / np.log2(3)) / (1 + 1 / np.log2(3) + 0.5))
+
+
+def test_per_query_metrics_by_hand_and_an_unknown_relevant_item_is_a_miss_counted_in_recall():
+    top = np.array([[3, 1, 2], [4, 5, 6], [7, 8, 9]])
+    # query 2's held-out item is 0: one the ranking model does not know
+    relevant = ev.ItemSets.from_pairs(np.array([0, 0, 1, 2]), np.array([1, 2, 6, 0]), 3)
+    got = ev.per_query_metrics(top, relevant, ks=(2, 3))
+    np.testing.assert_array_equal(got["hit_rate@2"], [1, 0, 0])
+    np.testing.assert_allclose(got["recall@3"], [1, 1, 0])
+    np.testing.assert_allclose(got["mrr@3"], [1 / 2, 1 / 3, 0])
+    np.testing.assert_allclose(got["ndcg@3"], [1.130930 / 1.630930, 0.5, 0], atol=1e-6)
+    pooled = ev.ranking_metrics(top, relevant, ks=(2, 3), item_counts=np.ones(9))
+    assert all(pooled[name] == pytest.approx(values.mean()) for name, values in got.items())
+
+
+def test_the_paired_interval_by_hand_one_query_per_user():
+    candidate, serving = np.array([1.0, 0, 1, 1, 0, 1]), np.array([0.0, 0, 1, 0, 1, 1])
+    difference, low, high = ev.paired_interval(candidate, serving, np.arange(6), 0.95)
+    d = candidate - serving  # 1, 0, 0, 1, -1, 0: mean 1/6; the standard error of the mean of six users
+    se = np.sqrt(((d - d.mean()) ** 2).sum() / 5 / 6)
+    assert difference == pytest.approx(1 / 6)
+    assert (low, high) == pytest.approx((1 / 6 - 1.959964 * se, 1 / 6 + 1.959964 * se))
+    narrower = ev.paired_interval(candidate, serving, np.arange(6), 0.5)
+    assert narrower[1] > low and narrower[2] < high
+
+
+def test_the_paired_interval_matches_a_paired_bootstrap_on_correlated_hits():
+    # two models that mostly agree (as equally good models do): hits drawn per user, shared 85% of the time
+    rng = np.random.default_rng(7)
+    n = 900
+    serving = (rng.random(n) < 0.2).astype(float)
+    candidate = np.where(rng.random(n) < 0.85, serving, (rng.random(n) < 0.2).astype(float))
+    difference, low, high = ev.paired_interval(candidate, serving, np.arange(n), 0.95)
+    resampled = rng.integers(0, n, size=(4000, n))
+    means = (candidate - serving)[resampled].mean(axis=1)
+    boot_low, boot_high = np.quantile(means, [0.025, 0.975])
+    assert low == pytest.approx(boot_low, abs=0.1 * (high - low))
+    assert high == pytest.approx(boot_high, abs=0.1 * (high - low))
+
+
+def test_the_paired_interval_treats_a_users_queries_as_one_unit():
+    # tfrs: each held-out interaction is a query; a user's queries move together
+    users = np.repeat(np.arange(40), 5)
+    rng = np.random.default_rng(1)
+    per_user = rng.choice([-1.0, 0.0, 1.0], size=40)
+    candidate, serving = np.repeat(per_user, 5).clip(0), np.repeat(-per_user, 5).clip(0)
+    _, low, high = ev.paired_interval(candidate, serving, users, 0.95)
+    _, naive_low, naive_high = ev.paired_interval(candidate, serving, np.arange(200), 0.95)
+    # five identical queries per user carry one user's information: the interval is sqrt(5) wider
+    assert (high - low) == pytest.approx(np.sqrt(5) * (naive_high - naive_low) * np.sqrt(199 / 200 * 40 / 39), rel=1e-6)
+
+
+def test_the_paired_interval_of_identical_models_is_zero_and_of_one_user_unbounded():
+    values = np.array([1.0, 0.0, 1.0])
+    assert ev.paired_interval(values, values, np.arange(3), 0.95) == (0.0, 0.0, 0.0)
+    difference, low, high = ev.paired_interval(np.array([1.0, 1.0]), np.array([0.0, 0.0]), np.array([5, 5]), 0.95)
+    assert difference == 1.0 and (low, high) == (-np.inf, np.inf)

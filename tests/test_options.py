@@ -60,6 +60,10 @@ def refusal(make) -> tuple[tuple, str]:
     (lambda: TrainOptions(data=DataOptions(), prepared_dir="/prepared"), (),
      "give the train flow data or prepared_dir, not both"),
     (lambda: GateOptions(tolerance=-0.1), ("tolerance",), "tolerance must be 0 or more, got -0.1"),
+    (lambda: GateOptions(confidence=1.0), ("confidence",),
+     "confidence must be between 0 and 1 (exclusive, e.g. 0.95), got 1.0"),
+    (lambda: GateOptions(confidence=0), ("confidence",),
+     "confidence must be between 0 and 1 (exclusive, e.g. 0.95), got 0.0"),
     (lambda: GateOptions(metrics=["hit_rate@7"]), ("metrics",),
      "metrics: 'hit_rate@7' is not one of hit_rate, recall, ndcg, mrr at k 1, 5, 10, 20, 50 or 100 (e.g. hit_rate@10)"),
     (lambda: GateOptions(metrics=[]), ("metrics",), "metrics: name at least one metric, e.g. hit_rate@10"),
@@ -120,7 +124,7 @@ def test_defaults_are_the_ones_in_defaults_py():
     assert evaluate.ks == defaults.REPORT_KS == (1, 5, 10, 20, 50, 100)
     assert (evaluate.eval_users, evaluate.seed) == (None, defaults.EVALUATION_SEED)
     assert gate.metrics == defaults.GATE_METRICS == ("hit_rate@10", "ndcg@10")
-    assert gate.tolerance == defaults.GATE_TOLERANCE == 0.005
+    assert (gate.tolerance, gate.confidence) == (defaults.GATE_TOLERANCE, defaults.GATE_CONFIDENCE) == (0.005, 0.95)
     rebuild = RebuildOptions()
     assert (rebuild.train, rebuild.index, rebuild.evaluate, rebuild.gate) == (train, index, evaluate, gate)
     assert (rebuild.reuse_model, rebuild.milvus_uri) == (False, None)

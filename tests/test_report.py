@@ -1,41 +1,16 @@
-"""Reports and the comparison the nightly rebuild relies on, on hand-made reports."""
+"""Evaluation reports, on hand-made reports."""
 
 import json
 
 import pytest
 
 from tests.factories import evaluation_report
-from towerbridge.report import compare, report_markdown, report_table, write_report
+from towerbridge.report import report_markdown, report_table, write_report
 from towerbridge.results import EvaluationReport
 
 
 def report(hit_rate_10: float = 0.14, ndcg_10: float = 0.07) -> EvaluationReport:
     return evaluation_report(hit_rate_10, ndcg_10)
-
-
-def test_compare_passes_an_equal_or_better_candidate_and_says_why():
-    passed, reason = compare(report(0.15).model, report(0.14).model)
-    assert passed
-    assert reason == ("candidate is not worse beyond 0.005: hit_rate@10 0.1500 (serving 0.1400), "
-                      "ndcg@10 0.0700 (serving 0.0700)")
-
-
-def test_compare_allows_a_drop_within_tolerance_only():
-    assert compare(report(0.136).model, report(0.14).model, tolerance=0.005)[0]
-    passed, reason = compare(report(0.13).model, report(0.14).model, tolerance=0.005)
-    assert not passed
-    assert reason == "candidate is worse: hit_rate@10 0.1300 < serving 0.1400 - tolerance 0.005"
-
-
-def test_compare_names_every_metric_that_got_worse():
-    passed, reason = compare(report(0.10, 0.03).model, report(0.14, 0.07).model, tolerance=0.0)
-    assert not passed
-    assert "hit_rate@10 0.1000 < serving 0.1400" in reason and "ndcg@10 0.0300 < serving 0.0700" in reason
-
-
-def test_compare_refuses_when_a_metric_is_missing():
-    passed, reason = compare(report(0.2).model, report(0.14).model, metrics=("hit_rate@50",))
-    assert not passed and reason == "metric hit_rate@50 is missing from a report; cannot compare"
 
 
 def test_table_and_markdown_carry_every_source():
@@ -55,11 +30,6 @@ def test_write_report_writes_json_markdown_and_png(tmp_path):
     assert written == ["evaluation.json", "evaluation.md", "hit_rate.png"]
     assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["model"]["hit_rate@10"] == 0.14
     assert (tmp_path / "report" / "hit_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_compare_rejects_a_negative_tolerance():
-    with pytest.raises(ValueError, match="tolerance must be 0 or more, got -0.1"):
-        compare(report().model, report().model, tolerance=-0.1)
 
 
 def test_the_json_record_reads_back_to_the_same_report(tmp_path):

@@ -209,7 +209,7 @@ def query(store: ItemStore, name: str, expression: str, fields: list[str] | None
 
 VERSION_COLUMNS = ["collection", "serving", "alias_target", "damaged", "missing_files", "complete", "rows",
                    "index_type", "params", "nprobe", "reorder_k", "model_id", "dataset", "created_at", "served_since",
-                   "hit_rate@10"]
+                   "hit_rate@10", "gate"]
 
 
 def versions(store: ItemStore, alias: str) -> list[dict]:
@@ -237,5 +237,6 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "created_at": record.created_at,
             "served_since": record.served_since,
             "hit_rate@10": record.evaluated_metric("hit_rate@10"),
+            "gate": record.gate.to_dict() if record.gate else None,
         })
     return listed

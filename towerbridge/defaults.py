@@ -28,10 +28,15 @@ DEFAULT_USER_TOWER = "sequence"
 RANDOM_SPLIT_USER_TOWER = "id"
 # Cut-offs at which the evaluation reports every metric.
 REPORT_KS = (1, 5, 10, 20, 50, 100)
-# The rebuild's gate: a candidate serves only when these metrics are not worse than the
-# serving version's by more than the tolerance (absolute).
+# The rebuild's gate: the candidate and the serving model rank the same users; the candidate is
+# rejected only when, for one of these metrics, the GATE_CONFIDENCE interval of its mean per-user
+# difference (candidate - serving) lies wholly below -GATE_TOLERANCE (an absolute margin).
 GATE_METRICS = ("hit_rate@10", "ndcg@10")
 GATE_TOLERANCE = 0.005
+GATE_CONFIDENCE = 0.95
+# Fewer users than this and the gate's interval is unbounded (it never rejects): its normal
+# approximation needs a few dozen users.
+GATE_MIN_USERS = 30
 # The seed of the evaluation's sample of users and of its random baseline.
 EVALUATION_SEED = 0
 # The rebuild: how long it waits for another rebuild of the same alias to finish, and how often

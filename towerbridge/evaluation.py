@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -53,6 +54,34 @@ class ItemSets:
 METRICS = ("hit_rate", "recall", "ndcg", "mrr", "coverage", "mean_popularity")
 
 
+RANKING = ("hit_rate", "recall", "ndcg", "mrr")  # the metrics each query scores on its own
+
+
+def per_query_metrics(top: np.ndarray, relevant: ItemSets, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Each query's hit_rate, recall, ndcg and mrr at every k, ``{"ndcg@10": [n_queries]}``,
+    for rankings ``top`` (``[n_queries, >= max(ks)]`` vocabulary indices, 0 = no item) against
+    each query's ``relevant`` items (index 0 counts as relevant but can never be found: an
+    item the ranking model does not know). Their means are ``ranking_metrics``' values."""
+    n_queries, width = len(top), int(max(top.max(initial=0), relevant.indices.max(initial=0))) + 1
+    hits = np.isin(np.arange(n_queries)[:, None] * width + top, relevant.keys(np.arange(n_queries), width))
+    hits &= top > 0
+    n_relevant = relevant.counts()
+    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    result = {}
+    for k in ks:
+        hits_k = hits[:, :k]
+        ideal = np.cumsum(discounts)[np.clip(n_relevant, 1, hits_k.shape[1]) - 1]
+        found_first = (first >= 0) & (first < k)
+        result.update({
+            f"hit_rate@{k}": hits_k.any(axis=1).astype(np.float64),
+            f"recall@{k}": hits_k.sum(axis=1) / np.maximum(n_relevant, 1),
+            f"ndcg@{k}": (hits_k * discounts[:hits_k.shape[1]]).sum(axis=1) / ideal,
+            f"mrr@{k}": found_first / np.maximum(first + 1, 1),
+        })
+    return result
+
+
 def ranking_metrics(top: np.ndarray, relevant: ItemSets, ks: tuple[int, ...], item_counts: np.ndarray) -> dict:
     """Every metric at every k for rankings ``top`` (``[n_queries, >= max(ks)]`` vocabulary
     indices, 0 = no item) against each query's ``relevant`` items.
@@ -65,28 +94,45 @@ def ranking_metrics(top: np.ndarray, relevant: ItemSets, ks: tuple[int, ...], it
     coverage@k         distinct items recommended in any top k / catalog size
     mean_popularity@k  mean training interactions of the recommended items (padding excluded)
     """
-    n_queries, width = len(top), int(max(top.max(initial=0), relevant.indices.max(initial=0))) + 1
-    hits = np.isin(np.arange(n_queries)[:, None] * width + top, relevant.keys(np.arange(n_queries), width))
-    hits &= top > 0
-    n_relevant = relevant.counts()
-    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
-    first = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    each = per_query_metrics(top, relevant, ks)
     counts = np.concatenate([[0], item_counts]).astype(np.float64)
     result = {}
     for k in ks:
-        top_k, hits_k = top[:, :k], hits[:, :k]
-        ideal = np.cumsum(discounts)[np.clip(n_relevant, 1, hits_k.shape[1]) - 1]
-        found_first = (first >= 0) & (first < k)
+        top_k = top[:, :k]
         real = top_k > 0
+        result.update({f"{name}@{k}": float(each[f"{name}@{k}"].mean()) for name in RANKING})
         result.update({
-            f"hit_rate@{k}": float(hits_k.any(axis=1).mean()),
-            f"recall@{k}": float((hits_k.sum(axis=1) / np.maximum(n_relevant, 1)).mean()),
-            f"ndcg@{k}": float(((hits_k * discounts[:hits_k.shape[1]]).sum(axis=1) / ideal).mean()),
-            f"mrr@{k}": float((found_first / np.maximum(first + 1, 1)).mean()),
             f"coverage@{k}": float(len(np.unique(top_k[real])) / len(item_counts)),
             f"mean_popularity@{k}": float(counts[top_k[real]].mean()) if real.any() else 0.0,
         })
     return result
+
+
+def paired_interval(candidate: np.ndarray, serving: np.ndarray, users: np.ndarray,
+                    confidence: float, min_users: int = 2) -> tuple[float, float, float]:
+    """The mean of ``candidate - serving`` over queries (both ``[n_queries]``, one metric's
+    value per query, from the same queries) and its two-sided ``confidence`` interval:
+    ``(difference, low, high)``.
+
+    The interval is the normal approximation of the paired difference, with the user as the
+    unit: a user's queries are not independent draws (under tfrs each held-out interaction is
+    a query), so the variance is that of a ratio of per-user sums (the cluster-robust, or
+    linearised, variance; with one query per user it is the usual ``s^2 / n``). With fewer than
+    ``min_users`` users (at least 2) the interval is unbounded: the approximation needs a few
+    dozen, and nothing can be said with confidence of fewer.
+    """
+    differences = np.asarray(candidate, dtype=np.float64) - np.asarray(serving, dtype=np.float64)
+    if len(differences) == 0:
+        return 0.0, -np.inf, np.inf
+    mean = float(differences.mean())
+    _, user_row = np.unique(np.asarray(users), return_inverse=True)
+    n_users = int(user_row.max()) + 1
+    if n_users < max(2, min_users):
+        return mean, -np.inf, np.inf
+    residuals = np.bincount(user_row, weights=differences - mean, minlength=n_users)
+    variance = n_users / (n_users - 1) * float((residuals ** 2).sum()) / len(differences) ** 2
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * variance ** 0.5
+    return mean, mean - half, mean + half
 
 
 def hit_rates(top: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:

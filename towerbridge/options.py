@@ -249,15 +249,18 @@ class EvaluateOptions(_Options):
 
 
 class GateOptions(_Options):
-    """The rebuild's comparison: a candidate serves only when these metrics are not worse than
-    the serving version's by more than the tolerance (besides every item indexed and its index
-    recall at the index options' ``target_recall``)."""
+    """The rebuild's comparison: the candidate and the serving model rank the same users, and
+    the candidate is rejected only when a metric is worse with confidence: the ``confidence``
+    interval of its mean per-user difference lies wholly below ``-tolerance`` (besides every
+    item indexed and its index recall at the index options' ``target_recall``)."""
 
     metrics: tuple[str, ...] = Field(defaults.GATE_METRICS, description=(
-        f"metrics compared with the serving version's: {', '.join(GATE_METRIC_NAMES)} at a k the report has "
-        "(hit_rate@10)"))
+        f"metrics compared with the serving model's on the same users: {', '.join(GATE_METRIC_NAMES)} at a k "
+        "the report has (hit_rate@10)"))
     tolerance: float = Field(defaults.GATE_TOLERANCE, description=(
-        "how much worse than the serving version's a metric may be (absolute)"))
+        "the margin (absolute): reject only when the interval of candidate - serving lies wholly below -tolerance"))
+    confidence: float = Field(defaults.GATE_CONFIDENCE, description=(
+        "the level of that interval, between 0 and 1 (0.95: a 95% interval)"))
 
     @field_validator("metrics")
     @classmethod
@@ -273,6 +276,14 @@ class GateOptions(_Options):
         return metrics
 
     _tolerance = _at_least("tolerance", 0, "must be 0 or more")
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, confidence: float) -> float:
+        if not 0 < confidence < 1:
+            raise OptionError(lambda name: f"{name('confidence')} must be between 0 and 1 (exclusive, e.g. 0.95), "
+                                           f"got {confidence}")
+        return confidence
 
 
 class _TrainAndIndex(_Options):

@@ -10,13 +10,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from towerbridge import defaults, settings
+from towerbridge import settings
 from towerbridge.errors import ConfigError
 from towerbridge.milvus.index import SearchParams
-from towerbridge.milvus.record import VersionEvaluation, VersionRecord
+from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.store import ItemStore
-from towerbridge.report import compare
-from towerbridge.results import BuiltVersion, EvaluationReport
+from towerbridge.results import BuiltVersion, Comparison, EvaluationReport
 from towerbridge.towers import artifact
 
 
@@ -62,11 +61,6 @@ class Serving:
     missing_files: tuple[str, ...] = ()
     removed_half_built: tuple[str, ...] = ()
 
-    @property
-    def evaluation(self) -> VersionEvaluation | None:
-        """The evaluation recorded with the serving version, if any."""
-        return self.record.evaluation if self.record else None
-
 
 def find_serving(store: ItemStore, alias: str) -> Serving:
     """Remove the half-built versions of ``alias``, then say what it serves. Call it holding
@@ -94,11 +88,11 @@ class RebuildSummary:
     serving_before: str | None = None
     serving_after: str | None = None
     removed_half_built: list[str] | None = None
-    serving_evaluation: VersionEvaluation | None = None
     serving_damaged: list[str] | None = None
     model_dir: str | None = None
     built: BuiltVersion | None = None
     report: EvaluationReport | None = None
+    comparison: Comparison | None = None
     decision: Decision | None = None
     candidate_dropped: bool | None = None
     dropped_versions: list[str] | None = None
@@ -113,7 +107,7 @@ class RebuildSummary:
     def to_dict(self) -> dict:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values.update(
-            serving_evaluation=self.serving_evaluation.to_dict() if self.serving_evaluation else None,
+            comparison=self.comparison.to_dict() if self.comparison else None,
             built=self.built.to_dict() if self.built else None,
             report={name: getattr(self.report, name) for name in REPORT_FIELDS} if self.report else None,
             decision=self.decision.to_dict() if self.decision else None)
@@ -148,50 +142,41 @@ def latest_model(models_dir: Path | None = None) -> str:
     return str(max(found)[2])
 
 
-def validate(built: BuiltVersion, report: EvaluationReport, serving: str | None,
-             serving_evaluation: VersionEvaluation | None, target_recall: float,
-             metrics: tuple[str, ...] = defaults.GATE_METRICS, tolerance: float = defaults.GATE_TOLERANCE,
-             serving_damaged: bool = False) -> Decision:
-    """May the candidate ``built`` (with its evaluation ``report``) replace ``serving`` (whose
-    recorded evaluation is ``serving_evaluation``)?
+def not_compared(serving: Serving, gate_confidence: float, margin: float) -> Comparison | None:
+    """The gate's verdict when there is no serving model to compare with (nothing serves, or
+    what serves is damaged); None when there is one (``steps.compare_with_serving``)."""
+    if serving.collection is None:
+        note = "no version serves yet: the first one serves on its own checks"
+    elif serving.missing_files:
+        note = f"{serving.collection} is damaged (files missing) and serves nothing: not compared"
+    else:
+        return None
+    return Comparison.not_compared(serving.collection, note, gate_confidence, margin)
+
+
+def validate(built: BuiltVersion, comparison: Comparison, target_recall: float) -> Decision:
+    """May the candidate ``built`` serve?
 
     1. every item is in the collection (rows == items of the model's catalog);
     2. Milvus' recall against exact search, after tuning the search, reaches ``target_recall``;
-    3. the chosen metrics are not worse than the serving version's recorded ones beyond
-       ``tolerance`` (skipped, and said so, when nothing serves yet, or the serving version
-       is damaged and cannot load, or has no evaluation, or was evaluated on another dataset
-       or protocol).
+    3. against the serving model on the same users (``comparison``), no gated metric is worse
+       with confidence (its interval wholly below minus the margin); passed, and said why,
+       when the two could not be compared.
     """
     recall = built.index_recall
-    checks = [
+    return Decision((
         Check("row count", built.rows == built.items, f"{built.rows:,} rows indexed for {built.items:,} items"),
         Check("index recall", recall >= target_recall,
               f"recall@100 against exact search {recall:.4f} at "
               f"{SearchParams(built.nprobe, built.reorder_k).describe()} (target {target_recall})"),
-    ]
-    if serving is None:
-        checks.append(Check("metrics vs serving", True,
-                            "no version serves yet: the first one serves on its own checks"))
-    elif serving_damaged:
-        checks.append(Check("metrics vs serving", True,
-                            f"{serving} is damaged (files missing) and serves nothing: not compared"))
-    elif serving_evaluation is None:
-        checks.append(Check("metrics vs serving", True, f"{serving} has no recorded evaluation: not compared"))
-    elif (serving_evaluation.dataset, serving_evaluation.protocol) != (report.dataset, report.protocol):
-        checks.append(Check("metrics vs serving", True,
-                            f"{serving} was evaluated on {serving_evaluation.dataset} ({serving_evaluation.protocol}), "
-                            f"the candidate on {report.dataset} ({report.protocol}): not compared"))
-    else:
-        passed, reason = compare(report.model, serving_evaluation.model, metrics, tolerance)
-        checks.append(Check("metrics vs serving", passed, f"{reason} (serving: {serving})"))
-    return Decision(tuple(checks))
+        Check("metrics vs serving", comparison.passed, comparison.describe()),
+    ))
 
 
 def markdown(summary: RebuildSummary) -> str:
-    """The morning report: what was built, the checks, old and new metrics, the decision."""
+    """The morning report: what was built, the checks, the candidate against the serving model
+    on the same users, the decision."""
     built, checks = summary.built, summary.decision.checks if summary.decision else ()
-    new = summary.report.model if summary.report else {}
-    old = summary.serving_evaluation.model if summary.serving_evaluation else {}
     lines = [
         f"# Rebuild of `{summary.alias}`: {summary.outcome}",
         "",
@@ -216,16 +201,7 @@ def markdown(summary: RebuildSummary) -> str:
     if checks:
         lines += ["", "## Checks", "", "| check | passed | detail |", "|---|---|---|",
                   *[f"| {check.name} | {'yes' if check.passed else '**no**'} | {check.detail} |" for check in checks]]
-    names = ("hit_rate", "recall", "ndcg", "mrr")
-    keys = sorted((key for key in new if key.split("@")[0] in names),
-                  key=lambda key: (names.index(key.split("@")[0]), int(key.split("@")[1])))
-    if keys:
-        lines += ["", "## Metrics (model through Milvus)", "", "| metric | serving | candidate | change |",
-                  "|---|---:|---:|---:|"]
-        for key in keys:
-            before = old.get(key)
-            change = f"{new[key] - before:+.4f}" if before is not None else ""
-            lines.append(f"| {key} | {'' if before is None else f'{before:.4f}'} | {new[key]:.4f} | {change} |")
+    lines += _comparison_lines(summary.comparison, summary.report)
     if summary.serving_damaged:
         lines += ["", f"The version serving before was damaged: {len(summary.serving_damaged)} of its files "
                       f"were missing from the server's disk (e.g. `{summary.serving_damaged[0]}`)."]
@@ -234,6 +210,48 @@ def markdown(summary: RebuildSummary) -> str:
     if summary.warnings:
         lines += ["", *[f"Warning: {warning}" for warning in summary.warnings]]
     return "\n".join(lines) + "\n"
+
+
+RANKING_NAMES = ("hit_rate", "recall", "ndcg", "mrr")
+
+
+def _ordered(keys) -> list[str]:
+    return sorted((key for key in keys if key.split("@")[0] in RANKING_NAMES),
+                  key=lambda key: (RANKING_NAMES.index(key.split("@")[0]), int(key.split("@")[1])))
+
+
+def _comparison_lines(comparison: Comparison | None, report: EvaluationReport | None) -> list[str]:
+    """The gate's table (each gated metric: both models, the difference, its interval, the
+    verdict), how it decided, and every ranking metric of both on the same users."""
+    if comparison is None or not comparison.compared:
+        if report is None:
+            return []
+        return ["", "## Metrics (model through Milvus)", "",
+                *([f"Not compared with a serving model: {comparison.note}.", ""] if comparison else []),
+                "| metric | candidate |", "|---|---:|",
+                *[f"| {key} | {report.model[key]:.4f} |" for key in _ordered(report.model)]]
+    level = f"{comparison.confidence:.0%}"
+    lines = ["", f"## Candidate against serving, on the same {comparison.users:,} users", "",
+             f"Both models ranked the same {comparison.queries:,} held-out queries of today's data through "
+             f"Milvus: the serving `{comparison.serving}` (model `{comparison.serving_model}`, "
+             f"{comparison.serving_tower} tower) and the candidate. Rule: {comparison.rule}; the interval is the "
+             f"{comparison.method}. Scoring the serving model took {comparison.seconds:.1f} s.", "",
+             f"| metric | serving | candidate | difference | {level} interval | verdict |",
+             "|---|---:|---:|---:|---|---|"]
+    for metric in comparison.metrics:
+        verdict = "**worse**" if metric.worse(comparison.margin) else "not worse"
+        lines.append(f"| {metric.metric} | {metric.serving:.4f} | {metric.candidate:.4f} | {metric.difference:+.4f} "
+                     f"| {metric.low:+.4f} to {metric.high:+.4f} | {verdict} |")
+    if comparison.note:
+        lines += ["", f"Counted: {comparison.note}."]
+    keys = _ordered(comparison.candidate_metrics)
+    if keys:
+        lines += ["", "## Metrics on the same users (through Milvus)", "", "| metric | serving | candidate | change |",
+                  "|---|---:|---:|---:|"]
+        for key in keys:
+            old, new = comparison.serving_metrics[key], comparison.candidate_metrics[key]
+            lines.append(f"| {key} | {old:.4f} | {new:.4f} | {new - old:+.4f} |")
+    return lines
 
 
 def write_summary(summary: RebuildSummary, directory: Path) -> None:

@@ -1,5 +1,4 @@
-"""Evaluation reports a person can read: JSON, Markdown, a PNG plot, and the comparison
-the nightly rebuild uses to decide whether a new version may serve.
+"""Evaluation reports a person can read: JSON, Markdown and a PNG plot.
 
 evaluation.json holds, under ``model`` (through Milvus), ``exact`` (brute force, same
 model), ``popularity`` and ``random``, the keys ``hit_rate@K``, ``recall@K``, ``ndcg@K``,
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from towerbridge import defaults, settings
+from towerbridge import settings
 from towerbridge.results import SOURCES, EvaluationReport
 
 SOURCE_LABELS = {"model": "model (Milvus IVF_PQ)", "exact": "model (exact search)", "popularity": "popularity",
@@ -104,27 +103,6 @@ def write_report(report: EvaluationReport, directory: Path) -> None:
     _write(directory / "evaluation.json", lambda p: p.write_text(json.dumps(report.to_dict(), indent=2)))
     _write(directory / "hit_rate.png", lambda p: plot_hit_rate(report, p))
     _write(directory / "evaluation.md", lambda p: p.write_text(report_markdown(report)))
-
-
-def compare(candidate: dict[str, float], serving: dict[str, float],
-            metrics: tuple[str, ...] = defaults.GATE_METRICS,
-            tolerance: float = defaults.GATE_TOLERANCE) -> tuple[bool, str]:
-    """May a version with the metrics ``candidate`` replace one with ``serving`` (both the
-    model's metrics through Milvus, ``{"hit_rate@10": ...}``)? It may when no chosen metric
-    is worse by more than ``tolerance`` (absolute). Returns ``(passed, reason)``."""
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be 0 or more, got {tolerance}")
-    worse = []
-    for metric in metrics:
-        if metric not in candidate or metric not in serving:
-            return False, f"metric {metric} is missing from a report; cannot compare"
-        new, old = candidate[metric], serving[metric]
-        if new < old - tolerance:
-            worse.append(f"{metric} {new:.4f} < serving {old:.4f} - tolerance {tolerance}")
-    if worse:
-        return False, "candidate is worse: " + "; ".join(worse)
-    summary = ", ".join(f"{m} {candidate[m]:.4f} (serving {serving[m]:.4f})" for m in metrics)
-    return True, f"candidate is not worse beyond {tolerance}: {summary}"
 
 
 def _processes(processes: int) -> str:

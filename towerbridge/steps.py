@@ -8,7 +8,8 @@ tested without Prefect.
     train_model    prepared directory -> model artifact directory
     embed_shard    model directory + a range of its catalog -> the range's item vectors as a .npy file
     index_model    model directory -> Milvus collection (new version) behind the alias
-    evaluate_model model + prepared data + collection -> evaluation.json / evaluation.md
+    evaluate_model model + prepared data + collection -> evaluation.json / evaluation.md / per_query.parquet
+    compare_with_serving  the evaluated candidate + the serving version -> a Comparison on the same users
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from towerbridge import defaults, settings
 from towerbridge import evaluation as ev
 from towerbridge.data.prepare import prepare_data, read_summary  # noqa: F401  (prepare_data: the train flow's first step)
 from towerbridge.data.split import excludes_seen
-from towerbridge.errors import CollectionError, ConfigError, DataError
+from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
 from towerbridge.milvus.index import (
     PLATEAU,
     SearchParams,
@@ -43,7 +44,7 @@ from towerbridge.milvus.schema import DEFAULT_ALIAS, TextLimits
 from towerbridge.milvus.store import ItemStore
 from towerbridge.milvus.store import insert_workers as store_insert_workers
 from towerbridge.report import write_report
-from towerbridge.results import BuiltVersion, EvaluationReport
+from towerbridge.results import BuiltVersion, Comparison, EvaluationReport, MetricComparison
 from towerbridge.towers import artifact, distributed
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
@@ -276,6 +277,100 @@ def seen_items(train_part: pd.DataFrame, users: np.ndarray, trained) -> ev.ItemS
                               trained.item_index(mine["item_id"].to_numpy()), len(users))
 
 
+PER_QUERY = "per_query.parquet"
+
+
+@dataclass(frozen=True)
+class EvaluationQueries:
+    """The queries an evaluation ranks: ``users`` (raw ids, sorted) with held-out interactions,
+    those interactions (``held_out``, in the prepared data's order) and the training part the
+    rankings exclude and the history towers read. Under leave-last-out and time-cutoff a query
+    is a user and all of the user's held-out items are relevant to it; under tfrs each held-out
+    interaction is a query of its own. Vocabulary-free, so two models can rank the same queries."""
+
+    users: np.ndarray
+    held_out: pd.DataFrame
+    train_part: pd.DataFrame
+    protocol: str
+
+    @classmethod
+    def read(cls, prepared_dir: str, protocol: str, eval_users: int | None = None,
+             seed: int = defaults.EVALUATION_SEED, users: np.ndarray | None = None) -> EvaluationQueries:
+        """Every user with held-out interactions, a seeded sample of ``eval_users`` of them, or
+        exactly ``users`` (an earlier evaluation's)."""
+        train_part, held_out = read_part(prepared_dir, "train"), read_part(prepared_dir, "held_out")
+        if users is None:
+            users = np.unique(held_out["user_id"].to_numpy())
+            if eval_users is not None and eval_users < len(users):
+                users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
+        held_out = held_out[held_out["user_id"].isin(users)].reset_index(drop=True)
+        return cls(np.sort(users), held_out, train_part, protocol)
+
+    @property
+    def user_row(self) -> np.ndarray:
+        """The row in ``users`` of each held-out interaction."""
+        return np.searchsorted(self.users, self.held_out["user_id"].to_numpy())
+
+    @property
+    def query_unit(self) -> str:
+        return "user" if excludes_seen(self.protocol) else "interaction"
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The row in ``users`` whose ranking each query reads."""
+        return np.arange(len(self.users)) if excludes_seen(self.protocol) else self.user_row
+
+    def query_users(self) -> np.ndarray:
+        """The user of each query."""
+        return self.users[self.rows]
+
+    def per_query(self) -> pd.DataFrame:
+        """Who each query is (and, for interaction queries, its held-out item): the columns
+        ``per_query.parquet`` starts with."""
+        if excludes_seen(self.protocol):
+            return pd.DataFrame({"user_id": self.query_users()})
+        return pd.DataFrame({"user_id": self.query_users(), "item_id": self.held_out["item_id"].to_numpy()})
+
+    def matches(self, written: pd.DataFrame) -> bool:
+        """Whether ``written`` (a ``per_query.parquet``) holds these queries, in this order."""
+        expected = self.per_query()
+        return len(written) == len(expected) and all(
+            np.array_equal(written[column].to_numpy(), expected[column].to_numpy()) for column in expected.columns)
+
+    def trained_on(self, interactions: pd.DataFrame) -> np.ndarray:
+        """Per query: whether a model trained on ``interactions`` (user_id, item_id) saw one of
+        its held-out interactions, so would be scored on what it memorised."""
+        pairs = pd.MultiIndex.from_frame(interactions[["user_id", "item_id"]])
+        seen = pd.MultiIndex.from_frame(self.held_out[["user_id", "item_id"]]).isin(pairs)
+        if not excludes_seen(self.protocol):
+            return seen
+        return np.bincount(self.user_row, weights=seen.astype(np.float64), minlength=len(self.users)) > 0
+
+    def relevant(self, trained) -> ev.ItemSets:
+        """Each query's relevant items in ``trained``'s vocabulary (0: an item it does not know)."""
+        targets = trained.item_index(self.held_out["item_id"].to_numpy())
+        if excludes_seen(self.protocol):
+            return ev.ItemSets.from_pairs(self.user_row, targets, len(self.users))
+        return ev.ItemSets.from_pairs(np.arange(len(targets)), targets, len(targets))
+
+    def seen(self, trained) -> ev.ItemSets:
+        """What each user's ranking leaves out, in ``trained``'s vocabulary."""
+        if not excludes_seen(self.protocol):
+            return ev.ItemSets.empty(len(self.users))
+        return seen_items(self.train_part, self.users, trained)
+
+    def vectors(self, trained) -> np.ndarray:
+        """The users' query vectors by ``trained`` (the history towers read ``train_part``)."""
+        return user_queries(trained, self.users, self.train_part)
+
+    def rank(self, store: ItemStore, collection: str, trained, vectors: np.ndarray, k: int) -> np.ndarray:
+        """Each user's top ``k`` (``[n_users, k]`` vocabulary indices of ``trained``) for the query
+        ``vectors`` through ``trained``'s version ``collection`` in Milvus, as it serves: the
+        version's tuned search, seen items left out."""
+        search = search_indices(store, collection, store.record(collection).search_params(), trained)
+        return ev.search_top_k(search, vectors, self.seen(trained), k, max_limit=len(trained.item_ids))
+
+
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, ks: tuple[int, ...] = defaults.REPORT_KS,
                    eval_users: int | None = None, seed: int = defaults.EVALUATION_SEED) -> EvaluationReport:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
@@ -285,21 +380,15 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
     and interactions for tfrs (each held-out interaction is its own query, as in TFRS).
     ks: the cut-offs, ascending, each between 1 and Milvus' search limit; eval_users: evaluate a
     seeded sample of that many users (1 or more) instead of all of them (``EvaluateOptions``
-    checks both).
+    checks both). Besides the report, ``per_query.parquet`` in ``report_dir`` holds each query's
+    user and the model's hit_rate, recall, ndcg and mrr at every k through Milvus: what the
+    rebuild's gate pairs with the serving model's on the same queries.
     """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
-    prepared = manifest.prepared_dir
     protocol = manifest.protocol
-    train_part, held_out = read_part(prepared, "train"), read_part(prepared, "held_out")
-    users = np.unique(held_out["user_id"].to_numpy())
-    if eval_users is not None and eval_users < len(users):
-        users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
-        held_out = held_out[held_out["user_id"].isin(users)].reset_index(drop=True)
-    user_row = np.searchsorted(users, held_out["user_id"].to_numpy())
-    targets = trained.item_index(held_out["item_id"].to_numpy())
-    seen = seen_items(train_part, users, trained) if excludes_seen(protocol) else ev.ItemSets.empty(len(users))
-    queries = user_queries(trained, users, train_part)
+    queries = EvaluationQueries.read(manifest.prepared_dir, protocol, eval_users, seed)
+    users, seen, vectors = queries.users, queries.seen(trained), queries.vectors(trained)
     k = max(ks)
 
     with ItemStore(uri) as store:
@@ -308,33 +397,28 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             raise CollectionError(f"collection {collection} was built from model {record.model_id!r}, "
                                   f"not {manifest.model_id!r}; evaluate it with its own model")
         tuned = record.search_params()
-        search = search_indices(store, collection, tuned, trained)
         started = time.perf_counter()
-        rankings = {"model": ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))}
+        rankings = {"model": queries.rank(store, collection, trained, vectors, k)}
         milvus_seconds = time.perf_counter() - started
-    _, vectors = item_vectors(trained)
+    _, item_vecs = item_vectors(trained)
     started = time.perf_counter()
-    rankings["exact"] = ev.exact_top_k(queries, vectors, seen, k)
+    rankings["exact"] = ev.exact_top_k(vectors, item_vecs, seen, k)
     exact_seconds = time.perf_counter() - started
     rankings["popularity"] = ev.popularity_top_k(trained.item_counts, seen, k)
     rankings["random"] = ev.random_top_k(len(trained.item_ids), seen, k, seed)
 
-    if excludes_seen(protocol):  # one query per user, all of the user's held-out items relevant
-        query_unit, rows = "user", np.arange(len(users))
-        relevant = ev.ItemSets.from_pairs(user_row, targets, len(users))
-    else:  # one query per held-out interaction
-        query_unit, rows = "interaction", user_row
-        relevant = ev.ItemSets.from_pairs(np.arange(len(targets)), targets, len(targets))
+    rows, relevant = queries.rows, queries.relevant(trained)
     metrics = {source: ev.ranking_metrics(top[rows], relevant, ks, trained.item_counts)
                for source, top in rankings.items()}
+    per_query = queries.per_query().assign(**ev.per_query_metrics(rankings["model"][rows], relevant, ks))
     report = EvaluationReport(
         dataset=manifest.dataset,
         protocol=protocol,
         ks=tuple(ks),
         users_evaluated=len(users),
-        interactions_evaluated=len(targets),
+        interactions_evaluated=len(queries.held_out),
         queries=len(rows),
-        query_unit=query_unit,
+        query_unit=queries.query_unit,
         **metrics,
         ann_gap={key: round(metrics["model"][key] - metrics["exact"][key], 6)
                  for key in metrics["model"] if key.split("@")[0] in ("hit_rate", "recall", "ndcg", "mrr")},
@@ -361,6 +445,111 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         },
     )
     write_report(report, Path(report_dir))
-    with ItemStore(uri) as store:  # the next rebuild compares its candidate with this
+    settings.write_atomic(Path(report_dir) / PER_QUERY, lambda path: per_query.to_parquet(path, index=False))
+    with ItemStore(uri) as store:  # what `collections` shows of the version
         store.set_record(collection, evaluation=VersionEvaluation.of(report))
     return report
+
+
+SERVING_PER_QUERY = "per_query_serving.parquet"
+
+
+def compare_with_serving(model_dir: str, report_dir: str, uri: str, serving: str,
+                         metrics: tuple[str, ...] = defaults.GATE_METRICS,
+                         confidence: float = defaults.GATE_CONFIDENCE,
+                         margin: float = defaults.GATE_TOLERANCE) -> Comparison:
+    """The candidate (the model in ``model_dir``, evaluated into ``report_dir`` by
+    ``evaluate_model``) against the version ``serving`` on the same queries: the serving
+    model ranks the evaluation's users through its own collection, as it serves, with
+    today's data (the histories it reads, the seen items it leaves out, the held-out items
+    it should find); each gated metric's per-user difference gets its interval
+    (``evaluation.paired_interval``). The serving model's per-query results are written to
+    ``per_query_serving.parquet`` beside the candidate's ``per_query.parquet``.
+
+    Counted as the serving model would serve: a user an id tower was not trained on gets no
+    answer from it (a miss), an item it does not know it can never find (a miss). A query
+    whose held-out interaction the serving model was trained on (possible under tfrs' random
+    split, or a moved time cutoff) is left out of the comparison for both.
+
+    Not compared (and said why) when the serving version was built on another dataset, id
+    type or protocol, its model's files or training data are gone, or it cannot rank today's
+    data.
+    """
+    started = time.perf_counter()
+    manifest = artifact.read_manifest(Path(model_dir))
+
+    def skipped(note: str) -> Comparison:
+        log.warning("the rebuild's gate: %s; not compared", note)
+        return Comparison.not_compared(serving, f"{note}: not compared; the candidate serves on its other checks",
+                                       confidence, margin)
+
+    with ItemStore(uri) as store:
+        record = store.record(serving)
+        if record.model_dir is None:
+            return skipped(f"{serving} has no towerbridge model recorded")
+        if (record.dataset, record.id_type) != (manifest.dataset, manifest.id_type):
+            return skipped(f"{serving} was built on {record.dataset} ({record.id_type} ids), the candidate on "
+                           f"{manifest.dataset} ({manifest.id_type} ids)")
+        try:
+            trained = artifact.load(Path(record.model_dir))
+            served_manifest = artifact.read_manifest(Path(record.model_dir))
+            if served_manifest.protocol != manifest.protocol:
+                return skipped(f"the model of {serving} was trained on a {served_manifest.protocol} split, the "
+                               f"candidate on a {manifest.protocol} split")
+        except (OSError, TowerbridgeError) as error:
+            return skipped(f"the model of {serving} cannot be loaded from {record.model_dir} ({error})")
+        candidate = pd.read_parquet(Path(report_dir) / PER_QUERY)
+        queries = EvaluationQueries.read(manifest.prepared_dir, manifest.protocol,
+                                         users=np.unique(candidate["user_id"].to_numpy()))
+        if not queries.matches(candidate):
+            raise CollectionError(f"{Path(report_dir) / PER_QUERY} does not hold the queries of the prepared data "
+                                  f"{manifest.prepared_dir}; evaluate the candidate again")
+        served_train = Path(served_manifest.prepared_dir or "") / "train.parquet"
+        kept = ~queries.trained_on(pd.read_parquet(served_train, columns=["user_id", "item_id"])) \
+            if served_train.is_file() else np.ones(len(queries.rows), dtype=bool)
+        ks = sorted({int(column.split("@")[1]) for column in candidate.columns if "@" in column})
+        try:
+            top = queries.rank(store, serving, trained, queries.vectors(trained), max(ks))
+        except TowerbridgeError as error:
+            return skipped(f"the model of {serving} cannot rank today's data ({error})")
+    rows, query_users = queries.rows, queries.query_users()
+    served = ev.per_query_metrics(top[rows], queries.relevant(trained), tuple(ks))
+    unknown = np.zeros(len(queries.users), dtype=bool)
+    if not trained.model.user_tower.reads_history:  # serving refuses users the id tower was not trained on
+        unknown = trained.user_index(queries.users) == 0
+        for values in served.values():
+            values[unknown[rows]] = 0.0
+    queries.per_query().assign(**served).to_parquet(Path(report_dir) / SERVING_PER_QUERY, index=False)
+    if not kept.any():
+        return skipped(f"the model of {serving} was trained on every held-out interaction of today's data")
+    new_items = int((trained.item_index(queries.held_out["item_id"].to_numpy()) == 0).sum())
+    compared = []
+    for metric in metrics:
+        difference, low, high = ev.paired_interval(candidate[metric].to_numpy()[kept], served[metric][kept],
+                                                   query_users[kept], confidence, defaults.GATE_MIN_USERS)
+        compared.append(MetricComparison(metric, float(served[metric][kept].mean()),
+                                         float(candidate[metric].to_numpy()[kept].mean()), difference, low, high))
+    users = len(np.unique(query_users[kept]))
+    notes = []
+    if unknown.any():
+        notes.append(f"{int(unknown.sum()):,} users the serving model was not trained on (it cannot answer them) "
+                     "counted as its misses")
+    if new_items:
+        notes.append(f"{new_items:,} held-out interactions with items the serving model does not know counted as "
+                     "its misses")
+    if not kept.all():
+        notes.append(f"{int((~kept).sum()):,} queries left out: the serving model was trained on their held-out "
+                     "interactions")
+    if not served_train.is_file():
+        notes.append(f"the serving model's training data ({served_train}) is gone: queries it may have been "
+                     "trained on could not be left out")
+    if users < defaults.GATE_MIN_USERS:
+        notes.append(f"only {users} users compared, fewer than {defaults.GATE_MIN_USERS}: too few to reject on")
+    return Comparison(
+        serving=serving, compared=True, note="; ".join(notes), confidence=confidence, margin=margin,
+        serving_model=record.model_id, serving_tower=record.user_tower, users=users,
+        queries=int(kept.sum()), metrics=tuple(compared),
+        serving_metrics={name: float(values[kept].mean()) for name, values in served.items()},
+        candidate_metrics={name: float(candidate[name].to_numpy()[kept].mean()) for name in served},
+        unknown_users=int(unknown.sum()), new_items=new_items, excluded_queries=int((~kept).sum()),
+        seconds=round(time.perf_counter() - started, 2))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, pr
     second = towerbridge("rebuild", *options, "--embed-workers", "2", env=prefect_api)  # the embedding on Dask
     assert second.returncode == 0, second.stderr[-3000:]
     assert "embedding the catalog in 8 shards on a local Dask cluster of 2 workers" in second.stderr + second.stdout
-    assert "ok   metrics vs serving: candidate is not worse beyond 0.03" in second.stdout
+    assert re.search(r"ok   metrics vs serving: candidate is not shown to be worse, on the same \d+ users \(serving .*"
+                     r"\(rejected when a metric's 95% interval for candidate - serving lies wholly below -0.03\)",
+                     second.stdout)
     served = [line for line in (first.stdout + second.stdout).splitlines() if " now serves " in line]
     assert len(served) == 2
     first_version, second_version = (line.split(": ", 1)[1].split()[0] for line in served)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from tests.factories import comparison
 from towerbridge.errors import CollectionError
 from towerbridge.milvus.index import SearchParams
 from towerbridge.milvus.record import FORMAT, Tuning, VersionEvaluation, VersionRecord
@@ -70,8 +71,10 @@ def test_what_is_written_reads_back_equal():
     assert description["format"] == FORMAT and description["pad_dims"] == 1 and "nprobe" not in description
     later = {"nprobe": 4, "reorder_k": 200, "complete": True, "completed_at": "2026-12-05T02:10:00Z",
              "tuning": Tuning(target_recall=0.95, k=100, queries=500, recall=0.96, reached_target=True),
-             "evaluation": VersionEvaluation(**EVALUATION), "served_since": "2026-12-05T02:11:00Z"}
+             "evaluation": VersionEvaluation(**EVALUATION), "served_since": "2026-12-05T02:11:00Z",
+             "gate": comparison(-0.01, note="3 users the serving model was not trained on", unknown_users=3)}
     properties = VersionRecord.properties(**later)
+    assert json.loads(properties["towerbridge.gate"])["metrics"][0]["metric"] == "hit_rate@10"
     assert json.loads(properties["towerbridge.tuning"]) == {"target_recall": 0.95, "k": 100, "queries": 500,
                                                             "recall": 0.96, "reached_target": True}
     assert VersionRecord.read(created.description(), properties) == replace(created, **later)

@@ -49,6 +49,8 @@ CASES = [
     ("eval-users-zero", {}, ["run", "--eval-users", "0"], 1, "--eval-users) must be at least 1, got 0"),
     ("metrics-unknown", {}, ["rebuild", "--metrics", "precision@10"], 1, "--metrics: 'precision@10' is not one of"),
     ("tolerance-negative", {}, ["rebuild", "--tolerance", "-1"], 1, "--tolerance must be 0 or more, got -1.0"),
+    ("confidence-a-percentage", {}, ["rebuild", "--confidence", "95"], 1,
+     "--confidence must be between 0 and 1 (exclusive, e.g. 0.95), got 95.0"),
     ("target-recall-above-one", {}, ["rebuild", "--target-recall", "2"], 1, "--target-recall must be in (0, 1]"),
     ("timezone-unknown", {}, ["serve", "--timezone", "Mars/Base"], 1, "--timezone 'Mars/Base': not an IANA time zone"),
     ("k-zero", {}, ["recommend", "--user", "1", "-k", "0"], 1, "-k must be between 1 and 16384"),

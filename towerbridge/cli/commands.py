@@ -157,6 +157,22 @@ def index_label(index_type: str | None, params: dict | None) -> str:
     return f"{index_type or ''} {built}".strip()
 
 
+def gate_label(gate: dict | None) -> str:
+    """What the rebuild's gate based its decision on, short: the first gated metric's difference
+    from the version it replaced, its interval, on how many users (``--json`` has all of it)."""
+    if not gate:
+        return ""
+    if not gate["compared"] or not gate["metrics"]:
+        return "not compared"
+    metric = gate["metrics"][0]
+
+    def signed(value: float | None, unbounded: str) -> str:
+        return unbounded if value is None else f"{value:+.4f}"
+
+    return (f"{metric['metric']} {signed(metric['difference'], '?')} [{signed(metric['low'], '-inf')}, "
+            f"{signed(metric['high'], '+inf')}] n={gate['users']}")
+
+
 def cmd_collections(args: argparse.Namespace) -> int:
     from towerbridge import analyst
 
@@ -169,8 +185,9 @@ def cmd_collections(args: argparse.Namespace) -> int:
               "index": index_label(row["index_type"], row["params"]),
               "reorder_k": "" if row.get("reorder_k") is None else row["reorder_k"],
               "complete": "yes" if row["complete"] else "NO",
-              "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}"} for row in rows]
-    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "reorder_k", "HR@10", "model_id",
+              "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}",
+              "gate": gate_label(row["gate"])} for row in rows]
+    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "reorder_k", "HR@10", "gate", "model_id",
                        "created_at", "complete"], False)
     for row in rows:
         if row["damaged"]:

@@ -169,11 +169,16 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
                         help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
                              f"(default {defaults.TARGET_RECALL})")
     checks.add_argument("--metrics", default=",".join(defaults.GATE_METRICS),
-                        help="metrics compared with the serving version's (default: "
+                        help="metrics on which the candidate and the serving model are compared, both ranking "
+                             "the same users of today's data through Milvus (default: "
                              f"{','.join(defaults.GATE_METRICS)})")
     checks.add_argument("--tolerance", type=float, default=defaults.GATE_TOLERANCE,
-                        help="how much worse than the serving version a metric may be (absolute, default "
-                             f"{defaults.GATE_TOLERANCE})")
+                        help="the margin: the candidate is rejected only when a metric's confidence interval "
+                             "for its mean per-user difference (candidate - serving) lies wholly below "
+                             f"-tolerance (absolute, default {defaults.GATE_TOLERANCE})")
+    checks.add_argument("--confidence", type=float, default=defaults.GATE_CONFIDENCE,
+                        help="the level of that interval, between 0 and 1 (normal approximation of the paired "
+                             f"per-user differences; default {defaults.GATE_CONFIDENCE})")
 
 
 def ks_list(text: str) -> list[int]:
@@ -280,5 +285,6 @@ def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
     with refused():
         return RebuildOptions(train=train_options(args), index=index_options(args, target_recall=args.target_recall),
                               evaluate=EvaluateOptions(**given(eval_users=args.eval_users)),
-                              gate=GateOptions(tolerance=args.tolerance, **given(metrics=metrics or None)),
+                              gate=GateOptions(tolerance=args.tolerance, confidence=args.confidence,
+                                              **given(metrics=metrics or None)),
                               reuse_model=args.reuse_model, **given(milvus_uri=args.milvus_uri))
