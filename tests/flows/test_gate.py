@@ -126,8 +126,9 @@ def test_a_serving_model_whose_files_are_gone_is_not_compared(weak_then_strong, 
 
 def test_users_and_items_new_since_the_serving_id_tower_are_counted_as_its_misses(milvus_uri, tmp_path, store):
     # Yesterday's data lacked 60 users and 30 items; the serving id tower was trained on it. Today's
-    # candidate knows them all. The serving model cannot answer the new users (as `recommend`
-    # refuses them) nor find the new items: both count as its misses, and the report says how many.
+    # candidate, a sequence tower, knows them all. The serving model cannot answer the new users
+    # (as `recommend` refuses them) nor find the new items: both count as its misses, and the
+    # report says how many. Each model ranks with its own tower.
     (tmp_path / "today").mkdir()
     today = Path(write_synthetic(tmp_path / "today", n_users=600, n_items=1200, n_topics=12, seed=5))
     interactions = pd.read_parquet(today / "interactions.parquet")
@@ -139,13 +140,13 @@ def test_users_and_items_new_since_the_serving_id_tower_are_counted_as_its_misse
     old = interactions[~interactions["user_id"].isin(new_users) & ~interactions["item_id"].isin(new_items)]
     old.to_parquet(tmp_path / "yesterday" / "interactions.parquet", index=False)
 
-    def model(day: str) -> str:
+    def model(day: str, tower: str) -> str:
         prepared = steps.prepare_data(DataOptions("synthetic", str(tmp_path / day)), str(tmp_path / day / "prepared"))
-        return steps.train_model(prepared, str(tmp_path / "models"), {"user_tower": "id", "epochs": 3},
+        return steps.train_model(prepared, str(tmp_path / "models"), {"user_tower": tower, "epochs": 3},
                                  progress=False)
 
-    serving = steps.index_model(model("yesterday"), milvus_uri, "gate_new_users", progress=False).collection
-    candidate_dir = model("today")
+    serving = steps.index_model(model("yesterday", "id"), milvus_uri, "gate_new_users", progress=False).collection
+    candidate_dir = model("today", "sequence")
     candidate = steps.build_version(store, candidate_dir, "gate_new_users", progress=False, complete=False)
     report_dir = str(tmp_path / "report")
     report = steps.evaluate_model(candidate_dir, milvus_uri, candidate.collection, report_dir)
@@ -153,6 +154,7 @@ def test_users_and_items_new_since_the_serving_id_tower_are_counted_as_its_misse
     held_out = pd.read_parquet(Path(artifact.read_manifest(Path(candidate_dir)).prepared_dir)
                                / "held_out.parquet")
     assert gate.compared and gate.users == report.users_evaluated == held_out["user_id"].nunique()
+    assert (gate.serving_tower, store.record(candidate.collection).user_tower) == ("id", "sequence")
     assert gate.unknown_users == held_out["user_id"].isin(new_users).sum() > 0
     assert gate.new_items == held_out["item_id"].isin(new_items).sum() > 0
     assert f"{gate.unknown_users} users the serving model was not trained on" in gate.note
