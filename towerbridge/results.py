@@ -165,8 +165,9 @@ class Comparison:
     and ``candidate_metrics``: every ranking metric of both on those queries.
     ``unknown_users``: users the serving model cannot answer (an id tower's users it was not
     trained on), counted as misses for it; ``new_items``: held-out interactions with an item
-    the serving model does not know, which it can never find; ``seconds``: what scoring the
-    serving model took.
+    the serving model does not know, which it can never find; ``excluded_queries``: queries
+    left out because the serving model trained on their held-out interactions; ``seconds``:
+    what scoring the serving model took.
     """
 
     serving: str | None
