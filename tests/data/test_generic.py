@@ -114,6 +114,20 @@ def test_bad_specs_are_explained(tmp_path, spec, message):
         dataset.load("custom", spec_file=root / "shop.toml")
 
 
+def test_a_spec_is_named_by_its_name_key_else_its_file(tmp_path):
+    from towerbridge.data.generic import parse_spec
+
+    write(tmp_path / "shop-2024", {"events.csv": EVENTS, "products.csv": PRODUCTS, "shop.toml": SPEC,
+                                   "spec.toml": SPEC, "named.toml": 'name = "Shop events, May"\n' + SPEC})
+    assert parse_spec(tmp_path / "shop-2024" / "shop.toml").name == "shop"
+    assert parse_spec(tmp_path / "shop-2024" / "spec.toml").name == "shop-2024"  # a generic stem: the folder
+    assert parse_spec(tmp_path / "shop-2024" / "named.toml").name == "Shop events, May"
+    for bad in ('name = 3', 'name = "  "', 'name = "a|b"', f'name = "{"x" * 101}"'):
+        (tmp_path / "shop-2024" / "bad.toml").write_text(bad + "\n" + textwrap.dedent(SPEC))
+        with pytest.raises(DataError, match=r"bad.toml: name must be a short one-line text"):
+            parse_spec(tmp_path / "shop-2024" / "bad.toml")
+
+
 def test_spec_file_must_exist_and_have_a_known_suffix(tmp_path):
     with pytest.raises(DataError, match="dataset spec file not found"):
         dataset.load("custom", spec_file=tmp_path / "missing.toml")

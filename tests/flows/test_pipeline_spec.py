@@ -42,6 +42,7 @@ def test_string_ids_from_a_spec_through_milvus(milvus_uri, prefect_harness, tmp_
     report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5), report_dir=str(tmp_path / "r"),
                                       milvus_uri=milvus_uri))
     assert report.model["hit_rate@100"] > report.popularity["hit_rate@100"]
+    assert report.dataset == "shop"  # the spec file's stem, not "custom"
 
     client = MilvusClient(milvus_uri)
     fields = {f["name"]: f for f in client.describe_collection(report.collection)["fields"]}

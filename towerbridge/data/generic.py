@@ -26,6 +26,10 @@
     min_user_interactions = 2
     min_item_interactions = 1
 
+    name = "shop-events"       # optional, top level: the dataset's name in reports, tables and
+                               # version records (default: the file's stem; for a file named
+                               # spec.toml or spec.yaml, its folder's name)
+
 Paths are relative to the spec file. Ids may be integers or strings. Only the named
 columns are read (column projection), Parquet and CSV through pyarrow.
 """
@@ -61,6 +65,7 @@ class DatasetSpec:
     items: TableSpec | None
     users: TableSpec | None
     filters: dict
+    name: str = ""
 
 
 def _load_file(path: Path) -> dict:
@@ -114,7 +119,7 @@ def parse_spec(path: str | Path) -> DatasetSpec:
     values = _load_file(source)
     unknown = sorted(set(values) - {"name", "interactions", "items", "users", "filters"})
     if unknown:
-        raise DataError(f"{source}: unknown section(s) {unknown}; known: interactions, items, users, filters")
+        raise DataError(f"{source}: unknown section(s) {unknown}; known: name, interactions, items, users, filters")
     if "interactions" not in values:
         raise DataError(f"{source}: an [interactions] section is required")
     return DatasetSpec(
@@ -124,7 +129,18 @@ def parse_spec(path: str | Path) -> DatasetSpec:
         items=_table(values["items"], "items", ("id",), ("title", "genres"), source) if "items" in values else None,
         users=_table(values["users"], "users", ("id",), (), source) if "users" in values else None,
         filters=dict(values.get("filters") or {}),
+        name=_name(values.get("name"), source),
     )
+
+
+def _name(value, source: Path) -> str:
+    """The spec's ``name``, else its file's stem (a file named ``spec``: its folder's name)."""
+    if value is None:
+        return source.parent.name if source.stem.lower() == "spec" and source.parent.name else source.stem
+    if not isinstance(value, str) or not value.strip() or len(value) > 100 or any(c in value for c in "\n\r\t|`"):
+        raise DataError(f"{source}: name must be a short one-line text (at most 100 characters, no tabs, "
+                        f"'|' or '`'), got {value!r}")
+    return value.strip()
 
 
 def read_table(spec: TableSpec, columns: list[str]) -> pd.DataFrame:

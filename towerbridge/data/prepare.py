@@ -31,7 +31,8 @@ def prepare_data(options: DataOptions, out_dir: str) -> str:
     """
     dataset, protocol, spec_file = options.dataset, options.protocol, options.spec_file
     data = datasets.load(dataset, options.data_dir, spec_file, options.drop_unknown_items)
-    spec_filters = generic.parse_spec(spec_file).filters if spec_file else {}
+    spec = generic.parse_spec(spec_file) if spec_file else None
+    spec_filters = spec.filters if spec else {}
     chosen = Filters.from_dict({**spec_filters, **options.filters})
     interactions, filter_report = apply_filters(data.interactions, chosen)
     items = data.items
@@ -41,7 +42,7 @@ def prepare_data(options: DataOptions, out_dir: str) -> str:
     train_part, held_out = split(interactions, protocol, split_options)
     held_out, unscorable = scorable(train_part, held_out, protocol)
     if held_out.empty:
-        raise DataError(f"{dataset}: no held-out interaction can be scored ({unscorable}); "
+        raise DataError(f"{spec.name if spec else dataset}: no held-out interaction can be scored ({unscorable}); "
                         "change the protocol or the filters")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def prepare_data(options: DataOptions, out_dir: str) -> str:
     datasets.write_parquet(train_part, out / "train.parquet")
     datasets.write_parquet(held_out, out / "held_out.parquet")
     summary = {
-        "dataset": dataset,
+        "dataset": spec.name if spec else dataset,  # a spec file's run is labelled with its name
         "source": str(spec_file or options.data_dir or "built-in synthetic"),
         "protocol": protocol,
         "split": split_options.__dict__,
