@@ -106,8 +106,17 @@ def test_a_resumed_history_tower_ends_where_a_straight_run_ends(tmp_path):
     resumed = train(interactions, items, None, TowerConfig(**config, epochs=3), progress=False,
                     checkpoint_dir=tmp_path)
     assert [e["epoch"] for e in resumed.history] == [1, 2, 3]
+    width = straight.config.tower_dim
     for name, weights in straight.model.state_dict().items():
-        torch.testing.assert_close(resumed.model.state_dict()[name], weights, rtol=1e-5, atol=1e-6)
+        mine = resumed.model.state_dict()[name]
+        if name.endswith("qkv.bias"):
+            # The keys' bias has no gradient (a softmax ignores a shift shared by all keys): Adam
+            # scales the rounding noise of its zero gradient into steps, which differ with the
+            # order of floating-point sums (threads, load). The queries' and values' parts count.
+            keep = torch.ones(len(weights), dtype=torch.bool)
+            keep[width:2 * width] = False
+            weights, mine = weights[keep], mine[keep]
+        torch.testing.assert_close(mine, weights, rtol=1e-5, atol=1e-6)
 
 
 def test_sampled_negatives_train_where_the_catalog_is_too_large_for_a_full_softmax():
