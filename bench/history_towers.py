@@ -4,6 +4,8 @@ and training time per tower and seed, leave-last-out with seen items left out.
     python -m bench.history_towers --dataset movielens-100k --data-dir ../shared/datasets/ml-100k \
         --towers id,pooled,sequence --seeds 0,1,2 [--set epochs=40 --set dropout=0.3] [--out FILE]
 
+    python -m bench.history_towers --dataset-spec ../shared/datasets/ml-1m-dev/spec.toml --towers sequence
+
     python -m bench.history_towers --dataset synthetic --synthetic n_users=6040 --synthetic n_items=3416 \
         --synthetic mean_interactions=270 --synthetic seed=1 --towers sequence --seeds 0   # MovieLens-1M size
 
@@ -69,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="movielens-100k")
     parser.add_argument("--data-dir", help="the dataset's files (synthetic: generated when absent)")
+    parser.add_argument("--dataset-spec", metavar="FILE", help="a dataset spec file (as `towerbridge run "
+                        "--dataset-spec`), instead of --dataset")
     parser.add_argument("--towers", default="id,pooled,sequence")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -96,7 +100,9 @@ def main() -> None:
         data_dir = args.data_dir
         if args.synthetic:
             data_dir = generate_log(dict(item.split("=", 1) for item in args.synthetic), Path(scratch) / "raw")
-        prepared = steps.prepare_data(DataOptions(args.dataset, data_dir), scratch)
+        data = DataOptions("custom", spec_file=args.dataset_spec) if args.dataset_spec else \
+            DataOptions(args.dataset, data_dir)
+        prepared = steps.prepare_data(data, scratch)
         summary = json.loads((Path(prepared) / "summary.json").read_text())
         print(json.dumps({key: summary.get(key) for key in ("users", "items", "interactions", "train", "held_out")}),
               flush=True)
@@ -116,7 +122,9 @@ def main() -> None:
                 trained = train(train_part, items, users, config, spec, progress=False)
                 seconds = time.perf_counter() - started
                 row = {"tower": tower, "seed": seed, **evaluate(trained, train_part, held_out),
-                       "train_seconds": round(seconds, 1), "epochs": len(trained.history), "settings": settings}
+                       "train_seconds": round(seconds, 1), "epochs": len(trained.history), "settings": settings,
+                       "validation": [epoch.get(f"validation_hit_rate@{config.validation_k}")
+                                      for epoch in trained.history]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\n{'tower':<10}{'HR@10 mean ± sd':>18}{'NDCG@10 mean ± sd':>20}{'train s':>9}")

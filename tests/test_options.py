@@ -52,6 +52,7 @@ def refusal(make) -> tuple[tuple, str]:
     (lambda: EvaluateOptions(ks=[]), ("ks",), "every k must be between 1 and 16384 (Milvus' search limit), got []"),
     (lambda: EvaluateOptions(eval_users=0), ("eval_users",), "eval_users (--eval-users) must be at least 1, got 0"),
     (lambda: TrainOptions(epochs=0), ("epochs",), "epochs must be at least 1, got 0"),
+    (lambda: TrainOptions(time_budget=0.5), ("time_budget",), "time_budget must be at least 1 second, got 0.5"),
     (lambda: TrainOptions(train_processes=0), ("train_processes",),
      "train_processes must be a whole number of processes, 1 or more, got 0"),
     (lambda: TrainOptions(early_stopping_patience=-1), ("early_stopping_patience",),
@@ -145,9 +146,9 @@ def test_the_tower_config_is_the_chosen_tower_or_the_protocols():
     assert TrainOptions().tower_config("leave-last-out").user_tower == defaults.DEFAULT_USER_TOWER
     assert TrainOptions().tower_config("tfrs").user_tower == defaults.RANDOM_SPLIT_USER_TOWER
     config = TrainOptions(user_tower="pooled", epochs=3, vector_dim=17, temperature=0.2, use_features=False,
-                          seed=9).tower_config("tfrs")
+                          seed=9, time_budget=600).tower_config("tfrs")
     assert (config.user_tower, config.epochs, config.vector_dim, config.temperature, config.use_features,
-            config.seed) == ("pooled", 3, 17, 0.2, False, 9)
+            config.seed, config.time_budget) == ("pooled", 3, 17, 0.2, False, 9, 600)
 
 
 def test_options_read_back_from_a_deployments_json():

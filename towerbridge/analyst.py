@@ -157,10 +157,12 @@ def similar(store: ItemStore, name: str, item: str, k: int = 10, expression: str
     """The ``k`` items whose trained embeddings are nearest the item's, with their ``cosine``
     similarity in [-1, 1], best first.
 
-    The stored vector is ``[embedding / temperature, popularity prior]`` (towers/vectors.py)
-    and every embedding has unit length, so an inner-product search with the prior set to 0
-    ranks by cosine. The index may only estimate that product (PQ codes), so the cosine of each
-    hit is computed exactly from the stored vectors, and the hits are ordered by it."""
+    The stored vector is ``[embedding / temperature, popularity prior]`` (towers/vectors.py).
+    With the cosine similarity (``TowerConfig.similarity``) every embedding has unit length, so
+    an inner-product search with the prior set to 0 ranks by cosine; with ``dot`` it ranks by
+    inner product, and longer vectors come first among the candidates. The index may only
+    estimate that product (PQ codes), so the cosine of each hit is computed exactly from the
+    stored vectors, and the hits are ordered by it."""
     collection, record = _version(store, name)
     if expression:
         store.check_filter(collection, expression)

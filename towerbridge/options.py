@@ -95,6 +95,9 @@ class TrainOptions(_Options):
         f"the query tower: sequence, pooled or id (default {defaults.DEFAULT_USER_TOWER}, or "
         f"{defaults.RANDOM_SPLIT_USER_TOWER} for the tfrs protocol)"))
     epochs: int | None = Field(None, description="training epochs (default: the tower's)")
+    time_budget: float | None = Field(None, description=(
+        "seconds of training at most: no epoch starts that would pass it, as long as the last one took "
+        "(default: no limit)"))
     vector_dim: int | None = Field(None, description="length of the vectors stored in Milvus (default: the tower's)")
     temperature: float | None = Field(None, description="the softmax temperature (default: the tower's)")
     use_features: bool = Field(TowerConfig.use_features, description=(
@@ -106,6 +109,7 @@ class TrainOptions(_Options):
         "data-parallel training processes on this machine (PyTorch DDP)"))
 
     _epochs = _at_least("epochs", 1, "must be at least 1")
+    _budget = _at_least("time_budget", 1, "must be at least 1 second")
     _patience = _at_least("early_stopping_patience", 0, "must be 0 (off) or a positive patience")
     _processes = _at_least("train_processes", 1, "must be a whole number of processes, 1 or more")
 
@@ -129,7 +133,8 @@ class TrainOptions(_Options):
         """The model to train on data split by ``protocol``: the chosen tower (else the protocol's
         default) with the settings chosen here over that tower's defaults."""
         chosen = {name: value for name, value in (("epochs", self.epochs), ("vector_dim", self.vector_dim),
-                                                   ("temperature", self.temperature)) if value is not None}
+                                                   ("temperature", self.temperature),
+                                                   ("time_budget", self.time_budget)) if value is not None}
         return TowerConfig.for_tower(defaults.user_tower_for(protocol, self.user_tower), **chosen,
                                      use_features=self.use_features,
                                      early_stopping_patience=self.early_stopping_patience, seed=self.seed)

@@ -58,7 +58,8 @@ def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png")
           f"{report.ann_gap[f'ndcg@{k}']:+.4f} |" for k in ks],
         "",
         f"Training: {report.training['seconds']:.1f} s, {report.training['epochs']} epochs"
-        f"{_processes(report.training.get('processes', 1))}. "
+        f"{_processes(report.training.get('processes', 1))}"
+        f"{'; ' + report.training['stopped'] if report.training.get('stopped') else ''}. "
         f"Ranking: Milvus {report.timing['milvus_users_per_s']:,.0f} users/s, exact "
         f"{report.timing['exact_users_per_s']:,.0f} users/s.",
     ]

@@ -46,6 +46,7 @@ from towerbridge.milvus.store import insert_workers as store_insert_workers
 from towerbridge.report import write_report
 from towerbridge.results import BuiltVersion, Comparison, EvaluationReport, MetricComparison
 from towerbridge.towers import artifact, distributed
+from towerbridge.towers.checkpoint import describe_stop
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.train import train
@@ -436,6 +437,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             "processes": manifest.training.processes,
             "examples_per_s": manifest.mean_examples_per_s(),
             "train_interactions": manifest.train_interactions,
+            "stopped": describe_stop(manifest.stop, manifest.config.validation_k),
         },
         timing={
             "milvus_seconds": round(milvus_seconds, 3),

@@ -64,7 +64,8 @@ def _write(trained: TrainedModel, directory: Path, partial: Path, run: TrainingR
                   "user_encoders": [encoder.to_dict() for encoder in trained.user_encoders],
                   "item_encoders": [encoder.to_dict() for encoder in trained.item_encoders]},
         n_users=len(trained.user_ids), n_items=len(trained.item_ids), history=tuple(trained.history),
-        prepared_dir=run.prepared_dir, data=run.data, train_seconds=run.seconds, training=run.training)
+        prepared_dir=run.prepared_dir, data=run.data, train_seconds=run.seconds, training=run.training,
+        stop=trained.stop)
     (partial / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     partial.rename(directory)
 
@@ -111,5 +112,5 @@ def load(directory: Path) -> TrainedModel:
         user_encoders=user_encoders, item_encoders=item_encoders,
         user_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("user/")},
         item_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("item/")},
-        history=list(manifest.history),
+        history=list(manifest.history), stop=dict(manifest.stop),
     )

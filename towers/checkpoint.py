@@ -49,6 +49,36 @@ class TrainingState:
         if self.best["weights"] is not None:
             model.load_state_dict(self.best["weights"])
 
+    def stop(self, reason: str, config: TowerConfig) -> dict:
+        """Why training ended and which epoch's weights it kept: ``reason`` is ``epochs`` (all of
+        them ran), ``patience`` (no better validation metric for that many epochs) or ``time``
+        (the next epoch would have passed ``time_budget``)."""
+        record = {"reason": reason, "epochs": self.epoch, "kept_epoch": self.best["epoch"] or self.epoch}
+        if self.best["weights"] is not None:
+            record["best_metric"] = round(self.best["metric"], 5)
+        if reason == "patience":
+            record["patience"] = config.early_stopping_patience
+        if reason == "time":
+            record["time_budget"] = config.time_budget
+        return record
+
+
+def describe_stop(stop: dict, validation_k: int = 50) -> str:
+    """One line on why a training stopped, for reports and logs ("" for models trained before
+    the record was kept)."""
+    if not stop:
+        return ""
+    kept = f"kept epoch {stop['kept_epoch']}"
+    if "best_metric" in stop:
+        kept += f" (best validation hit rate@{validation_k} {stop['best_metric']:.4f})"
+    if stop["reason"] == "patience":
+        return (f"stopped early after epoch {stop['epochs']}: no better validation hit rate for "
+                f"{stop['patience']} epochs; {kept}")
+    if stop["reason"] == "time":
+        return (f"stopped after epoch {stop['epochs']}: another epoch would pass the time budget of "
+                f"{stop['time_budget']:g} s; {kept}")
+    return f"ran all {stop['epochs']} epochs; {kept}"
+
 
 class Checkpoints:
     """The checkpoint of one training in ``directory`` (None: none is kept). With several
@@ -111,8 +141,8 @@ class Checkpoints:
             logging.getLogger(__name__).warning("ignoring unreadable checkpoint %s (%s); training from the start",
                                                 path, str(error).splitlines()[0][:200])
             return None
-        settings = {**self.config.to_dict(), "epochs": None}
-        same = {**saved.get("config", {}), "epochs": None} == settings and \
+        settings = {**self.config.to_dict(), "epochs": None, "time_budget": None}
+        same = {**saved.get("config", {}), "epochs": None, "time_budget": None} == settings and \
             saved.get("processes", 1) == self.replica.world
         return saved if same and saved["epoch"] <= self.config.epochs else None
 

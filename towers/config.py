@@ -27,6 +27,9 @@ class TowerConfig:
         besides the ids; off: ids only.
     hidden_dims: widths of the MLP's hidden layers (empty: one linear layer).
     temperature: divides the logits in the softmax and at serving time.
+    similarity: ``cosine``: both towers' outputs have unit length, and the logit is their
+        cosine divided by ``temperature``; ``dot``: their plain inner product (divided by
+        ``temperature``), the vectors' lengths learned.
     logq_correction: subtract ``log p(item)`` from in-batch logits while training,
         then add the prior back when ranking (``prior_weight``).
     num_hard_negatives: keep only this many highest-scoring negatives per row.
@@ -37,6 +40,8 @@ class TowerConfig:
         rows a batch touched (``torch.optim.SparseAdam``, or Adagrad's sparse update):
         with a million users a dense Adam step rewrites every row, 40x slower here.
     epochs: the most epochs to train.
+    time_budget: seconds of training (None: no limit). Before each epoch, training ends if
+        that epoch, as long as the last one, would pass the budget; the manifest says so.
     early_stopping_patience: stop when the validation hit rate has not improved for this
         many epochs and keep the best epoch's weights (0: off, train all epochs). The
         validation set is the last interaction of up to ``validation_users`` sampled users,
@@ -59,6 +64,7 @@ class TowerConfig:
     use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
+    similarity: str = "cosine"
     logq_correction: bool | None = None
     prior_weight: float = 0.85
     num_hard_negatives: int | None = None
@@ -66,6 +72,7 @@ class TowerConfig:
     optimizer: str = "adam"
     sparse_embeddings: str = "auto"
     epochs: int | None = None
+    time_budget: float | None = None
     early_stopping_patience: int = 0
     validation_users: int = 1000
     validation_k: int = 50
@@ -91,10 +98,14 @@ class TowerConfig:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.early_stopping_patience < 0 or self.validation_users < 1 or self.validation_k < 1:
             raise ConfigError("early_stopping_patience must be >= 0, validation_users and validation_k >= 1")
+        if self.similarity not in ("cosine", "dot"):
+            raise ConfigError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.sparse_embeddings not in ("auto", "always", "never"):

@@ -42,8 +42,8 @@ class Features(nn.Module):
 
 class HistoryTower(QueryTower):
     """The query tower over a history window: ``[batch, length, tower_dim]`` item vectors (0
-    rows for padding, on the left) in, a unit vector per position out, each depending only
-    on the items up to it. The last position is the user's query vector. A subclass says how
+    rows for padding, on the left) in, a vector per position out (unit length with the cosine
+    similarity), each depending only on the items up to it. The last position is the user's query vector. A subclass says how
     the positions are mixed (``mix``); the user's features are added to every position."""
 
     reads_history = True
@@ -51,6 +51,7 @@ class HistoryTower(QueryTower):
     def __init__(self, user_encoders: list[Encoder], config: TowerConfig) -> None:
         super().__init__()
         self.features = Features(user_encoders, config.tower_dim, config)
+        self.unit = config.similarity == "cosine"
 
     @classmethod
     def build(cls, user_encoders: list[Encoder], n_users: int, config: TowerConfig) -> HistoryTower:
@@ -70,7 +71,7 @@ class HistoryTower(QueryTower):
         out = self.mix(items, real)
         if user_inputs is not None:
             out = out + (self.features(user_inputs)[:, None, :] if self.features.tower is not None else 0.0)
-        return F.normalize(out, dim=-1)
+        return F.normalize(out, dim=-1) if self.unit else out
 
     def examples(self, trained: TrainedModel, interactions: pd.DataFrame, validation: pd.DataFrame | None,
                  device: torch.device, replica) -> HistoryTask:

@@ -60,7 +60,8 @@ class ModelManifest:
 
     features: the feature spec and fitted encoders (``FeatureSpec.to_dict``,
     ``Encoder.to_dict``); history: one record per trained epoch (loss, seconds, examples per
-    second, the validation hit rate with early stopping); data: the prepared data's
+    second, the validation hit rate with early stopping); stop: why training ended and the epoch
+    it kept (``TrainingState.stop``; empty for models trained before it was kept); data: the prepared data's
     ``summary.json``; prepared_dir: where that data is (the evaluation and the index read it)."""
 
     model_id: str
@@ -74,6 +75,7 @@ class ModelManifest:
     data: dict = field(default_factory=dict)
     train_seconds: float | None = None
     training: TrainingRecord = TrainingRecord()
+    stop: dict = field(default_factory=dict)
     format: str = FORMAT
 
     @property
@@ -113,6 +115,8 @@ class ModelManifest:
         if self.train_seconds is not None:
             record["train_seconds"] = self.train_seconds
         record["training"] = self.training.to_dict()
+        if self.stop:
+            record["stop"] = self.stop
         return record
 
     @classmethod
@@ -129,6 +133,7 @@ class ModelManifest:
                 features=values["features"], n_users=int(values["n_users"]), n_items=int(values["n_items"]),
                 history=tuple(values.get("history", ())), prepared_dir=values.get("prepared_dir"),
                 data=values.get("data", {}), train_seconds=values.get("train_seconds"),
-                training=TrainingRecord.from_dict(values.get("training")), format=values["format"])
+                training=TrainingRecord.from_dict(values.get("training")), stop=dict(values.get("stop") or {}),
+                format=values["format"])
         except KeyError as error:
             raise ArtifactError(f"{source}: the manifest lacks {error}") from None

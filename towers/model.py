@@ -1,8 +1,8 @@
-"""The two towers: features in, one L2-normalised vector out.
+"""The two towers: features in, one vector out (of unit length with ``similarity="cosine"``).
 
 Each feature becomes a vector (an embedding, a bag of embeddings, or a projected
 number); the vectors are concatenated and mapped by an MLP (``hidden_dims``, then a
-linear layer to ``tower_dim``) and normalised to unit length.
+linear layer to ``tower_dim``) and, for the cosine similarity, normalised to unit length.
 
 The candidate tower is a ``Tower`` over the item's id and features. The query tower is the
 one ``TowerConfig.user_tower`` names in ``towers/registry.py`` (a ``QueryTower``,
@@ -29,7 +29,8 @@ Inputs = dict[str, torch.Tensor]
 
 
 class Tower(nn.Module):
-    """Maps a batch of encoded features to ``[batch, tower_dim]`` unit vectors.
+    """Maps a batch of encoded features to ``[batch, tower_dim]`` vectors (unit vectors with the
+    cosine similarity).
 
     encoders: one per feature, in the spec's order; the id feature's cardinality is the
     entity vocabulary size plus one (index 0: unknown, a zero vector).
@@ -61,10 +62,12 @@ class Tower(nn.Module):
             previous = hidden
         layers.append(nn.Linear(previous, config.tower_dim))
         self.mlp = nn.Sequential(*layers)
+        self.unit = config.similarity == "cosine"
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         parts = [layer(inputs[name]) for name, layer in self.inputs.items()]
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+        out = self.mlp(torch.cat(parts, dim=-1))
+        return F.normalize(out, dim=-1) if self.unit else out
 
 
 class TwoTowerModel(nn.Module):

@@ -173,8 +173,16 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     bar = tqdm(total=config.epochs * n_batches, initial=state.epoch * n_batches, desc="train", unit="batch",
                disable=not progress or replica.rank != 0, dynamic_ncols=True, leave=False)
     model.train()
+    began, reason = time.perf_counter(), "epochs"
     while state.epoch < config.epochs:
         started = time.perf_counter()
+        if config.time_budget is not None and state.history:
+            # the next epoch, as long as the last one, would pass the budget (any process's clock)
+            [over] = replica.all_sum([float(started - began + state.history[-1]["seconds"] > config.time_budget)],
+                                     device)
+            if over:
+                reason = "time"
+                break
         epoch_loss = 0.0
         for batch in replica.batches(task, generator, n_batches, config.batch_size, device):
             epoch_loss += step(batch, generator, optimizer)
@@ -187,12 +195,15 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
         if metric is not None:
             epoch_record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
         state.finish_epoch(epoch_record, metric, model)
-        bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / n_examples:.3f}", ex_s=f"{n_examples / seconds:,.0f}")
+        shown = {f"val@{config.validation_k}": f"{metric:.4f}"} if metric is not None else {}
+        bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / n_examples:.3f}", **shown,
+                        ex_s=f"{n_examples / seconds:,.0f}")
         checkpoints.save(state, model, optimizer, generator, device)
         if metric is not None and state.stale(config.early_stopping_patience):
+            reason = "patience"
             break
     bar.close()
     state.keep_best(model)
-    trained.history = state.history
+    trained.history, trained.stop = state.history, state.stop(reason, config)
     trained.model = model.cpu().eval()
     return trained

@@ -33,6 +33,7 @@ class TrainedModel:
     user_inputs: Inputs
     item_inputs: Inputs
     history: list[dict] = field(default_factory=list)
+    stop: dict = field(default_factory=dict)
 
     def user_index(self, user_ids: np.ndarray) -> np.ndarray:
         return lookup(self.user_ids, user_ids)

@@ -96,6 +96,32 @@ def test_training_on_every_position_learns_and_early_stopping_keeps_the_best_epo
     assert all("validation_hit_rate@50" in epoch for epoch in trained.history)
 
 
+def test_a_plain_inner_product_learns_vector_lengths_and_ranks_as_served():
+    from towerbridge.errors import ConfigError
+    from towerbridge.towers.vectors import item_vectors
+
+    interactions, items = generate(SyntheticSpec(n_users=300, n_items=120, n_topics=6, seed=5))
+    config = TowerConfig(user_tower="sequence", history_length=20, epochs=3, batch_size=64, similarity="dot",
+                         temperature=1.0)
+    trained = train(interactions, items, None, config, progress=False)
+    losses = [epoch["loss_per_example"] for epoch in trained.history]
+    assert losses[-1] < losses[0]
+    _, vectors = item_vectors(trained)
+    lengths = np.linalg.norm(vectors[:, :-1], axis=1)
+    assert lengths.std() > 0.01 and not np.allclose(lengths, 1.0)  # not unit vectors
+    users = np.unique(interactions["user_id"])[:20]
+    histories = Histories.from_interactions(interactions, trained.item_index)
+    queries = user_vectors(trained, users, histories)
+    # the served inner product is the trained logit: the query tower's output · the item tower's
+    windows = torch.from_numpy(histories.windows(np.arange(20), config.history_length))
+    with torch.no_grad():
+        direct = history_queries(trained, windows, {})[:, :-1] @ trained.model.item_tower(
+            {name: tensor[1:] for name, tensor in trained.item_inputs.items()}).T
+    np.testing.assert_allclose(queries @ vectors.T, direct.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="similarity must be 'cosine' or 'dot'"):
+        TowerConfig(similarity="euclid")
+
+
 def test_a_resumed_history_tower_ends_where_a_straight_run_ends(tmp_path):
     # dropout draws from torch's generator: its state travels in the checkpoint with numpy's
     interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=9))

@@ -126,6 +126,29 @@ def test_early_stopping_keeps_the_best_epoch(data):
     _, validation = validation_split(interactions, config)
     assert len(validation) == 300
     assert validation_hit_rate(trained, validation, pick_device("cpu")) == pytest.approx(max(metrics), abs=1e-5)
+    assert trained.stop == {"reason": "patience", "epochs": best_epoch + 2, "kept_epoch": best_epoch,
+                            "best_metric": round(max(metrics), 5), "patience": 2}
+
+
+def test_training_says_why_it_stopped_and_keeps_its_time_budget(data, tmp_path):
+    from towerbridge.towers.checkpoint import describe_stop
+
+    interactions, items = data
+    whole = train(interactions, items, None, id_tower(epochs=2, batch_size=256, seed=1), progress=False)
+    assert whole.stop == {"reason": "epochs", "epochs": 2, "kept_epoch": 2}
+    assert describe_stop(whole.stop) == "ran all 2 epochs; kept epoch 2"
+    # a budget shorter than two epochs: the first runs, the second would pass it
+    budget = 1.5 * whole.history[0]["seconds"]
+    timed = train(interactions, items, None, id_tower(epochs=50, batch_size=256, seed=1, time_budget=budget),
+                  progress=False, checkpoint_dir=tmp_path)
+    assert 1 <= timed.stop["epochs"] < 50 and timed.stop["reason"] == "time"
+    assert sum(epoch["seconds"] for epoch in timed.history) <= budget + timed.history[-1]["seconds"]
+    assert describe_stop(timed.stop).startswith(f"stopped after epoch {timed.stop['epochs']}: another epoch "
+                                                f"would pass the time budget of {budget:g} s")
+    artifact.save(timed, tmp_path / "model")
+    assert artifact.read_manifest(tmp_path / "model").stop == timed.stop
+    with pytest.raises(ConfigError, match="time_budget must be a positive number of seconds"):
+        id_tower(time_budget=0)
 
 
 def test_sparse_embedding_tables_learn_and_resume_exactly(data, tmp_path):

@@ -145,6 +145,10 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     training.add_argument("--epochs", type=int,
                           help="training epochs (default: the tower's, "
                                + ", ".join(f"{kind} {config.for_tower(kind).epochs}" for kind in USER_TOWERS) + ")")
+    training.add_argument("--time-budget", type=float, metavar="SECONDS",
+                          help="train for at most SECONDS: before each epoch, training ends if that epoch, as long "
+                               "as the last one, would pass it; the report and the model's manifest say where it "
+                               "stopped (default: no limit, all --epochs)")
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
@@ -260,7 +264,8 @@ def given(**values) -> dict:
 
 
 def train_options(args: argparse.Namespace, **more) -> TrainOptions:
-    return TrainOptions(data=data_options(args), **given(user_tower=args.user_tower, epochs=args.epochs),
+    return TrainOptions(data=data_options(args), **given(user_tower=args.user_tower, epochs=args.epochs,
+                                                                 time_budget=args.time_budget),
                         use_features=not args.ids_only, seed=args.seed, train_processes=args.train_processes, **more)
 
 

@@ -27,7 +27,8 @@ def print_report(report: EvaluationReport) -> None:
     print(f"index recall vs exact search: {recall}")
     training = report.training
     print(f"training: {training['seconds']:.1f} s, {training['epochs']} epochs, "
-          f"{training['examples_per_s']:,.0f} examples/s")
+          f"{training['examples_per_s']:,.0f} examples/s"
+          f"{'; ' + training['stopped'] if training.get('stopped') else ''}")
     print(f"report: {report.report_dir}/ (evaluation.json, evaluation.md, hit_rate.png)")
 
 
