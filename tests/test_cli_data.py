@@ -86,7 +86,7 @@ def test_drop_unknown_items_drops_and_reports(tmp_path):
     result = towerbridge("data", "check", *arguments, "--drop-unknown-items")
     assert result.returncode == 0, result.stderr
     assert "dropped (unknown items): 1 interactions, e.g. Q" in result.stdout
-    assert "custom from" in result.stdout and "4 interactions, 2 users, 2 items" in result.stdout
+    assert "shop from" in result.stdout and "4 interactions, 2 users, 2 items" in result.stdout
 
 
 def test_filters_report_their_counts(tmp_path):
