@@ -43,8 +43,9 @@ class Features(nn.Module):
 class HistoryTower(QueryTower):
     """The query tower over a history window: ``[batch, length, tower_dim]`` item vectors (0
     rows for padding, on the left) in, a vector per position out (unit length with the cosine
-    similarity), each depending only on the items up to it. The last position is the user's query vector. A subclass says how
-    the positions are mixed (``mix``); the user's features are added to every position."""
+    similarity), each depending only on the items up to it. The last position is the user's
+    query vector. A subclass says how the positions are mixed (``mix``); the user's features are
+    added to every position."""
 
     reads_history = True
 
