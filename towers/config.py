@@ -22,7 +22,10 @@ class TowerConfig:
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
         product gives ``user·item / temperature + prior_weight * log p(item)``.
-    feature_dim: width of each feature's embedding before the towers' MLP.
+    feature_dim: width of each feature's embedding before the towers' MLP. None (the default):
+        the user tower's value, else the towers' width (``vector_dim - 1``), so that an item's
+        id embedding can use every dimension of the vector (the history towers: with ids only,
+        a narrower embedding caps the item vectors' rank at its width).
     use_features: feed every recognised user and item column (genres, title, age, ...)
         besides the ids; off: ids only.
     hidden_dims: widths of the MLP's hidden layers (empty: one linear layer).
@@ -40,6 +43,9 @@ class TowerConfig:
         rows a batch touched (``torch.optim.SparseAdam``, or Adagrad's sparse update):
         with a million users a dense Adam step rewrites every row, 40x slower here.
     epochs: the most epochs to train.
+    learning_rate_schedule: ``constant``, or ``cosine``: the rate falls from ``learning_rate``
+        to 0 along half a cosine over the ``epochs`` (step by step), so the last epochs take small
+        steps; early stopping or a time budget may end training before the end of the schedule.
     time_budget: seconds of training (None: no limit). Before each epoch, training ends if
         that epoch, as long as the last one, would pass the budget; the manifest says so.
     early_stopping_patience: stop when the validation hit rate has not improved for this
@@ -53,14 +59,15 @@ class TowerConfig:
         towers train on every position of every history (next-item prediction) and need no
         user-id table.
     history_length: items of a history the history towers read (the most recent ones).
-    attention_blocks, attention_heads, dropout: the sequence tower's shape.
+    attention_blocks, attention_heads, dropout: the sequence tower's shape (dropout 0.1: on
+        MovieLens-1M 0.1 beat 0.2 and 0.5, BENCHMARKS.md, issue 30).
     full_softmax_items: history towers score every catalog item for every position when the
         catalog has at most this many items; above it, in-batch and ``mixed_negatives``
         sampled negatives with the logQ correction.
     """
 
     vector_dim: int | None = None
-    feature_dim: int = 32
+    feature_dim: int | None = None
     use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
@@ -73,6 +80,7 @@ class TowerConfig:
     sparse_embeddings: str = "auto"
     epochs: int | None = None
     time_budget: float | None = None
+    learning_rate_schedule: str = "constant"
     early_stopping_patience: int = 0
     validation_users: int = 1000
     validation_k: int = 50
@@ -84,7 +92,7 @@ class TowerConfig:
     history_length: int = 200
     attention_blocks: int = 2
     attention_heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.1
     full_softmax_items: int = 100_000
 
     def __post_init__(self) -> None:
@@ -92,6 +100,8 @@ class TowerConfig:
         for name, value in kind.defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.feature_dim is None and self.vector_dim is not None:
+            object.__setattr__(self, "feature_dim", self.vector_dim - 1)
         if self.vector_dim < 2:
             raise ConfigError(f"vector_dim must be at least 2, got {self.vector_dim}")
         if self.temperature <= 0:
@@ -106,6 +116,9 @@ class TowerConfig:
             raise ConfigError("early_stopping_patience must be >= 0, validation_users and validation_k >= 1")
         if self.similarity not in ("cosine", "dot"):
             raise ConfigError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
+        if self.learning_rate_schedule not in ("constant", "cosine"):
+            raise ConfigError("learning_rate_schedule must be 'constant' or 'cosine', "
+                              f"got {self.learning_rate_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.sparse_embeddings not in ("auto", "always", "never"):

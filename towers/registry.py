@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from towerbridge.towers.query import QueryTower
 
 # The history towers: a batch is one history per user, every catalog item is a negative (no
-# sampling, so no logQ correction), and a wider tower.
+# sampling, so no logQ correction), and a wider tower; their item id embedding is as wide as the
+# tower (feature_dim left to the width: MovieLens-1M, BENCHMARKS.md, issue 30).
 HISTORY_SETTINGS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002, "logq_correction": False,
                     "epochs": 40}
 
@@ -57,7 +58,8 @@ QUERY_TOWERS: dict[str, TowerKind] = {kind.name: kind for kind in (
     TowerKind("pooled", "towerbridge.towers.pooled", "PooledTower", HISTORY_SETTINGS,
               "a recency-weighted average of the user's last items"),
     TowerKind("id", "towerbridge.towers.id_tower", "IdTower",
-              {"vector_dim": 32, "batch_size": 1024, "learning_rate": 0.01, "logq_correction": True, "epochs": 8},
+              {"vector_dim": 32, "feature_dim": 32, "batch_size": 1024, "learning_rate": 0.01, "logq_correction": True,
+               "epochs": 8},
               "the user's id and features, in-batch negatives with the logQ correction"),
 )}
 

@@ -6,6 +6,7 @@ What the examples are and how their loss is computed belongs to the query tower
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -84,6 +85,11 @@ class Optimizers:
     def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
         self.parts = parts
 
+    def set_rate(self, rate: float) -> None:
+        for part in self.parts:
+            for group in part.param_groups:
+                group["lr"] = rate
+
     def zero_grad(self) -> None:
         for part in self.parts:
             part.zero_grad(set_to_none=True)
@@ -100,6 +106,13 @@ class Optimizers:
             raise ValueError("the checkpoint's optimizer state does not match this model")
         for part, values in zip(self.parts, state["parts"]):
             part.load_state_dict(values)
+
+
+def learning_rate(config: TowerConfig, progress: float) -> float:
+    """The rate after ``progress`` (0 to 1) of the planned steps (``learning_rate_schedule``)."""
+    if config.learning_rate_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.learning_rate
 
 
 def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> Optimizers:
@@ -184,7 +197,8 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
                 reason = "time"
                 break
         epoch_loss = 0.0
-        for batch in replica.batches(task, generator, n_batches, config.batch_size, device):
+        for number, batch in enumerate(replica.batches(task, generator, n_batches, config.batch_size, device)):
+            optimizer.set_rate(learning_rate(config, (state.epoch * n_batches + number) / (config.epochs * n_batches)))
             epoch_loss += step(batch, generator, optimizer)
             bar.update(1)
         [epoch_loss] = replica.all_sum([epoch_loss], device)

@@ -197,3 +197,19 @@ def test_the_default_tower_follows_the_protocol_unless_chosen():
     assert user_tower_for("leave-last-out") == user_tower_for("time-cutoff") == "sequence"
     assert user_tower_for("tfrs") == "id"  # a random split: the held-out items are not the next ones
     assert user_tower_for("tfrs", "pooled") == "pooled" and user_tower_for("leave-last-out", "id") == "id"
+
+
+def test_a_cosine_schedule_falls_from_the_rate_to_zero_over_the_epochs(data):
+    from towerbridge.towers.train import learning_rate
+
+    config = id_tower(learning_rate=0.01, learning_rate_schedule="cosine", epochs=2, batch_size=256, seed=1)
+    assert [round(learning_rate(config, t), 6) for t in (0.0, 0.25, 0.5, 1.0)] == [0.01, 0.008536, 0.005, 0.0]
+    assert learning_rate(id_tower(learning_rate=0.01), 0.9) == 0.01  # constant
+    interactions, items = data
+    constant = train(interactions, items, None, id_tower(epochs=2, batch_size=256, seed=1), progress=False)
+    cosine = train(interactions, items, None, config, progress=False)
+    # the same first steps at the full rate, then smaller ones
+    assert cosine.history[0]["loss_per_example"] == pytest.approx(constant.history[0]["loss_per_example"], rel=0.02)
+    assert cosine.history[1]["loss_per_example"] != constant.history[1]["loss_per_example"]
+    with pytest.raises(ConfigError, match="learning_rate_schedule must be 'constant' or 'cosine'"):
+        id_tower(learning_rate_schedule="step")
