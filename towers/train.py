@@ -198,7 +198,9 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
                 break
         epoch_loss = 0.0
         for number, batch in enumerate(replica.batches(task, generator, n_batches, config.batch_size, device)):
-            optimizer.set_rate(learning_rate(config, (state.epoch * n_batches + number) / (config.epochs * n_batches)))
+            if config.learning_rate_schedule != "constant":  # a constant rate is the optimizer's own
+                optimizer.set_rate(learning_rate(config, (state.epoch * n_batches + number) /
+                                                 (config.epochs * n_batches)))
             epoch_loss += step(batch, generator, optimizer)
             bar.update(1)
         [epoch_loss] = replica.all_sum([epoch_loss], device)
