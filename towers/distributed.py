@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,8 +162,26 @@ def _spawned(rank: int, world: int, address: str, threads: int, prepared_dir: st
                             timeout=TIMEOUT)
     try:
         train_rank(prepared_dir, tower_config, out_dir, checkpoint_dir, progress)
+        _finished_mark(Path(out_dir).parent, rank).touch()
     finally:
-        dist.destroy_process_group()
+        _leave_group()
+
+
+def _finished_mark(scratch: Path, rank: int) -> Path:
+    return scratch / f"finished-{rank}"
+
+
+def all_finished(scratch: Path, processes: int) -> bool:
+    """Whether every spawned process got past the last barrier (the model saved, its weights
+    the same in every process): what happens to a process after that loses nothing."""
+    return all(_finished_mark(scratch, rank).exists() for rank in range(processes))
+
+
+def _leave_group() -> None:
+    """Destroy the process group once nothing holds it: DDP's reducer sits in reference cycles,
+    and a group freed later, at interpreter exit, tears its threads down in an undefined order."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def train_processes(prepared_dir: str, config: TowerConfig, processes: int, checkpoint_dir: str | None = None,
@@ -186,10 +206,16 @@ def train_processes(prepared_dir: str, config: TowerConfig, processes: int, chec
                                 f"{_last_line(str(error))}; the other processes were stopped") from None
         except mp.ProcessExitedException as error:
             how = f"was killed by {error.signal_name}" if error.signal_name else f"exited with code {error.exit_code}"
-            raise TrainingError(f"training process {error.error_index} of {processes} {how}; the other "
-                                f"processes were stopped"
-                                + ("; a new try resumes after the last finished epoch" if checkpoint_dir else "")
-                                ) from None
+            if not all_finished(Path(scratch), processes):
+                raise TrainingError(f"training process {error.error_index} of {processes} {how}; the other "
+                                    f"processes were stopped"
+                                    + ("; a new try resumes after the last finished epoch" if checkpoint_dir else "")
+                                    ) from None
+            # every process had finished, compared its weights and passed the last barrier; the
+            # model is saved: a process that dies on its way out (gloo's threads at interpreter
+            # exit have aborted one) loses nothing
+            warnings.warn(f"training process {error.error_index} of {processes} {how} after the training "
+                          f"had finished; the model is complete", RuntimeWarning, stacklevel=2)
         record = artifact.read_manifest(Path(out_dir)).training
         return artifact.load(Path(out_dir)), record
 
@@ -231,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error (process {dist.get_rank()}): {error}", file=sys.stderr)
         return 1
     finally:
-        dist.destroy_process_group()
+        _leave_group()
     return 0
 
 

@@ -22,7 +22,7 @@ from towerbridge import steps
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError, TrainingError
 from towerbridge.towers import artifact
-from towerbridge.towers.distributed import read_shard, shard_bounds, weights_digest
+from towerbridge.towers.distributed import all_finished, read_shard, shard_bounds, weights_digest
 from towerbridge.towers.manifest import TrainingRecord
 
 SMALL = {"n_users": 1500, "n_items": 800, "mean_interactions": 20.0}
@@ -139,6 +139,15 @@ def test_a_process_that_dies_stops_the_others_with_one_message(prepared, tmp_pat
     history = artifact.read_manifest(Path(model)).history
     assert len(history) == done + 1
     assert list(history[:done]) == state["history"]
+
+
+def test_only_a_process_dying_after_every_process_finished_is_forgiven(tmp_path):
+    # each spawned process marks that it passed the last barrier (model saved, weights compared)
+    assert not all_finished(tmp_path, 2)
+    (tmp_path / "finished-1").touch()
+    assert not all_finished(tmp_path, 2)  # process 0 had not: the error stands (test above)
+    (tmp_path / "finished-0").touch()
+    assert all_finished(tmp_path, 2) and not all_finished(tmp_path, 3)
 
 
 def test_torchrun_starts_the_processes(prepared, tmp_path):
