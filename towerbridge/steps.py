@@ -49,7 +49,7 @@ from towerbridge.towers import artifact, distributed
 from towerbridge.towers.checkpoint import describe_stop
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
-from towerbridge.towers.train import train
+from towerbridge.towers.train import read_parent, train
 from towerbridge.towers.vectors import item_vectors, user_vectors
 
 log = logging.getLogger("towerbridge")
@@ -63,22 +63,26 @@ def read_part(prepared_dir: str, name: str) -> pd.DataFrame:
 
 
 def train_model(prepared_dir: str, models_dir: str, config: dict | None = None, progress: bool = True,
-                checkpoint_dir: str | None = None, processes: int = defaults.TRAIN_PROCESSES) -> str:
+                checkpoint_dir: str | None = None, processes: int = defaults.TRAIN_PROCESSES,
+                parent_dir: str | None = None) -> str:
     """Train the towers on the prepared training split; return the model directory.
 
     With ``checkpoint_dir``, a run interrupted after some epochs resumes from there.
     processes: data-parallel training processes on this machine (PyTorch DDP,
-    ``towerbridge.towers.distributed``), 1 or more (``TrainOptions`` checks it); 1: this process."""
+    ``towerbridge.towers.distributed``), 1 or more (``TrainOptions`` checks it); 1: this process.
+    parent_dir: a model to continue (``towers/warm.py``): its weights are the start, and the new
+    model's manifest records it and what was new (``lineage``)."""
     tower_config = TowerConfig.from_dict(config or {})
     started = time.perf_counter()
     summary = read_summary(prepared_dir)
     if processes > 1:
         trained, training = distributed.train_processes(prepared_dir, tower_config, processes,
-                                                        checkpoint_dir=checkpoint_dir, progress=progress)
+                                                        checkpoint_dir=checkpoint_dir, progress=progress,
+                                                        parent_dir=parent_dir)
     else:
         items, users, spec = distributed.read_catalog(prepared_dir, tower_config)
         trained = train(read_part(prepared_dir, "train"), items, users, tower_config, spec=spec,
-                        progress=progress, checkpoint_dir=checkpoint_dir)
+                        progress=progress, checkpoint_dir=checkpoint_dir, parent=read_parent(parent_dir))
         training = TrainingRecord()
     seconds = time.perf_counter() - started
     directory = Path(models_dir) / settings.new_id()

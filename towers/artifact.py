@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def _write(trained: TrainedModel, directory: Path, partial: Path, run: TrainingR
                   "item_encoders": [encoder.to_dict() for encoder in trained.item_encoders]},
         n_users=len(trained.user_ids), n_items=len(trained.item_ids), history=tuple(trained.history),
         prepared_dir=run.prepared_dir, data=run.data, train_seconds=run.seconds, training=run.training,
-        stop=trained.stop)
+        stop=trained.stop, lineage=trained.lineage if trained.lineage is None or "train" not in run.data
+        else replace(trained.lineage, interactions=int(run.data["train"])))
     (partial / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     partial.rename(directory)
 
@@ -112,5 +114,5 @@ def load(directory: Path) -> TrainedModel:
         user_encoders=user_encoders, item_encoders=item_encoders,
         user_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("user/")},
         item_inputs={key[5:]: value for key, value in inputs.items() if key.startswith("item/")},
-        history=list(manifest.history), stop=dict(manifest.stop),
+        history=list(manifest.history), stop=dict(manifest.stop), lineage=manifest.lineage,
     )

@@ -54,7 +54,7 @@ from towerbridge.towers.features import FeatureSpec, default_spec
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.parallel import Replica
 from towerbridge.towers.registry import query_tower
-from towerbridge.towers.train import pick_device, train
+from towerbridge.towers.train import pick_device, read_parent, train
 from towerbridge.towers.trained import TrainedModel
 
 TIMEOUT = datetime.timedelta(minutes=30)  # how long a process waits for the others at a collective
@@ -108,7 +108,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def train_rank(prepared_dir: str, config: TowerConfig, out_dir: str, checkpoint_dir: str | None = None,
-               progress: bool = True, run: TrainingRun | None = None) -> TrainingRecord:
+               progress: bool = True, run: TrainingRun | None = None, parent_dir: str | None = None) -> TrainingRecord:
     """One process's part of a data-parallel training (``torch.distributed`` initialised).
 
     Process 0 writes the model artifact to ``out_dir`` (with ``run`` and a ``training``
@@ -124,7 +124,8 @@ def train_rank(prepared_dir: str, config: TowerConfig, out_dir: str, checkpoint_
     user_ids, bounds = shard_bounds(pq.read_table(train_file, columns=["user_id"]).column(0).to_numpy(), world, cap)
     shard = read_shard(train_file, *bounds[rank])
     trained = train(shard, items, users, config, spec=spec, progress=progress and rank == 0,
-                    checkpoint_dir=checkpoint_dir, replica=Replica(rank, world), user_ids=user_ids)
+                    checkpoint_dir=checkpoint_dir, replica=Replica(rank, world), user_ids=user_ids,
+                    parent=read_parent(parent_dir))
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"interactions": len(shard), "users": int(shard["user_id"].nunique()),
                                       "weights_sha256": weights_digest(trained.model)})
@@ -152,7 +153,7 @@ def _backend(config: TowerConfig) -> str:
 
 
 def _spawned(rank: int, world: int, address: str, threads: int, prepared_dir: str, config: dict,
-             out_dir: str, checkpoint_dir: str | None, progress: bool) -> None:
+             out_dir: str, checkpoint_dir: str | None, progress: bool, parent_dir: str | None) -> None:
     """A process started by ``train_processes``."""
     tower_config = TowerConfig.from_dict(config)
     torch.set_num_threads(threads)
@@ -161,7 +162,7 @@ def _spawned(rank: int, world: int, address: str, threads: int, prepared_dir: st
     dist.init_process_group(_backend(tower_config), init_method=address, rank=rank, world_size=world,
                             timeout=TIMEOUT)
     try:
-        train_rank(prepared_dir, tower_config, out_dir, checkpoint_dir, progress)
+        train_rank(prepared_dir, tower_config, out_dir, checkpoint_dir, progress, parent_dir=parent_dir)
         _finished_mark(Path(out_dir).parent, rank).touch()
     finally:
         _leave_group()
@@ -185,7 +186,7 @@ def _leave_group() -> None:
 
 
 def train_processes(prepared_dir: str, config: TowerConfig, processes: int, checkpoint_dir: str | None = None,
-                    progress: bool = True) -> tuple[TrainedModel, TrainingRecord]:
+                    progress: bool = True, parent_dir: str | None = None) -> tuple[TrainedModel, TrainingRecord]:
     """Train on ``processes`` local processes (DDP); return the model and the training record.
 
     The machine's threads are shared out between the processes. If one process fails or
@@ -200,7 +201,7 @@ def train_processes(prepared_dir: str, config: TowerConfig, processes: int, chec
         try:
             mp.start_processes(_spawned, nprocs=processes, join=True, start_method="spawn", args=(
                 processes, f"tcp://127.0.0.1:{_free_port()}", threads, prepared_dir, config.to_dict(),
-                out_dir, checkpoint_dir, progress))
+                out_dir, checkpoint_dir, progress, parent_dir))
         except mp.ProcessRaisedException as error:
             raise TrainingError(f"training process {error.error_index} of {processes} failed: "
                                 f"{_last_line(str(error))}; the other processes were stopped") from None

@@ -14,6 +14,7 @@ from typing import Any
 
 from towerbridge.errors import ArtifactError
 from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.warm import Lineage
 
 FORMAT = "towerbridge-model/2"
 READABLE_FORMATS = (FORMAT,)
@@ -61,7 +62,8 @@ class ModelManifest:
     features: the feature spec and fitted encoders (``FeatureSpec.to_dict``,
     ``Encoder.to_dict``); history: one record per trained epoch (loss, seconds, examples per
     second, the validation hit rate with early stopping); stop: why training ended and the epoch
-    it kept (``TrainingState.stop``; empty for models trained before it was kept); data: the prepared data's
+    it kept (``TrainingState.stop``; empty for models trained before it was kept); lineage: the
+    model it continued and what was new to it (``towers/warm.py``; None from scratch); data: the prepared data's
     ``summary.json``; prepared_dir: where that data is (the evaluation and the index read it)."""
 
     model_id: str
@@ -76,6 +78,7 @@ class ModelManifest:
     train_seconds: float | None = None
     training: TrainingRecord = TrainingRecord()
     stop: dict = field(default_factory=dict)
+    lineage: Lineage | None = None
     format: str = FORMAT
 
     @property
@@ -117,6 +120,8 @@ class ModelManifest:
         record["training"] = self.training.to_dict()
         if self.stop:
             record["stop"] = self.stop
+        if self.lineage is not None:
+            record["lineage"] = self.lineage.to_dict()
         return record
 
     @classmethod
@@ -134,6 +139,6 @@ class ModelManifest:
                 history=tuple(values.get("history", ())), prepared_dir=values.get("prepared_dir"),
                 data=values.get("data", {}), train_seconds=values.get("train_seconds"),
                 training=TrainingRecord.from_dict(values.get("training")), stop=dict(values.get("stop") or {}),
-                format=values["format"])
+                lineage=Lineage.from_dict(values.get("lineage")), format=values["format"])
         except KeyError as error:
             raise ArtifactError(f"{source}: the manifest lacks {error}") from None

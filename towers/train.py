@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from towerbridge.errors import ConfigError
+from towerbridge.towers import artifact, warm
 from towerbridge.towers.checkpoint import Checkpoints
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec, check_columns, default_spec
@@ -48,14 +51,22 @@ def fit_encoders(spec_side, table: pd.DataFrame | None) -> list[Encoder]:
 
 def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
             config: TowerConfig, spec: FeatureSpec | None = None, user_ids: np.ndarray | None = None,
-            item_counts: np.ndarray | None = None) -> TrainedModel:
+            item_counts: np.ndarray | None = None, parent: Parent | None = None) -> TrainedModel:
     """Vocabularies, encoders, feature tensors and a freshly initialised model.
 
     user_ids, item_counts: the training users (sorted) and each catalog item's training
     interactions, when ``interactions`` is only a shard of the training data (one training
-    process's part); by default, from ``interactions``."""
+    process's part); by default, from ``interactions``.
+    parent: a trained model to continue (``towers/warm.py``): its feature spec and encoders are
+    kept and its weights carried over."""
     spec = spec or default_spec([] if users is None else list(users.columns), list(items.columns),
                                 config.use_features)
+    if parent is not None:
+        warm.check_compatible(config, parent.model.config, parent.source)
+        if parent.model.spec != spec:
+            raise ConfigError(f"cannot continue training from {parent.source}: it read other features "
+                              f"({parent.model.spec.to_dict()} there, {spec.to_dict()} here); "
+                              "train from scratch instead")
     check_columns(spec.user, users, "user")
     check_columns(spec.item, items, "item")
     user_ids = np.unique(interactions["user_id"].to_numpy()) if user_ids is None else user_ids
@@ -63,12 +74,15 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     counts = item_counts if item_counts is not None else \
         np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
     train_users = None if users is None else users[users["user_id"].isin(user_ids)]
-    user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
+    if parent is not None:  # the parent's vocabularies of genres, words, buckets: their rows keep their meaning
+        user_encoders, item_encoders = parent.model.user_encoders, parent.model.item_encoders
+    else:
+        user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
     # Items without training interactions hide their id (index 0, a zero vector): their
     # untrained id embedding would be noise, their other features are not.
     item_id_index = np.where(counts > 0, np.arange(1, len(item_ids) + 1), 0)
     torch.manual_seed(config.seed)
-    return TrainedModel(
+    trained = TrainedModel(
         config=config, spec=spec,
         model=TwoTowerModel(user_encoders, item_encoders, len(user_ids), len(item_ids), config),
         user_ids=user_ids, item_ids=item_ids, item_counts=counts,
@@ -76,6 +90,21 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
         user_inputs=encode(user_encoders, user_ids, users, "user_id", np.arange(1, len(user_ids) + 1)),
         item_inputs=encode(item_encoders, item_ids, items, "item_id", item_id_index),
     )
+    if parent is not None:
+        warm.carry_weights(trained, parent.model, parent.source)
+        trained.lineage = warm.lineage(trained, parent.model, parent.model_id, parent.source, parent.interactions)
+    return trained
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A trained model to continue, its id and where it was read from (for messages and the
+    lineage)."""
+
+    model: TrainedModel
+    model_id: str
+    source: str
+    interactions: int | None = None  # its training interactions
 
 
 class Optimizers:
@@ -130,6 +159,14 @@ def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> Optimizers:
     return Optimizers(parts)
 
 
+def read_parent(model_dir: str | None) -> Parent | None:
+    """The model at ``model_dir`` to continue (None: none)."""
+    if model_dir is None:
+        return None
+    manifest = artifact.read_manifest(Path(model_dir))
+    return Parent(artifact.load(Path(model_dir)), manifest.model_id, str(model_dir), manifest.train_interactions)
+
+
 def pick_device(name: str) -> torch.device:
     """``auto``: the GPU when one is present, else the CPU."""
     if name == "auto":
@@ -140,7 +177,7 @@ def pick_device(name: str) -> torch.device:
 def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
           config: TowerConfig, spec: FeatureSpec | None = None, progress: bool = True,
           checkpoint_dir: str | Path | None = None, replica: Replica = SINGLE,
-          user_ids: np.ndarray | None = None) -> TrainedModel:
+          user_ids: np.ndarray | None = None, parent: Parent | None = None) -> TrainedModel:
     """Train both towers on ``interactions`` (user_id, item_id, timestamp).
 
     The query tower says what its examples are (``QueryTower.examples``): the id tower one per
@@ -154,6 +191,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
     replica, user_ids: for one of several data-parallel processes, ``interactions`` is this
     process's shard (whole users) and ``user_ids`` every training user, sorted; item counts
     are summed over the processes.
+    parent: continue this trained model (``prepare``) instead of starting from random weights.
     """
     device = pick_device(config.device)
     interactions, validation = query_tower(config.user_tower).hold_out(
@@ -163,7 +201,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         item_ids = np.unique(items["item_id"].to_numpy())
         local = np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
         counts = np.rint(replica.all_sum(local.astype(np.float64).tolist(), device)).astype(np.int64)
-    trained = prepare(interactions, items, users, config, spec, user_ids=user_ids, item_counts=counts)
+    trained = prepare(interactions, items, users, config, spec, user_ids=user_ids, item_counts=counts, parent=parent)
     task = trained.model.user_tower.examples(trained, interactions, validation, device, replica)
     return fit(trained, task, device, progress, Path(checkpoint_dir) if checkpoint_dir else None, replica)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,6 +11,9 @@ import torch
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec
 from towerbridge.towers.model import Inputs, TwoTowerModel
+
+if TYPE_CHECKING:
+    from towerbridge.towers.warm import Lineage
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TrainedModel:
     item_inputs: Inputs
     history: list[dict] = field(default_factory=list)
     stop: dict = field(default_factory=dict)
+    lineage: Lineage | None = None  # the model it continued (towers/warm.py), None from scratch
 
     def user_index(self, user_ids: np.ndarray) -> np.ndarray:
         return lookup(self.user_ids, user_ids)
