@@ -27,6 +27,7 @@ from prefect.transactions import get_transaction, transaction
 
 from towerbridge import defaults, settings, steps
 from towerbridge import rebuild as decide
+from towerbridge.data.prepare import read_summary
 from towerbridge.errors import MilvusUnavailable, RebuildRejected
 from towerbridge.flows.embed import embedded
 from towerbridge.flows.evaluate import evaluate
@@ -34,7 +35,7 @@ from towerbridge.flows.train import train
 from towerbridge.milvus import server
 from towerbridge.milvus.schema import DEFAULT_ALIAS
 from towerbridge.milvus.store import ItemStore
-from towerbridge.options import RebuildOptions
+from towerbridge.options import RebuildOptions, TrainOptions
 from towerbridge.results import BuiltVersion, Comparison
 from towerbridge.towers import artifact
 
@@ -191,8 +192,12 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
             if options.reuse_model:
                 model_dir = decide.latest_model()
                 logger.info("reusing the latest model %s", model_dir)
+                summary.training = "reused (--reuse-model)"
             else:
-                model_dir = train(options.train, run_dir=str(directory / "run")).model_dir
+                train_options = continual(options, serving, summary, logger)
+                model_dir = train(train_options, run_dir=str(directory / "run")).model_dir
+                lineage = artifact.read_manifest(Path(model_dir)).lineage
+                summary.lineage = lineage.to_dict() if lineage else None
             summary.model_dir = model_dir
             with embedded(model_dir, options.index) as vectors:
                 summary.built = built = build(model_dir, uri, alias, options.index.index_params.overrides(),
@@ -238,6 +243,26 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
             logger.warning("could not publish the rebuild artifact: %s", error)
     logger.info("rebuild of %s: %s now serves (%s)", alias, summary.serving_after, summary.decision.reason)
     return summary
+
+
+def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.RebuildSummary,
+              logger) -> TrainOptions:
+    """The train flow's options for this rebuild: continue the serving version's model when it
+    can be (for ``options.continual_epochs`` unless epochs are given), else from scratch;
+    ``summary.training`` says which and why."""
+    train_options = options.train
+    if train_options.prepared_dir is not None:
+        data = read_summary(train_options.prepared_dir)
+        protocol, dataset = data["protocol"], data.get("dataset")
+    else:
+        protocol, dataset = train_options.protocol, None
+    start = decide.training_start(serving, train_options.tower_config(protocol), options.from_scratch, dataset)
+    summary.training = start.why
+    logger.info("training %s", start.why)
+    if start.parent_dir is None:
+        return train_options
+    return train_options.model_copy(update={
+        "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs})
 
 
 def _artifact_key(alias: str) -> str:

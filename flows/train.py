@@ -19,9 +19,11 @@ def prepare_data(data: DataOptions, out_dir: str) -> str:
 
 
 @task(name="train-towers", retries=1, retry_delay_seconds=5)
-def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_dir: str, processes: int = 1) -> str:
+def train_towers(prepared_dir: str, models_dir: str, config: dict, checkpoint_dir: str, processes: int = 1,
+                 parent_dir: str | None = None) -> str:
     # a retry resumes after the last finished epoch
-    return steps.train_model(prepared_dir, models_dir, config, checkpoint_dir=checkpoint_dir, processes=processes)
+    return steps.train_model(prepared_dir, models_dir, config, checkpoint_dir=checkpoint_dir, processes=processes,
+                             parent_dir=parent_dir)
 
 
 @flow(name="train", log_prints=True)
@@ -31,12 +33,13 @@ def train(options: TrainOptions = TrainOptions(), run_dir: str | None = None) ->
     already (``towerbridge.data.prepare.prepare_data``; the command line does it before starting
     any server, so bad data fails in seconds), used instead. The query tower defaults to
     ``sequence``, or ``id`` for the ``tfrs`` protocol (``defaults.user_tower_for``); epochs,
-    vector_dim and temperature to that tower's. ``run_dir``: where the prepared data and the
+    vector_dim and temperature to that tower's. ``options.continue_from``: a model to continue
+    (continual training, ``towers/warm.py``) instead of random weights. ``run_dir``: where the prepared data and the
     checkpoints go (default: TOWERBRIDGE_HOME/runs/adhoc). Returns the ``ModelArtifact``.
     """
     run = Path(run_dir) if run_dir else settings.state_dir("runs") / "adhoc"
     prepared_dir = options.prepared_dir or prepare_data(options.data or DataOptions(), str(run / "data"))
     config = options.tower_config(read_summary(prepared_dir)["protocol"])
     model_dir = train_towers(prepared_dir, str(settings.state_dir("models")), config.to_dict(),
-                             str(run / "checkpoint"), options.train_processes)
+                             str(run / "checkpoint"), options.train_processes, options.continue_from)
     return ModelArtifact(prepared_dir=prepared_dir, model_dir=model_dir)

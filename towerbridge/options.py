@@ -19,6 +19,7 @@ its own option's name (``--keep-versions``, not ``keep_versions``). Defaults com
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -107,6 +108,9 @@ class TrainOptions(_Options):
     seed: int = Field(TowerConfig.seed, description="random seed for training")
     train_processes: int = Field(defaults.TRAIN_PROCESSES, description=(
         "data-parallel training processes on this machine (PyTorch DDP)"))
+    continue_from: str | None = Field(None, description=(
+        "a trained model's directory to continue (continual training): its weights are the start, new items "
+        "and users start fresh, and the new model records it as its parent (default: from scratch)"))
 
     _epochs = _at_least("epochs", 1, "must be at least 1")
     _budget = _at_least("time_budget", 1, "must be at least 1 second")
@@ -117,6 +121,8 @@ class TrainOptions(_Options):
     def _one_source_and_a_model_to_train(self) -> TrainOptions:
         if self.data is not None and self.prepared_dir is not None:
             raise OptionError(lambda name: f"give the train flow {name('data')} or {name('prepared_dir')}, not both")
+        if self.continue_from is not None and not Path(self.continue_from).is_dir():
+            raise OptionError(lambda name: f"{name('continue_from')} {self.continue_from}: no model directory there")
         try:  # the tower's own checks (vector_dim, temperature, ...), before any data is read
             self.tower_config(self.protocol or defaults.PROTOCOL)
         except ConfigError as error:
@@ -335,6 +341,11 @@ class RebuildOptions(_TrainAndIndex):
     gate: GateOptions = Field(GateOptions(), description="the candidate's comparison with the serving version")
     reuse_model: bool = Field(False, description=(
         "skip training: index the latest model under TOWERBRIDGE_HOME/models"))
+    from_scratch: bool = Field(False, description=(
+        "train a new model from random weights; by default the serving version's model is continued on "
+        "today's data when its towers have the same shape"))
+    continual_epochs: int = Field(defaults.CONTINUAL_EPOCHS, description=(
+        "epochs of a continued training over the whole log, unless train.epochs says otherwise"))
     milvus_uri: str | None = Field(None, description=MILVUS_URI)
     lock_timeout_s: float = Field(defaults.REBUILD_LOCK_TIMEOUT_S, description=(
         "seconds to wait for another rebuild of the same alias to finish (a lock in TOWERBRIDGE_HOME)"))
@@ -343,6 +354,7 @@ class RebuildOptions(_TrainAndIndex):
 
     _lock_timeout = _at_least("lock_timeout_s", 0, "must be 0 or more")
     _retries = _at_least("retries", 0, "must be 0 or more")
+    _continual_epochs = _at_least("continual_epochs", 1, "must be at least 1")
 
     @model_validator(mode="after")
     def _gate_at_evaluated_ks(self) -> RebuildOptions:

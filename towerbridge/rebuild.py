@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from towerbridge import settings
-from towerbridge.errors import ConfigError
+from towerbridge.errors import ArtifactError, ConfigError
 from towerbridge.milvus.index import SearchParams
 from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.store import ItemStore
 from towerbridge.results import BuiltVersion, Comparison, EvaluationReport
-from towerbridge.towers import artifact
+from towerbridge.towers import artifact, warm
+from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.warm import Lineage
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ REPORT_FIELDS = ("dataset", "protocol", "users_evaluated", "model", "ann_gap", "
 class RebuildSummary:
     """What a rebuild did, filled in as it goes; rebuild.json and rebuild.md are written from
     ``to_dict`` (optional fields still None are left out). outcome: ``swapped``, ``rejected``
-    or ``failed``."""
+    or ``failed``. training: how the candidate's model was trained (continued from the serving
+    model, from scratch and why, or reused); lineage: the continued model's ``Lineage``."""
 
     alias: str
     started_at: str
@@ -90,6 +93,8 @@ class RebuildSummary:
     removed_half_built: list[str] | None = None
     serving_damaged: list[str] | None = None
     model_dir: str | None = None
+    training: str | None = None
+    lineage: dict | None = None
     built: BuiltVersion | None = None
     report: EvaluationReport | None = None
     comparison: Comparison | None = None
@@ -142,6 +147,37 @@ def latest_model(models_dir: Path | None = None) -> str:
     return str(max(found)[2])
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a rebuild's training starts: ``parent_dir``, the serving version's model to
+    continue, or None (from scratch); ``why`` says which and why, for the report."""
+
+    parent_dir: str | None
+    why: str
+
+
+def training_start(serving: Serving, config: TowerConfig, from_scratch: bool, dataset: str | None = None) -> Start:
+    """Continue the serving version's model when it can be (``towers/warm.py``): something
+    serves, its model is on disk, it was trained on the same dataset (``dataset``, when known)
+    and its towers have the shape ``config`` trains; otherwise from scratch, saying why."""
+    if from_scratch:
+        return Start(None, "from scratch (--from-scratch)")
+    if serving.collection is None or serving.record is None:
+        return Start(None, "from scratch: no version serves yet")
+    model_dir = serving.record.model_dir
+    if not model_dir:
+        return Start(None, f"from scratch: {serving.collection}'s record names no model")
+    try:
+        manifest = artifact.read_manifest(Path(model_dir))
+        warm.check_compatible(config, manifest.config, f"the serving model {manifest.model_id}")
+    except (ArtifactError, ConfigError) as error:
+        return Start(None, f"from scratch: {error}")
+    if dataset is not None and manifest.dataset != dataset:
+        return Start(None, f"from scratch: the serving model {manifest.model_id} was trained on "
+                           f"{manifest.dataset!r}, this rebuild's data is {dataset!r}")
+    return Start(model_dir, f"continued from the serving model {manifest.model_id} ({serving.collection})")
+
+
 def not_compared(serving: Serving, gate_confidence: float, margin: float) -> Comparison | None:
     """The gate's verdict when there is no serving model to compare with (nothing serves, or
     what serves is damaged); None when there is one (``steps.compare_with_serving``)."""
@@ -184,6 +220,15 @@ def markdown(summary: RebuildSummary) -> str:
         f"- serving before: `{summary.serving_before or 'nothing'}`; "
         f"serving now: `{summary.serving_after or 'nothing'}`",
     ]
+    if summary.training:
+        lines.append(f"- training: {summary.training}")
+    if summary.lineage:
+        lineage = Lineage.from_dict(summary.lineage)
+        lines.append(f"- what was new: {lineage.new_items:,} items (of {lineage.items:,}), {lineage.new_users:,} "
+                     f"users (of {lineage.users:,})" + (
+                         f", {lineage.interactions - lineage.parent_interactions:+,} training interactions "
+                         f"({lineage.interactions:,} in all)"
+                         if lineage.interactions is not None and lineage.parent_interactions is not None else ""))
     if built:
         params = ", ".join(f"{key} {value}" for key, value in built.index["params"].items()
                            if key not in ("nprobe", "reorder_k"))

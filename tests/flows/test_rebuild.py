@@ -30,7 +30,8 @@ def run(uri, data_dir, alias=ALIAS, **options):
 
 @pytest.fixture(scope="module")
 def two_rebuilds(milvus_uri, prefect_harness, data_dir):
-    return [run(milvus_uri, data_dir) for _ in range(2)]
+    # both from scratch: the same model twice (continual rebuilds: test_continual.py)
+    return [run(milvus_uri, data_dir, from_scratch=True) for _ in range(2)]
 
 
 def test_two_rebuilds_make_two_versions_and_the_alias_moves_to_the_second(two_rebuilds, store):
@@ -178,8 +179,8 @@ def test_the_rebuild_deployment_shows_the_options_object_as_its_one_parameter():
     assert schema["properties"]["options"]["$ref"] == "#/definitions/RebuildOptions"
     assert schema["properties"]["options"]["default"] == RebuildOptions().model_dump(mode="json")
     options = schema["definitions"]["RebuildOptions"]
-    assert list(options["properties"]) == ["train", "index", "evaluate", "gate", "reuse_model", "milvus_uri",
-                                           "lock_timeout_s", "retries"]
+    assert list(options["properties"]) == ["train", "index", "evaluate", "gate", "reuse_model", "from_scratch",
+                                           "continual_epochs", "milvus_uri", "lock_timeout_s", "retries"]
     assert options["additionalProperties"] is False  # a misspelt option is refused, not ignored
     for name in ("TrainOptions", "IndexOptions", "IndexSettings", "EvaluateOptions", "GateOptions", "DataOptions"):
         assert name in schema["definitions"], name

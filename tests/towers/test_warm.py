@@ -49,7 +49,8 @@ def test_the_weights_are_the_parents_for_what_it_knew(logs, parent):
     items_table = ours["item_tower.inputs.item_id.weight"]
     known = ~np.isin(child.item_ids, new_items)
     parent_rows = parent.model.item_index(child.item_ids[known])
-    assert torch.equal(items_table[1:][torch.from_numpy(known)], theirs["item_tower.inputs.item_id.weight"][parent_rows])
+    parent_table = theirs["item_tower.inputs.item_id.weight"]
+    assert torch.equal(items_table[1:][torch.from_numpy(known)], parent_table[parent_rows])
     # a new item's row is fresh (it trains from there); its vector starts from its features
     assert not torch.equal(items_table[1:][torch.from_numpy(~known)], torch.zeros_like(items_table[1:][~known]))
     if parent.model.config.user_tower == "id":

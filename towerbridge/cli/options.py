@@ -169,6 +169,12 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
     checks = command.add_argument_group("validation (the candidate serves only if every check passes)")
     checks.add_argument("--reuse-model", action="store_true",
                         help="skip training: re-index the latest model under TOWERBRIDGE_HOME/models")
+    checks.add_argument("--from-scratch", action="store_true",
+                        help="train a new model from random weights (by default the serving version's model is "
+                             "continued on today's data, when it has the same shape and dataset)")
+    checks.add_argument("--continual-epochs", type=int, default=defaults.CONTINUAL_EPOCHS, metavar="N",
+                        help="epochs over the whole log when the serving model is continued, unless --epochs is "
+                             f"given (default {defaults.CONTINUAL_EPOCHS})")
     checks.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
                         help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
                              f"(default {defaults.TARGET_RECALL})")
@@ -292,4 +298,5 @@ def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
                               evaluate=EvaluateOptions(**given(eval_users=args.eval_users)),
                               gate=GateOptions(tolerance=args.tolerance, confidence=args.confidence,
                                               **given(metrics=metrics or None)),
-                              reuse_model=args.reuse_model, **given(milvus_uri=args.milvus_uri))
+                              reuse_model=args.reuse_model, from_scratch=args.from_scratch,
+                              continual_epochs=args.continual_epochs, **given(milvus_uri=args.milvus_uri))

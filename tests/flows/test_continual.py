@@ -1,0 +1,115 @@
+"""Continual nightly rebuilds (issue 31) on the real embedded Milvus under Prefect's test
+harness: the second day's rebuild continues the serving model and records its lineage; new
+items get vectors and can be recommended; new users are served from their histories; a
+continued training that fails leaves the serving version as it was; --from-scratch starts
+from random weights."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_rebuild
+from towerbridge import settings
+from towerbridge.api import Client
+from towerbridge.data.dataset import write_parquet
+from towerbridge.data.synthetic import SyntheticSpec, generate
+from towerbridge.towers import artifact
+
+ALIAS = "continual_test"
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory):
+    """Yesterday's catalog and log, and today's: 40 new items, and 30 new users."""
+    interactions, items = generate(SyntheticSpec(n_users=600, n_items=1100, n_topics=12, seed=41))
+    new_items = items["item_id"].to_numpy()[-40:]
+    new_users = np.unique(interactions["user_id"])[-30:]
+    yesterday = interactions[~interactions["item_id"].isin(new_items) & ~interactions["user_id"].isin(new_users)]
+    new_users = np.setdiff1d(interactions["user_id"].unique(), yesterday["user_id"].unique())
+    root = tmp_path_factory.mktemp("continual")
+    for name, log, catalog in (("yesterday", yesterday, items[~items["item_id"].isin(new_items)]),
+                               ("today", interactions, items)):
+        (root / name).mkdir()
+        write_parquet(log, root / name / "interactions.parquet")
+        write_parquet(catalog, root / name / "items.parquet")
+    return str(root / "yesterday"), str(root / "today"), new_items, new_users, interactions
+
+
+def rebuild(uri, data_dir, **options):
+    return run_rebuild(data_dir, ALIAS, uri, **{"epochs": 2, "tolerance": 0.05, **options})
+
+
+@pytest.fixture(scope="module")
+def two_days(milvus_uri, prefect_harness, days):
+    yesterday, today, *_ = days
+    return rebuild(milvus_uri, yesterday), rebuild(milvus_uri, today)
+
+
+def test_the_first_rebuild_trains_from_scratch_the_next_continues_the_serving_model(two_days, days, store):
+    (first_state, first), (second_state, second) = two_days
+    _, _, new_items, new_users, today = days
+    assert first_state.is_completed() and second_state.is_completed(), second.get("error")
+    assert first["training"] == "from scratch: no version serves yet" and "lineage" not in first
+    serving_model = store.record(first["serving_after"]).model_id
+    assert second["training"] == f"continued from the serving model {serving_model} ({first['serving_after']})"
+    # the lineage: the parent and what was new to it
+    lineage = second["lineage"]
+    parent = store.record(first["serving_after"])
+    assert (lineage["parent_id"], lineage["parent_dir"]) == (serving_model, parent.model_dir)
+    assert (lineage["new_items"], lineage["new_users"], lineage["items"]) == (len(new_items), len(new_users), 1100)
+    assert lineage["interactions"] - lineage["parent_interactions"] > 0
+    manifest = artifact.read_manifest(Path(second["model_dir"]))
+    assert manifest.lineage.to_dict() == lineage and len(manifest.history) == 2  # its own 2 epochs
+    text = (settings.state_dir("rebuilds") / str(second_state.state_details.flow_run_id) / "rebuild.md").read_text()
+    assert f"- training: continued from the serving model {serving_model}" in text
+    assert f"- what was new: {len(new_items)} items (of 1,100), {len(new_users)} users" in text
+    assert second["outcome"] == "swapped" and store.alias_target(ALIAS) == second["serving_after"]
+
+
+def test_new_items_get_vectors_and_can_be_recommended(two_days, days, milvus_uri):
+    _, _, new_items, new_users, today = days
+    with Client(milvus_uri, alias=ALIAS) as client:
+        stored = client.query(f"item_id in {[int(i) for i in new_items]}", fields=["item_id"], limit=None)
+        assert sorted(stored["item_id"]) == sorted(int(i) for i in new_items)
+        # a user who had new items: the answer among the new items is one of them
+        fan = today[today["item_id"].isin(new_items)]["user_id"].iloc[0]
+        picks = client.recommend(fan, k=5, filter=f"item_id in {[int(i) for i in new_items]}")
+        assert len(picks) == 5 and set(picks["item_id"]) <= set(int(i) for i in new_items)
+        assert client.similar(int(new_items[0]), k=3)["item_id"].tolist()  # neighbours of a new item
+
+
+def test_new_users_are_served_from_their_histories(two_days, days, milvus_uri):
+    _, _, _, new_users, today = days
+    with Client(milvus_uri, alias=ALIAS) as client:
+        user = int(new_users[0])
+        picks = client.recommend(user, k=10)
+    assert len(picks) == 10 and not set(picks["item_id"]) & set(today[today["user_id"] == user]["item_id"])
+
+
+def test_a_continued_training_that_fails_leaves_the_serving_version(two_days, days, milvus_uri, store):
+    _, (_, second) = two_days
+    _, today, *_ = days
+    def serving():
+        return store.versions(ALIAS), store.alias_target(ALIAS), store.record(second["serving_after"])
+
+    before = serving()
+    weights = Path(second["model_dir"]) / "weights.pt"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # the serving model's weights, cut short
+    try:
+        state, summary = rebuild(milvus_uri, today)
+    finally:
+        weights.write_bytes(good)
+    assert state.is_failed() and summary["outcome"] == "failed"
+    assert summary["training"].startswith("continued from the serving model")
+    assert "cannot load weights" in summary["error"]
+    assert serving() == before
+
+
+def test_from_scratch_trains_a_new_model(two_days, days, milvus_uri):
+    _, today, *_ = days
+    state, summary = rebuild(milvus_uri, today, from_scratch=True)
+    assert state.is_completed(), summary.get("error")
+    assert summary["training"] == "from scratch (--from-scratch)" and "lineage" not in summary
+    assert artifact.read_manifest(Path(summary["model_dir"])).lineage is None
