@@ -17,6 +17,7 @@ from towerbridge.options import (
     PipelineOptions,
     RebuildOptions,
     TrainOptions,
+    duration_seconds,
 )
 from towerbridge.towers.config import TowerConfig
 
@@ -53,6 +54,11 @@ def refusal(make) -> tuple[tuple, str]:
     (lambda: EvaluateOptions(eval_users=0), ("eval_users",), "eval_users (--eval-users) must be at least 1, got 0"),
     (lambda: TrainOptions(epochs=0), ("epochs",), "epochs must be at least 1, got 0"),
     (lambda: TrainOptions(time_budget=0.5), ("time_budget",), "time_budget must be at least 1 second, got 0.5"),
+    (lambda: TrainOptions(time_budget="1h2x"), ("time_budget",),
+     "'1h2x' is not a duration: give seconds (900) or hours, minutes and seconds such as 45m, 1h30m or 2h15m30s"),
+    (lambda: TrainOptions(continue_from="/no/such/model"), (),
+     "continue_from /no/such/model: no model directory there"),
+    (lambda: RebuildOptions(continual_epochs=0), ("continual_epochs",), "continual_epochs must be at least 1, got 0"),
     (lambda: TrainOptions(train_processes=0), ("train_processes",),
      "train_processes must be a whole number of processes, 1 or more, got 0"),
     (lambda: TrainOptions(early_stopping_patience=-1), ("early_stopping_patience",),
@@ -132,6 +138,15 @@ def test_defaults_are_the_ones_in_defaults_py():
     assert (rebuild.lock_timeout_s, rebuild.retries) == (defaults.REBUILD_LOCK_TIMEOUT_S, defaults.REBUILD_RETRIES)
     assert (PipelineOptions().report_dir, PipelineOptions().milvus_uri) == (None, None)
     assert DataOptions() == DataOptions(dataset=defaults.DATASET, protocol=defaults.PROTOCOL)
+
+
+def test_a_training_budget_is_seconds_or_a_duration():
+    assert [TrainOptions(time_budget=text).time_budget for text in ("900", "900s", "45m", "1h30m", "2h15m30s")] == [
+        900, 900, 2700, 5400, 8130]
+    assert TrainOptions(time_budget=120).time_budget == 120
+    for text in ("", "m", "30m1h", "1h1h", "inf", "5 minutes"):
+        with pytest.raises(ValueError, match="is not a duration"):
+            duration_seconds(text)
 
 
 def test_values_are_normalised_once_and_the_objects_are_frozen():

@@ -18,6 +18,7 @@ its own option's name (``--keep-versions``, not ``keep_versions``). Defaults com
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -78,6 +79,36 @@ def _listed(values) -> str:
     return f"{', '.join(most)} or {last}" if most else last
 
 
+
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration: a number of seconds ("900", "900s"), or hours, minutes and seconds
+    in that order ("45m", "1h30m", "2h15m30s")."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+        if math.isfinite(seconds):
+            return seconds
+    except ValueError:
+        pass
+    total, number, last = 0.0, "", -1
+    for char in value:
+        if char.isdigit() or char == ".":
+            number += char
+            continue
+        order = "hms".find(char)
+        if order <= last or not number:
+            break
+        total, number, last = total + float(number) * _UNITS[char], "", order
+    else:
+        if not number and last >= 0:
+            return total
+    raise ValueError(f"{text!r} is not a duration: give seconds (900) or hours, minutes and seconds such as "
+                     "45m, 1h30m or 2h15m30s")
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -97,8 +128,8 @@ class TrainOptions(_Options):
         f"{defaults.RANDOM_SPLIT_USER_TOWER} for the tfrs protocol)"))
     epochs: int | None = Field(None, description="training epochs (default: the tower's)")
     time_budget: float | None = Field(None, description=(
-        "seconds of training at most: no epoch starts that would pass it, as long as the last one took "
-        "(default: no limit)"))
+        "seconds of training at most (a number, or a duration such as \"45m\" or \"1h30m\"): no epoch starts "
+        "that would pass it, as long as the last one took (default: no limit)"))
     vector_dim: int | None = Field(None, description="length of the vectors stored in Milvus (default: the tower's)")
     temperature: float | None = Field(None, description="the softmax temperature (default: the tower's)")
     use_features: bool = Field(TowerConfig.use_features, description=(
@@ -114,6 +145,11 @@ class TrainOptions(_Options):
 
     _epochs = _at_least("epochs", 1, "must be at least 1")
     _budget = _at_least("time_budget", 1, "must be at least 1 second")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _a_duration(cls, value):
+        return duration_seconds(value) if isinstance(value, str) else value
     _patience = _at_least("early_stopping_patience", 0, "must be 0 (off) or a positive patience")
     _processes = _at_least("train_processes", 1, "must be a whole number of processes, 1 or more")
 

@@ -23,6 +23,7 @@ from towerbridge.options import (
     PipelineOptions,
     RebuildOptions,
     TrainOptions,
+    duration_seconds,
 )
 from towerbridge.towers.config import USER_TOWERS
 
@@ -145,10 +146,10 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     training.add_argument("--epochs", type=int,
                           help="training epochs (default: the tower's, "
                                + ", ".join(f"{kind} {config.for_tower(kind).epochs}" for kind in USER_TOWERS) + ")")
-    training.add_argument("--time-budget", type=float, metavar="SECONDS",
-                          help="train for at most SECONDS: before each epoch, training ends if that epoch, as long "
-                               "as the last one, would pass it; the report and the model's manifest say where it "
-                               "stopped (default: no limit, all --epochs)")
+    training.add_argument("--train-budget", "--time-budget", dest="time_budget", type=budget, metavar="DURATION",
+                          help="train for at most this long (seconds, or 45m, 1h30m, ...): before each epoch, "
+                               "training ends if that epoch, as long as the last one, would pass it; the report and "
+                               "the model's manifest say where it stopped (default: no limit, all --epochs)")
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
@@ -189,6 +190,13 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
     checks.add_argument("--confidence", type=float, default=defaults.GATE_CONFIDENCE,
                         help="the level of that interval, between 0 and 1 (normal approximation of the paired "
                              f"per-user differences; default {defaults.GATE_CONFIDENCE})")
+
+
+def budget(text: str) -> float:
+    try:
+        return duration_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def ks_list(text: str) -> list[int]:
