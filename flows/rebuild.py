@@ -27,17 +27,19 @@ from prefect.transactions import get_transaction, transaction
 
 from towerbridge import defaults, settings, steps
 from towerbridge import rebuild as decide
+from towerbridge.data.options import DataOptions
 from towerbridge.data.prepare import read_summary
-from towerbridge.errors import MilvusUnavailable, RebuildRejected
+from towerbridge.errors import ConfigError, MilvusUnavailable, RebuildRejected
 from towerbridge.flows.embed import embedded
 from towerbridge.flows.evaluate import evaluate
-from towerbridge.flows.train import train
+from towerbridge.flows.train import prepare_data, train
 from towerbridge.milvus import server
 from towerbridge.milvus.schema import DEFAULT_ALIAS
 from towerbridge.milvus.store import ItemStore
 from towerbridge.options import RebuildOptions, TrainOptions
 from towerbridge.results import BuiltVersion, Comparison
 from towerbridge.towers import artifact
+from towerbridge.towers.distributed import read_catalog
 
 TRANSIENT = (MilvusUnavailable, ConnectionError, TimeoutError, OSError)
 
@@ -194,10 +196,7 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
                 logger.info("reusing the latest model %s", model_dir)
                 summary.training = "reused (--reuse-model)"
             else:
-                train_options = continual(options, serving, summary, logger)
-                model_dir = train(train_options, run_dir=str(directory / "run")).model_dir
-                lineage = artifact.read_manifest(Path(model_dir)).lineage
-                summary.lineage = lineage.to_dict() if lineage else None
+                model_dir = train_model(options, serving, summary, logger, directory)
             summary.model_dir = model_dir
             with embedded(model_dir, options.index) as vectors:
                 summary.built = built = build(model_dir, uri, alias, options.index.index_params.overrides(),
@@ -245,24 +244,48 @@ def rebuild(options: RebuildOptions = RebuildOptions()) -> decide.RebuildSummary
     return summary
 
 
-def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.RebuildSummary,
-              logger) -> TrainOptions:
-    """The train flow's options for this rebuild: continue the serving version's model when it
-    can be (for ``options.continual_epochs`` unless epochs are given), else from scratch;
-    ``summary.training`` says which and why."""
+def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.RebuildSummary, logger,
+              directory: Path) -> tuple[TrainOptions, TrainOptions | None]:
+    """The train flow's options for this rebuild, and the from-scratch options to fall back on
+    if the continued training is refused (None when it trains from scratch already).
+
+    The data is prepared first (when not already), so that the serving model is continued
+    only on the same dataset, id type, split and features (``decide.training_start``), for
+    ``options.continual_epochs`` unless epochs are given; ``summary.training`` says which and why."""
     train_options = options.train
-    if train_options.prepared_dir is not None:
-        data = read_summary(train_options.prepared_dir)
-        protocol, dataset = data["protocol"], data.get("dataset")
-    else:
-        protocol, dataset = train_options.protocol, None
-    start = decide.training_start(serving, train_options.tower_config(protocol), options.from_scratch, dataset)
+    if train_options.prepared_dir is None:
+        prepared = prepare_data(train_options.data or DataOptions(), str(directory / "run" / "data"))
+        train_options = train_options.model_copy(update={"data": None, "prepared_dir": prepared})
+    data = read_summary(train_options.prepared_dir)
+    config = train_options.tower_config(data["protocol"])
+    features = None if options.from_scratch or serving.collection is None else \
+        read_catalog(train_options.prepared_dir, config)[2].to_dict()
+    start = decide.training_start(serving, config, options.from_scratch, data, features)
     summary.training = start.why
     logger.info("training %s", start.why)
     if start.parent_dir is None:
-        return train_options
+        return train_options, None
     return train_options.model_copy(update={
-        "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs})
+        "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs}), train_options
+
+
+def train_model(options: RebuildOptions, serving: decide.Serving, summary: decide.RebuildSummary, logger,
+                directory: Path) -> str:
+    """Train the candidate's model (``continual``); a continued training the model refuses
+    (``ConfigError``: its weights are not this model's, e.g. after an upgrade) falls back to
+    training from scratch, and the summary says so. Returns the model directory."""
+    chosen, scratch = continual(options, serving, summary, logger, directory)
+    try:
+        model_dir = train(chosen, run_dir=str(directory / "run")).model_dir
+    except ConfigError as error:
+        if scratch is None or not str(error).startswith("cannot continue training from"):
+            raise
+        summary.training = f"from scratch: {str(error).removesuffix('; train from scratch instead')}"
+        logger.warning("training %s", summary.training)
+        model_dir = train(scratch, run_dir=str(directory / "run")).model_dir
+    lineage = artifact.read_manifest(Path(model_dir)).lineage
+    summary.lineage = lineage.to_dict() if lineage else None
+    return model_dir
 
 
 def _artifact_key(alias: str) -> str:

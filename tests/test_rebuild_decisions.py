@@ -155,3 +155,62 @@ def test_a_failed_rebuilds_error_carries_what_it_did():
     assert decide.summary_of(error) is None  # failed before it had a summary
     decide.attach(error, summary)
     assert decide.summary_of(error) is summary
+
+
+@pytest.fixture(scope="module")
+def serving_model(tmp_path_factory):
+    """A small trained model on disk and a serving version whose record names it."""
+    from towerbridge.data.split import leave_last_one_out
+    from towerbridge.data.synthetic import SyntheticSpec, generate
+    from towerbridge.milvus.record import VersionRecord
+    from towerbridge.towers import artifact
+    from towerbridge.towers.config import TowerConfig
+    from towerbridge.towers.manifest import TrainingRun
+    from towerbridge.towers.train import train
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=150, n_topics=6, seed=2))
+    config = TowerConfig(user_tower="id", epochs=1, batch_size=256)
+    trained = train(leave_last_one_out(interactions)[0], items, None, config, progress=False)
+    data = {"dataset": "synthetic", "protocol": "leave-last-out", "id_type": "int64"}
+    root = tmp_path_factory.mktemp("serving")
+    directory = artifact.save(trained, root / "m1", TrainingRun(prepared_dir="/prepared", data=data))
+    tfrs = TrainingRun(prepared_dir="/prepared", data={**data, "protocol": "tfrs"})
+    random_split = artifact.save(trained, root / "m2", tfrs)
+    serving = decide.Serving("items_v1", VersionRecord(model_id="m1", model_dir=str(directory)))
+    return serving, config, data, trained.spec.to_dict(), str(random_split)
+
+
+def test_the_serving_model_is_continued_only_on_the_same_data_split_and_features(serving_model):
+    serving, config, data, features, random_split = serving_model
+    start = decide.training_start(serving, config, False, data, features)
+    assert start == decide.Start(serving.record.model_dir, "continued from the serving model m1 (items_v1)")
+    reasons = {
+        "asked": decide.training_start(serving, config, True, data, features),
+        "nothing": decide.training_start(decide.Serving(None), config, False, data, features),
+        "shape": decide.training_start(serving, replace(config, vector_dim=17), False, data, features),
+        "dataset": decide.training_start(serving, config, False, {**data, "dataset": "movielens-100k"}, features),
+        "ids": decide.training_start(serving, config, False, {**data, "id_type": "string"}, features),
+        "tfrs": decide.training_start(serving, config, False, {**data, "protocol": "tfrs"}, features),
+        "features": decide.training_start(serving, config, False, data, {"user": [], "item": []}),
+        "gone": decide.training_start(decide.Serving("items_v1", replace(serving.record, model_dir="/no/model")),
+                                      config, False, data, features),
+    }
+    assert all(start.parent_dir is None for start in reasons.values())
+    why = {name: start.why for name, start in reasons.items()}
+    assert why["asked"] == "from scratch (--from-scratch)"
+    assert why["nothing"] == "from scratch: no version serves yet"
+    assert why["shape"].startswith("from scratch: cannot continue training from the serving model m1: its towers "
+                                   "have another shape (vector_dim ") and not why["shape"].endswith("instead")
+    assert why["dataset"] == ("from scratch: the serving model m1 was trained on other data (dataset 'synthetic' "
+                              "there, 'movielens-100k' here)")
+    assert why["ids"].endswith("(id type 'int64' there, 'string' here)")
+    assert why["tfrs"].endswith("(split 'leave-last-out' there, 'tfrs' here)")
+    assert why["features"] == ("from scratch: the serving model m1 read other features (user: user_id (id); item: "
+                               "item_id (id), genres (multi_hot), title (text) there, user: none; item: none here)")
+    assert why["gone"] == "from scratch: /no/model: model directory not found"
+    # trained on tfrs' random split, and today's data split the same way: reshuffled, never continued
+    on_tfrs = decide.Serving("items_v2", replace(serving.record, model_dir=random_split))
+    start = decide.training_start(on_tfrs, config, False, {**data, "protocol": "tfrs"}, features)
+    assert start.parent_dir is None and start.why == (
+        "from scratch: the tfrs split is random and reshuffled with the data, so the serving model m2 trained "
+        "on some of today's held-out interactions")

@@ -156,10 +156,15 @@ class Start:
     why: str
 
 
-def training_start(serving: Serving, config: TowerConfig, from_scratch: bool, dataset: str | None = None) -> Start:
+def training_start(serving: Serving, config: TowerConfig, from_scratch: bool, data: dict,
+                   features: dict | None = None) -> Start:
     """Continue the serving version's model when it can be (``towers/warm.py``): something
-    serves, its model is on disk, it was trained on the same dataset (``dataset``, when known)
-    and its towers have the shape ``config`` trains; otherwise from scratch, saying why."""
+    serves, its model is on disk, it was trained on the same dataset (the prepared ``data``'s
+    summary: name, id type and split), with a split that holds out the same kind of items
+    (not ``tfrs``'s random split, which reshuffles every day: the parent would have trained on
+    today's held-out items), on the same features (``features``: ``FeatureSpec.to_dict`` of
+    today's data, when known), and its towers have the shape ``config`` trains; otherwise from
+    scratch, saying why."""
     if from_scratch:
         return Start(None, "from scratch (--from-scratch)")
     if serving.collection is None or serving.record is None:
@@ -171,11 +176,32 @@ def training_start(serving: Serving, config: TowerConfig, from_scratch: bool, da
         manifest = artifact.read_manifest(Path(model_dir))
         warm.check_compatible(config, manifest.config, f"the serving model {manifest.model_id}")
     except (ArtifactError, ConfigError) as error:
-        return Start(None, f"from scratch: {error}")
-    if dataset is not None and manifest.dataset != dataset:
-        return Start(None, f"from scratch: the serving model {manifest.model_id} was trained on "
-                           f"{manifest.dataset!r}, this rebuild's data is {dataset!r}")
-    return Start(model_dir, f"continued from the serving model {manifest.model_id} ({serving.collection})")
+        return Start(None, f"from scratch: {str(error).removesuffix('; train from scratch instead')}")
+    model = f"the serving model {manifest.model_id}"
+    differs = [f"{what} {theirs!r} there, {ours!r} here" for what, theirs, ours in (
+        ("dataset", manifest.dataset, data.get("dataset", "unknown")),
+        ("id type", manifest.id_type, data.get("id_type", "int64")),
+        ("split", manifest.protocol, data.get("protocol", "leave-last-out")))
+        if theirs != ours]
+    if differs:
+        return Start(None, f"from scratch: {model} was trained on other data ({'; '.join(differs)})")
+    if data.get("protocol") == "tfrs":
+        return Start(None, f"from scratch: the tfrs split is random and reshuffled with the data, so {model} "
+                           "trained on some of today's held-out interactions")
+    if features is not None and manifest.features.get("spec") != features:
+        return Start(None, f"from scratch: {model} read other features ({_feature_names(manifest.features.get('spec'))}"
+                           f" there, {_feature_names(features)} here)")
+    return Start(model_dir, f"continued from {model} ({serving.collection})")
+
+
+def _feature_names(spec: dict | None) -> str:
+    """``user: age (bucketized); item: genres (multi_hot), title (text)`` for a spec's dict."""
+    sides = spec or {}
+    parts = []
+    for side in ("user", "item"):
+        named = ", ".join(f"{feature['column']} ({feature['kind']})" for feature in sides.get(side, ()))
+        parts.append(f"{side}: {named or 'none'}")
+    return "; ".join(parts)
 
 
 def not_compared(serving: Serving, gate_confidence: float, margin: float) -> Comparison | None:

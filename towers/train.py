@@ -57,8 +57,8 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     user_ids, item_counts: the training users (sorted) and each catalog item's training
     interactions, when ``interactions`` is only a shard of the training data (one training
     process's part); by default, from ``interactions``.
-    parent: a trained model to continue (``towers/warm.py``): its feature spec and encoders are
-    kept and its weights carried over."""
+    parent: a trained model to continue (``towers/warm.py``): same feature spec, its numeric
+    and bucket encoders kept, its weights carried over."""
     spec = spec or default_spec([] if users is None else list(users.columns), list(items.columns),
                                 config.use_features)
     if parent is not None:
@@ -74,10 +74,10 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     counts = item_counts if item_counts is not None else \
         np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
     train_users = None if users is None else users[users["user_id"].isin(user_ids)]
-    if parent is not None:  # the parent's vocabularies of genres, words, buckets: their rows keep their meaning
-        user_encoders, item_encoders = parent.model.user_encoders, parent.model.item_encoders
-    else:
-        user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
+    user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
+    if parent is not None:  # numbers and buckets keep the parent's scale; vocabularies grow
+        user_encoders = warm.encoders(parent.model.user_encoders, user_encoders)
+        item_encoders = warm.encoders(parent.model.item_encoders, item_encoders)
     # Items without training interactions hide their id (index 0, a zero vector): their
     # untrained id embedding would be noise, their other features are not.
     item_id_index = np.where(counts > 0, np.arange(1, len(item_ids) + 1), 0)

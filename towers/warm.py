@@ -1,11 +1,12 @@
 """Continual training: a new model that starts from a trained one (its parent).
 
 The new model is prepared from today's data as usual (vocabularies of today's users and
-items), with the parent's feature encoders, so that a genre or a word keeps the embedding
-row it had. Then every weight is carried over: the rows of the id tables by id (an item or
-user the parent knew keeps its row; a new one keeps its fresh initialisation, and a new item
-without interactions is embedded from its features alone), every other tensor as it is. A
-parent whose towers have another shape cannot be continued: the error names what differs.
+items, and of today's genres, words and other vocabulary values; numbers and buckets keep the
+parent's scale). Then every weight is carried over: the rows of the id and vocabulary tables
+by key (an item, user or genre the parent knew keeps its row; a new one keeps its fresh
+initialisation, and a new item without interactions is embedded from its features alone),
+every other tensor as it is. A parent whose towers have another shape cannot be continued:
+the error names what differs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from towerbridge.errors import ConfigError
 from towerbridge.towers.config import TowerConfig
+from towerbridge.towers.features import Encoder
+from towerbridge.towers.model import Tower
 from towerbridge.towers.trained import TrainedModel, lookup
 
 # settings that only steer training: a continued model may change them
@@ -69,10 +72,23 @@ def check_compatible(config: TowerConfig, parent: TowerConfig, source: str) -> N
                           f"({'; '.join(differ)}); train from scratch instead")
 
 
+VOCABULARY_KINDS = ("categorical", "multi_hot", "text")
+
+
+def encoders(parent: list[Encoder], fitted: list[Encoder]) -> list[Encoder]:
+    """The encoders of a continued model: today's vocabularies (``fitted``) for the features
+    with one (a genre or a word new today gets a row; the ones the parent knew keep theirs),
+    the parent's for the others (numbers and buckets keep the scale the weights learned)."""
+    theirs = {encoder.feature.column: encoder for encoder in parent}
+    return [encoder if encoder.feature.kind in VOCABULARY_KINDS + ("id",) else theirs[encoder.feature.column]
+            for encoder in fitted]
+
+
 def carry_weights(child: TrainedModel, parent: TrainedModel, source: str) -> None:
-    """Copy ``parent``'s weights into ``child``'s freshly initialised model (in place): id
-    tables row by row for the ids both know, every other tensor whole."""
-    tables = id_tables(child)
+    """Copy ``parent``'s weights into ``child``'s freshly initialised model (in place): the
+    tables indexed by an id or a vocabulary row by row for the keys both know, every other
+    tensor whole."""
+    ours_keys, theirs_keys = keyed_tables(child), keyed_tables(parent)
     theirs = parent.model.state_dict()
     ours = child.model.state_dict()
     if set(theirs) != set(ours):
@@ -82,10 +98,8 @@ def carry_weights(child: TrainedModel, parent: TrainedModel, source: str) -> Non
     with torch.no_grad():
         for name, tensor in ours.items():
             source_tensor = theirs[name]
-            if name in tables:
-                ids, parent_ids = (child.item_ids, parent.item_ids) if tables[name] == "item" \
-                    else (child.user_ids, parent.user_ids)
-                rows = lookup(parent_ids, ids)  # the parent's row of each of our ids (0: new)
+            if name in ours_keys and name in theirs_keys:
+                rows = lookup(theirs_keys[name], ours_keys[name])  # the parent's row of each of our keys (0: new)
                 known = np.flatnonzero(rows) + 1
                 tensor[torch.from_numpy(known)] = source_tensor[torch.from_numpy(rows[known - 1])]
             elif source_tensor.shape == tensor.shape:
@@ -96,17 +110,26 @@ def carry_weights(child: TrainedModel, parent: TrainedModel, source: str) -> Non
                                   "train from scratch instead")
 
 
-def id_tables(trained: TrainedModel) -> dict[str, str]:
-    """The state-dict names of the embedding tables indexed by vocabulary position: ``item`` or
-    ``user`` for each."""
-    tables = {}
-    for side, tower, encoders in (("item", trained.model.item_tower, trained.item_encoders),
-                                  ("user", trained.model.user_tower, trained.user_encoders)):
-        layers = getattr(tower, "inputs", None)
-        for encoder in encoders:
-            if encoder.feature.kind == "id" and layers is not None and encoder.feature.column in layers:
-                prefix = "item_tower" if side == "item" else "user_tower"
-                tables[f"{prefix}.inputs.{encoder.feature.column}.weight"] = side
+def keyed_tables(trained: TrainedModel) -> dict[str, np.ndarray]:
+    """The state-dict names of the embedding tables whose rows are keyed (row k + 1: key k):
+    the id tables by the model's sorted user or item ids, the vocabulary features' tables by
+    their sorted vocabularies; each with its keys."""
+    tables: dict[str, np.ndarray] = {}
+    for side, encoders_of_side, ids in (("item", trained.item_encoders, trained.item_ids),
+                                        ("user", trained.user_encoders, trained.user_ids)):
+        by_column = {encoder.feature.column: encoder for encoder in encoders_of_side}
+        for path, module in trained.model.named_modules():
+            if not path.startswith(f"{side}_tower") or not isinstance(module, Tower):
+                continue
+            for column in module.inputs:
+                encoder = by_column.get(column)
+                if encoder is None:
+                    continue
+                name = f"{path}.inputs.{column}.weight"
+                if encoder.feature.kind == "id":
+                    tables[name] = ids
+                elif encoder.feature.kind in VOCABULARY_KINDS:
+                    tables[name] = np.asarray(encoder.state["vocabulary"], dtype=str)
     return tables
 
 

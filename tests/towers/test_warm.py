@@ -11,8 +11,9 @@ from towerbridge.errors import ConfigError
 from towerbridge.towers import artifact
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.train import Parent, prepare, read_parent, train
+from towerbridge.towers.trained import lookup
 from towerbridge.towers.vectors import item_vectors
-from towerbridge.towers.warm import id_tables
+from towerbridge.towers.warm import keyed_tables
 
 SEQUENCE = TowerConfig(epochs=2, batch_size=128, seed=1, vector_dim=33, history_length=20)
 ID = TowerConfig(user_tower="id", epochs=2, batch_size=256, seed=1)
@@ -41,7 +42,7 @@ def test_the_weights_are_the_parents_for_what_it_knew(logs, parent):
     _, today, items, new_items, new_users = logs
     child = prepare(today, items, None, parent.model.config, parent=parent)
     theirs, ours = parent.model.model.state_dict(), child.model.state_dict()
-    tables = id_tables(child)
+    tables = keyed_tables(child)
     assert "item_tower.inputs.item_id.weight" in tables
     for name, tensor in ours.items():
         if name not in tables:
@@ -53,6 +54,13 @@ def test_the_weights_are_the_parents_for_what_it_knew(logs, parent):
     assert torch.equal(items_table[1:][torch.from_numpy(known)], parent_table[parent_rows])
     # a new item's row is fresh (it trains from there); its vector starts from its features
     assert not torch.equal(items_table[1:][torch.from_numpy(~known)], torch.zeros_like(items_table[1:][~known]))
+    # the vocabulary features' tables (genres, title words) row by row by their values
+    theirs_keys = keyed_tables(parent.model)
+    vocabularies = [name for name in tables if not name.endswith("_id.weight")]
+    assert vocabularies
+    for name in vocabularies:
+        rows = lookup(theirs_keys[name], tables[name])
+        assert torch.equal(ours[name][1:][torch.from_numpy(rows > 0)], theirs[name][rows[rows > 0]]), name
     if parent.model.config.user_tower == "id":
         users_table = ours["user_tower.inputs.user_id.weight"]
         old = ~np.isin(child.user_ids, new_users)
@@ -95,3 +103,21 @@ def test_other_features_are_refused(logs, parent):
     config = TowerConfig.from_dict({**parent.model.config.to_dict(), "use_features": False})
     with pytest.raises(ConfigError, match="cannot continue training from"):
         prepare(today, items, None, config, parent=Parent(parent.model, parent.model_id, parent.source))
+
+
+def test_a_genre_new_today_gets_a_row_and_the_old_genres_keep_theirs(logs, parent):
+    _, today, items, new_items, _ = logs
+    items = items.copy()
+    items.loc[items["item_id"].isin(new_items), "genres"] += "|Novelty"
+    child = prepare(today, items, None, parent.model.config, parent=parent)
+    [before] = [e.state["vocabulary"] for e in parent.model.item_encoders if e.feature.column == "genres"]
+    [after] = [e.state["vocabulary"] for e in child.item_encoders if e.feature.column == "genres"]
+    assert "Novelty" not in before and after == sorted([*before, "Novelty"])
+    table = "item_tower.inputs.genres.weight"
+    ours, theirs = child.model.state_dict()[table], parent.model.model.state_dict()[table]
+    novelty = after.index("Novelty") + 1
+    assert torch.equal(ours[[i + 1 for i, genre in enumerate(after) if genre != "Novelty"]], theirs[1:])
+    assert not torch.equal(ours[novelty], torch.zeros_like(ours[novelty]))  # fresh, not padding
+    # and the item's input names it
+    row = child.item_index(np.array([new_items[0]]))[0]
+    assert novelty in child.item_inputs["genres"][row].tolist()
