@@ -27,6 +27,8 @@ def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, pr
     second = towerbridge("rebuild", *options, "--embed-workers", "2", env=prefect_api)  # the embedding on Dask
     assert second.returncode == 0, second.stderr[-3000:]
     assert "embedding the catalog in 8 shards on a local Dask cluster of 2 workers" in second.stderr + second.stdout
+    assert "training: from scratch: no version serves yet" in first.stdout
+    assert "training: continued from the serving model " in second.stdout  # the nightly continues it
     assert re.search(r"ok   metrics vs serving: candidate is not shown to be worse, on the same \d+ users \(serving .*"
                      r"\(rejected when a metric's 95% interval for candidate - serving lies wholly below -0.03\)",
                      second.stdout)

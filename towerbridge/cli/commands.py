@@ -65,6 +65,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     completed = state.is_completed()
     error = None if completed else state.result(raise_on_failure=False)
     summary = state.result() if completed else summary_of(error)
+    if summary is not None and summary.training:
+        print(f"training: {summary.training}")
     if summary is not None and summary.decision:
         print()
         for check in summary.decision.checks:
