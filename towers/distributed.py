@@ -19,6 +19,7 @@ Two ways to start the processes:
 
   PREPARED_DIR (``towerbridge data check --out``, or a run's ``data``) and MODEL_DIR must be
   on storage every node sees; MODEL_DIR is a model artifact for ``towerbridge`` to index.
+  ``--continue-from PARENT_DIR`` continues a trained model (``towers/warm.py``).
 """
 
 from __future__ import annotations
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="{}", metavar="JSON",
                         help='model settings as JSON, e.g. \'{"epochs": 20}\' (default: the default tower\'s)')
     parser.add_argument("--checkpoint-dir", help="checkpoint after every epoch; a new start resumes from it")
+    parser.add_argument("--continue-from", metavar="MODEL_DIR",
+                        help="a trained model to continue (its weights are the start; the new model records it "
+                             "as its parent), on storage every node sees")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_rank(args.prepared_dir, config, args.model_dir, args.checkpoint_dir, not args.no_progress,
                    run=TrainingRun(prepared_dir=str(Path(args.prepared_dir).resolve()),
-                                   data=read_summary(args.prepared_dir)))
+                                   data=read_summary(args.prepared_dir)), parent_dir=args.continue_from)
     except TowerbridgeError as error:
         print(f"error (process {dist.get_rank()}): {error}", file=sys.stderr)
         return 1

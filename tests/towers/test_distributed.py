@@ -163,6 +163,16 @@ def test_torchrun_starts_the_processes(prepared, tmp_path):
     assert manifest.dataset == "synthetic"
     assert {shard["weights_sha256"] for shard in manifest.training.shards} == \
         {weights_digest(artifact.load(out).model)}
+    # and a continued training: the first model is the second's parent
+    again = tmp_path / "continued"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "towerbridge.towers.distributed", prepared, str(again), "--config", json.dumps({"epochs": 1}),
+         "--no-progress", "--continue-from", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lineage = artifact.read_manifest(again).lineage
+    assert (lineage.parent_id, lineage.parent_dir, lineage.new_items) == (manifest.model_id, str(out), 0)
 
 
 def test_the_module_refuses_to_run_without_torchrun(prepared, tmp_path):
