@@ -249,12 +249,7 @@ def markdown(summary: RebuildSummary) -> str:
     if summary.training:
         lines.append(f"- training: {summary.training}")
     if summary.lineage:
-        lineage = Lineage.from_dict(summary.lineage)
-        lines.append(f"- what was new: {lineage.new_items:,} items (of {lineage.items:,}), {lineage.new_users:,} "
-                     f"users (of {lineage.users:,})" + (
-                         f", {lineage.interactions - lineage.parent_interactions:+,} training interactions "
-                         f"({lineage.interactions:,} in all)"
-                         if lineage.interactions is not None and lineage.parent_interactions is not None else ""))
+        lines.append(f"- what was new: {Lineage.from_dict(summary.lineage).what_was_new()}")
     if built:
         params = ", ".join(f"{key} {value}" for key, value in built.index["params"].items()
                            if key not in ("nprobe", "reorder_k"))

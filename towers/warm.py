@@ -55,11 +55,13 @@ class Lineage:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
-    def describe(self) -> str:
-        grown = (f", {self.interactions - self.parent_interactions:+,} training interactions"
-                 if self.interactions is not None and self.parent_interactions is not None else "")
-        return (f"continued from model {self.parent_id}: {self.new_items:,} new items (of {self.items:,}), "
-                f"{self.new_users:,} new users (of {self.users:,}){grown}")
+    def what_was_new(self) -> str:
+        """``40 items (of 1,100), 30 users (of 600), +2,113 training interactions (59,002 in all)``."""
+        grown = ""
+        if self.interactions is not None and self.parent_interactions is not None:
+            grown = (f", {self.interactions - self.parent_interactions:+,} training interactions "
+                     f"({self.interactions:,} in all)")
+        return f"{self.new_items:,} items (of {self.items:,}), {self.new_users:,} users (of {self.users:,}){grown}"
 
 
 def check_compatible(config: TowerConfig, parent: TowerConfig, source: str) -> None:
