@@ -128,8 +128,8 @@ class TrainOptions(_Options):
         f"{defaults.RANDOM_SPLIT_USER_TOWER} for the tfrs protocol)"))
     epochs: int | None = Field(None, description="training epochs (default: the tower's)")
     time_budget: float | None = Field(None, description=(
-        "seconds of training at most (a number, or a duration such as \"45m\" or \"1h30m\"): no epoch starts "
-        "that would pass it, as long as the last one took (default: no limit)"))
+        "seconds of training at most (a number, or a duration such as \"45m\" or \"1h30m\"): training stops "
+        "when it is spent, in the middle of an epoch if need be, keeping the best weights (default: no limit)"))
     vector_dim: int | None = Field(None, description="length of the vectors stored in Milvus (default: the tower's)")
     temperature: float | None = Field(None, description="the softmax temperature (default: the tower's)")
     use_features: bool = Field(TowerConfig.use_features, description=(

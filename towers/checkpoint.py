@@ -32,6 +32,7 @@ class TrainingState:
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -1.0, "epoch": 0, "weights": None})
+    stopped: str | None = None  # "time": the budget ended this training; a resumed try trains no more
 
     def finish_epoch(self, record: dict, metric: float | None, model: torch.nn.Module) -> None:
         self.epoch += 1
@@ -52,8 +53,10 @@ class TrainingState:
     def stop(self, reason: str, config: TowerConfig) -> dict:
         """Why training ended and which epoch's weights it kept: ``reason`` is ``epochs`` (all of
         them ran), ``patience`` (no better validation metric for that many epochs) or ``time``
-        (the next epoch would have passed ``time_budget``)."""
+        (``time_budget`` was spent, maybe in the middle of the last epoch)."""
         record = {"reason": reason, "epochs": self.epoch, "kept_epoch": self.best["epoch"] or self.epoch}
+        if reason == "time" and self.history and "batches" in self.history[-1]:
+            record["last_epoch_batches"] = self.history[-1]["batches"]
         if self.best["weights"] is not None:
             record["best_metric"] = round(self.best["metric"], 5)
         if reason == "patience":
@@ -75,8 +78,9 @@ def describe_stop(stop: dict, validation_k: int = 50) -> str:
         return (f"stopped early after epoch {stop['epochs']}: no better validation hit rate for "
                 f"{stop['patience']} epochs; {kept}")
     if stop["reason"] == "time":
-        return (f"stopped after epoch {stop['epochs']}: another epoch would pass the time budget of "
-                f"{stop['time_budget']:g} s; {kept}")
+        where = (f"in epoch {stop['epochs']} (after {stop['last_epoch_batches']} batches)"
+                 if "last_epoch_batches" in stop else f"after epoch {stop['epochs']}")
+        return f"stopped {where}: the time budget of {stop['time_budget']:g} s was spent; {kept}"
     return f"ran all {stop['epochs']} epochs; {kept}"
 
 
@@ -102,14 +106,16 @@ class Checkpoints:
         torch_rng = saved["torch_rngs"][rank] if distributed else saved.get("torch_rng")
         if torch_rng is not None:  # dropout's masks go on as they would have (older checkpoints lack it)
             _set_torch_rng(torch_rng, device)
-        return TrainingState(epoch=saved["epoch"], history=saved["history"], best=saved["best"])
+        return TrainingState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
+                             stopped=saved.get("stopped"))
 
     def save(self, state: TrainingState, model: torch.nn.Module, optimizer, generator: np.random.Generator,
              device: torch.device) -> None:
         if self.directory is None:
             return
         saved = {"config": self.config.to_dict(), "epoch": state.epoch, "history": state.history,
-                 "best": state.best, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                 "best": state.best, "stopped": state.stopped, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict()}
         if not self.replica.distributed:
             self._write({**saved, "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device)})
             return

@@ -46,8 +46,10 @@ class TowerConfig:
     learning_rate_schedule: ``constant``, or ``cosine``: the rate falls from ``learning_rate``
         to 0 along half a cosine over the ``epochs`` (step by step), so the last epochs take small
         steps; early stopping or a time budget may end training before the end of the schedule.
-    time_budget: seconds of training (None: no limit). Before each epoch, training ends if
-        that epoch, as long as the last one, would pass the budget; the manifest says so.
+    time_budget: seconds of training (None: no limit). Training stops once they are spent, in
+        the middle of an epoch if need be (with several processes, at the next of every
+        ``BUDGET_CHECK_BATCHES`` steps), validates what it has and keeps the best weights; the
+        manifest says so.
     early_stopping_patience: stop when the validation hit rate has not improved for this
         many epochs and keep the best epoch's weights (0: off, train all epochs). The
         validation set is the last interaction of up to ``validation_users`` sampled users,

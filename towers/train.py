@@ -225,39 +225,63 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
                disable=not progress or replica.rank != 0, dynamic_ncols=True, leave=False)
     model.train()
     began, reason = time.perf_counter(), "epochs"
-    while state.epoch < config.epochs:
+    while state.epoch < config.epochs and not state.stopped:
         started = time.perf_counter()
-        if config.time_budget is not None and state.history:
-            # the next epoch, as long as the last one, would pass the budget (any process's clock)
-            [over] = replica.all_sum([float(started - began + state.history[-1]["seconds"] > config.time_budget)],
-                                     device)
-            if over:
-                reason = "time"
-                break
-        epoch_loss = 0.0
+        epoch_loss, seen, done, cut = 0.0, 0, 0, False
         for number, batch in enumerate(replica.batches(task, generator, n_batches, config.batch_size, device)):
             if config.learning_rate_schedule != "constant":  # a constant rate is the optimizer's own
                 optimizer.set_rate(learning_rate(config, (state.epoch * n_batches + number) /
                                                  (config.epochs * n_batches)))
             epoch_loss += step(batch, generator, optimizer)
+            seen, done = seen + len(batch), number + 1
             bar.update(1)
-        [epoch_loss] = replica.all_sum([epoch_loss], device)
+            if config.time_budget is not None and done < n_batches and _past_budget(began, config, replica, done,
+                                                                                  device):
+                cut = True
+                break
+        [epoch_loss, seen] = replica.all_sum([epoch_loss, float(seen)], device)
         seconds = time.perf_counter() - started
-        epoch_record = {"epoch": state.epoch + 1, "loss_per_example": round(epoch_loss / n_examples, 5),
-                  "seconds": round(seconds, 3), "examples_per_s": round(n_examples / seconds, 1)}
+        epoch_record = {"epoch": state.epoch + 1, "loss_per_example": round(epoch_loss / max(1.0, seen), 5),
+                        "seconds": round(seconds, 3), "examples_per_s": round(seen / seconds, 1)}
+        if cut:
+            epoch_record["batches"] = f"{done}/{n_batches}"
         metric = replica.mean_metric(task, device)
         if metric is not None:
             epoch_record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
         state.finish_epoch(epoch_record, metric, model)
+        if cut or (config.time_budget is not None and state.epoch < config.epochs
+                   and _past_budget(began, config, replica, 0, device)):
+            # a retry of this training (the flow's) resumes a finished one, not a fresh budget
+            state.stopped, reason = "time", "time"
         shown = {f"val@{config.validation_k}": f"{metric:.4f}"} if metric is not None else {}
-        bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / n_examples:.3f}", **shown,
-                        ex_s=f"{n_examples / seconds:,.0f}")
+        bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / max(1.0, seen):.3f}", **shown,
+                        ex_s=f"{seen / seconds:,.0f}")
         checkpoints.save(state, model, optimizer, generator, device)
         if metric is not None and state.stale(config.early_stopping_patience):
             reason = "patience"
             break
+    reason = state.stopped or reason
     bar.close()
     state.keep_best(model)
     trained.history, trained.stop = state.history, state.stop(reason, config)
     trained.model = model.cpu().eval()
     return trained
+
+
+# With several processes, how often (in batches) they agree on whether the budget is spent: a
+# collective per step would cost more than the check is worth.
+BUDGET_CHECK_BATCHES = 8
+
+
+def _past_budget(began: float, config: TowerConfig, replica: Replica, batches_done: int,
+                 device: torch.device) -> bool:
+    """Whether training has used its ``time_budget``. With several processes every one must
+    stop at the same step: they check together, every ``BUDGET_CHECK_BATCHES`` batches (and at
+    the end of an epoch, ``batches_done`` 0), by any process's clock."""
+    over = time.perf_counter() - began >= config.time_budget
+    if not replica.distributed:
+        return over
+    if batches_done % BUDGET_CHECK_BATCHES:
+        return False
+    [count] = replica.all_sum([float(over)], device)
+    return count > 0

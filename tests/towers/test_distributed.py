@@ -194,3 +194,13 @@ def test_sparse_embedding_tables_are_summed_over_the_processes(prepared, tmp_pat
         {weights_digest(artifact.load(Path(model)).model)}
     history = manifest.history
     assert history[1]["loss_per_example"] < history[0]["loss_per_example"]
+
+
+def test_a_time_budget_stops_every_process_at_the_same_step(prepared, tmp_path):
+    # the budget is spent in the middle of an epoch; the processes agree on the step to stop at
+    model = steps.train_model(prepared, str(tmp_path), {"epochs": 200, "time_budget": 3.0}, progress=False,
+                              processes=2)
+    manifest = artifact.read_manifest(Path(model))
+    assert manifest.stop["reason"] == "time" and manifest.stop["epochs"] < 200
+    assert {shard["weights_sha256"] for shard in manifest.training.shards} == \
+        {weights_digest(artifact.load(Path(model)).model)}

@@ -137,18 +137,44 @@ def test_training_says_why_it_stopped_and_keeps_its_time_budget(data, tmp_path):
     whole = train(interactions, items, None, id_tower(epochs=2, batch_size=256, seed=1), progress=False)
     assert whole.stop == {"reason": "epochs", "epochs": 2, "kept_epoch": 2}
     assert describe_stop(whole.stop) == "ran all 2 epochs; kept epoch 2"
-    # a budget shorter than two epochs: the first runs, the second would pass it
-    budget = 1.5 * whole.history[0]["seconds"]
+    # half an epoch's time: the budget stops the first epoch in the middle
+    epoch_seconds = max(epoch["seconds"] for epoch in whole.history)
+    budget = 0.5 * epoch_seconds
     timed = train(interactions, items, None, id_tower(epochs=50, batch_size=256, seed=1, time_budget=budget),
                   progress=False, checkpoint_dir=tmp_path)
-    assert 1 <= timed.stop["epochs"] < 50 and timed.stop["reason"] == "time"
-    assert sum(epoch["seconds"] for epoch in timed.history) <= budget + timed.history[-1]["seconds"]
-    assert describe_stop(timed.stop).startswith(f"stopped after epoch {timed.stop['epochs']}: another epoch "
-                                                f"would pass the time budget of {budget:g} s")
+    done, batches = map(int, timed.stop["last_epoch_batches"].split("/"))
+    assert timed.stop["reason"] == "time" and timed.stop["epochs"] == 1 and 1 <= done < batches
+    assert timed.history[0]["seconds"] < epoch_seconds
+    assert describe_stop(timed.stop) == (f"stopped in epoch 1 (after {done}/{batches} batches): the time budget of "
+                                         f"{budget:g} s was spent; kept epoch 1")
     artifact.save(timed, tmp_path / "model")
     assert artifact.read_manifest(tmp_path / "model").stop == timed.stop
+    # a retry of the same training (the flow's) resumes the stopped one: it trains no further
+    again = train(interactions, items, None, id_tower(epochs=50, batch_size=256, seed=1, time_budget=budget),
+                  progress=False, checkpoint_dir=tmp_path)
+    assert again.history == timed.history and again.stop == timed.stop
+    np.testing.assert_array_equal(item_vectors(again)[1], item_vectors(timed)[1])
     with pytest.raises(ConfigError, match="time_budget must be a positive number of seconds"):
         id_tower(time_budget=0)
+
+
+def test_a_time_budget_keeps_the_best_validated_weights(data):
+    from towerbridge.towers.id_tower import validation_hit_rate, validation_split
+    from towerbridge.towers.train import pick_device
+
+    interactions, items = data
+    probe = train(interactions, items, None, id_tower(epochs=1, batch_size=256, seed=4), progress=False)
+    budget = 3.5 * probe.history[0]["seconds"]
+    config = id_tower(epochs=50, batch_size=256, learning_rate=0.05, seed=4, early_stopping_patience=50,
+                      validation_users=300, validation_k=10, time_budget=budget)
+    trained = train(interactions, items, None, config, progress=False)
+    metrics = [epoch["validation_hit_rate@10"] for epoch in trained.history]
+    assert trained.stop["reason"] == "time" and 2 <= len(metrics) < 50
+    # every epoch, the cut one included, was validated; the weights kept are the best of them
+    assert trained.stop["kept_epoch"] == int(np.argmax(metrics)) + 1
+    assert trained.stop["best_metric"] == round(max(metrics), 5)
+    _, validation = validation_split(interactions, config)
+    assert validation_hit_rate(trained, validation, pick_device("cpu")) == pytest.approx(max(metrics), abs=1e-5)
 
 
 def test_sparse_embedding_tables_learn_and_resume_exactly(data, tmp_path):

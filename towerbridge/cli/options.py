@@ -147,9 +147,10 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
                           help="training epochs (default: the tower's, "
                                + ", ".join(f"{kind} {config.for_tower(kind).epochs}" for kind in USER_TOWERS) + ")")
     training.add_argument("--train-budget", "--time-budget", dest="time_budget", type=budget, metavar="DURATION",
-                          help="train for at most this long (seconds, or 45m, 1h30m, ...): before each epoch, "
-                               "training ends if that epoch, as long as the last one, would pass it; the report and "
-                               "the model's manifest say where it stopped (default: no limit, all --epochs)")
+                          help="train for at most this long (seconds, or 45m, 1h30m, ...): training stops when it is "
+                               "spent, in the middle of an epoch if need be, and keeps the best weights (by the "
+                               "validation metric with --early-stopping, else the last); the report and the model's "
+                               "manifest say where it stopped (default: no limit, all --epochs)")
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
