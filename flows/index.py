@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, task
 from towerbridge import steps
 from towerbridge.flows.embed import embedded
 from towerbridge.milvus import server
+from towerbridge.milvus.index import Fallback
 from towerbridge.options import IndexOptions
 from towerbridge.results import BuiltVersion
 
@@ -36,4 +37,6 @@ def index(model_dir: str, options: IndexOptions = IndexOptions(), milvus_uri: st
     logger.info("alias %s -> %s (%d rows, %s %s, recall@100 %.3f against exact search)", built.alias,
                 built.collection, built.rows, built.index["index_type"], {**built.index["params"], **tuned},
                 built.index_recall)
+    if built.index_fallback:
+        logger.info("index: %s", Fallback.from_dict(built.index_fallback).describe())
     return built

@@ -32,6 +32,14 @@ METRIC = "IP"
 MAX_NLIST = 65536
 PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
 INDEX_TYPES = ("IVF_PQ", "SCANN")
+# What a version may ask for: one of INDEX_TYPES, or AUTO: IVF_PQ, and SCANN where IVF_PQ's tuned
+# search falls short of the target recall (``auto_index``).
+AUTO = "AUTO"
+INDEX_CHOICES = (AUTO, *INDEX_TYPES)
+# AUTO goes straight to SCANN when the version it replaces fell back from IVF_PQ at a catalog no
+# larger than this many times today's: IVF_PQ's recall falls as the catalog grows (0.77 at 1M
+# items, BENCHMARKS.md), so it would fall short again, and building it costs a third of a rebuild.
+FALLBACK_REMEMBERED = 1.25
 # SCANN's re-ranking: tuning tries reorder_k = k times each of these (k: the tuning's top k),
 # the widest while it tunes nprobe, then the narrowest that keeps the recall. Where 4-bit codes
 # cannot separate many near-equal scores, a short list misses true top-k items whatever the
@@ -170,14 +178,16 @@ def choose_ivf_pq(n_rows: int, dim: int) -> IvfPqParams:
 
 
 def choose_index(n_rows: int, dim: int, overrides: dict | None = None) -> IndexParams:
-    """The index a version gets: ``overrides["index_type"]`` (``IVF_PQ``, the default, or
-    ``SCANN``; any case), its parameters chosen from the data, then the other overrides.
-    Checked before anything is built."""
+    """The index a version gets: ``overrides["index_type"]`` (``AUTO``, the default, starts
+    with ``IVF_PQ``; or ``IVF_PQ`` or ``SCANN``; any case), its parameters chosen from the data,
+    then the other overrides. Checked before anything is built."""
     overrides = dict(overrides or {})
-    index_type = str(overrides.pop("index_type", None) or "IVF_PQ").upper()
-    if index_type not in INDEX_TYPES:
+    index_type = str(overrides.pop("index_type", None) or AUTO).upper()
+    if index_type not in INDEX_CHOICES:
         raise ConfigError(f"index type {index_type!r} is not one towerbridge builds; choose one of "
-                          f"{', '.join(t.lower() for t in INDEX_TYPES)}")
+                          f"{', '.join(t.lower() for t in INDEX_CHOICES)}")
+    if index_type == AUTO:
+        index_type = "IVF_PQ"
     chosen = choose_ivf_pq(n_rows, dim)
     if index_type == "SCANN":
         chosen = ScannParams(nlist=chosen.nlist, nprobe=chosen.nprobe)
@@ -191,6 +201,54 @@ def choose_index(n_rows: int, dim: int, overrides: dict | None = None) -> IndexP
         params = type(params)(**{**asdict(params), "nprobe": min(params.nprobe, params.nlist)})
     params.check(dim, n_rows)
     return params
+
+
+def auto_index(overrides: dict | None) -> bool:
+    """Whether the index is left to towerbridge (``AUTO``, or no type given): IVF_PQ, and SCANN
+    where IVF_PQ falls short of the target. Setting IVF_PQ's codes (``m``, ``nbits``) chooses it."""
+    overrides = overrides or {}
+    return str(overrides.get("index_type") or AUTO).upper() == AUTO and not {"m", "nbits"} & set(overrides)
+
+
+def fallback_index(n_rows: int, dim: int, overrides: dict | None = None) -> ScannParams | None:
+    """The SCANN index an ``AUTO`` version falls back to (the lists as ``overrides`` set them);
+    None where SCANN cannot be built (fewer than 256 rows)."""
+    if n_rows < 256:
+        return None
+    lists = {key: value for key, value in (overrides or {}).items() if key in ("nlist", "nprobe")}
+    return choose_index(n_rows, dim, {**lists, "index_type": "SCANN"})
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Why an ``AUTO`` version has SCANN: IVF_PQ's tuned search reached ``recall`` (at
+    ``nprobe``) on ``items`` items, short of ``target``; ``seen_in``: the earlier version
+    where that was measured, when this one went straight to SCANN (None: measured here)."""
+
+    recall: float
+    nprobe: int
+    items: int
+    target: float
+    seen_in: str | None = None
+
+    def describe(self) -> str:
+        measured = (f"IVF_PQ reached recall@100 {self.recall:.3f} (nprobe {self.nprobe}) on {self.items:,} items, "
+                    f"short of the target {self.target:g}")
+        if self.seen_in:
+            return f"SCANN, as for {self.seen_in} ({measured})"
+        return f"SCANN: {measured}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Fallback:
+        return cls(recall=float(values["recall"]), nprobe=int(values["nprobe"]), items=int(values["items"]),
+                   target=float(values["target"]), seen_in=values.get("seen_in"))
+
+    def still_applies(self, n_rows: int) -> bool:
+        """Whether IVF_PQ would fall short again on ``n_rows`` items (``FALLBACK_REMEMBERED``)."""
+        return self.items <= FALLBACK_REMEMBERED * n_rows
 
 
 def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from towerbridge import defaults
 from towerbridge.errors import CollectionError
-from towerbridge.milvus.index import SearchParams
+from towerbridge.milvus.index import Fallback, SearchParams
 from towerbridge.milvus.schema import PROPERTY_PREFIX
 from towerbridge.results import Comparison, EvaluationReport
 
@@ -90,7 +90,8 @@ class VersionRecord:
     Fixed at creation: the model (``model_id``, ``model_dir``, its ``user_tower``), the
     ``alias`` and ``dataset`` it was built for, ``created_at``, the catalog's ``id_type``
     (``int64`` or ``string``), the index (``index_type``, ``metric_type``, build ``params``)
-    and ``pad_dims`` (zero dimensions before each vector: 1 for SCANN on an odd dimension).
+    and ``pad_dims`` (zero dimensions before each vector: 1 for SCANN on an odd dimension);
+    ``index_fallback``: why a version left to choose its index (``AUTO``) has SCANN, not IVF_PQ.
     Set later (``UPDATED``): the tuned search (``nprobe``, ``reorder_k``, ``tuning``),
     ``complete`` / ``completed_at`` (built, indexed, loaded and tuned), the ``evaluation``,
     the rebuild's ``gate`` (its comparison with the version it replaced, on the same users),
@@ -112,6 +113,7 @@ class VersionRecord:
     metric_type: str | None = None
     params: dict | None = None
     pad_dims: int = 0
+    index_fallback: Fallback | None = None
     nprobe: int | None = None
     reorder_k: int | None = None
     tuning: Tuning | None = None
@@ -140,6 +142,7 @@ class VersionRecord:
             raise ValueError(f"{', '.join(updated)}: set after a version is created (ItemStore.set_record), "
                              "not in its description")
         values = {name: getattr(self, name) for name in _CREATED if getattr(self, name) is not None}
+        values = {name: value.to_dict() if hasattr(value, "to_dict") else value for name, value in values.items()}
         return json.dumps({"format": FORMAT, **values}, sort_keys=True)
 
     @classmethod
@@ -183,13 +186,15 @@ class VersionRecord:
         def number(name: str) -> int | None:
             return None if values.get(name) is None else int(values[name])
 
-        tuning, gate = values.get("tuning"), values.get("gate")
+        tuning, gate, fallback = values.get("tuning"), values.get("gate"), values.get("index_fallback")
         return cls(
             model_id=values.get("model_id"), model_dir=values.get("model_dir"), alias=values.get("alias"),
             dataset=values.get("dataset"), created_at=values.get("created_at"),
             user_tower=values.get("user_tower", "id"), id_type=values.get("id_type", "int64"),
             index_type=values.get("index_type"), metric_type=values.get("metric_type"), params=values.get("params"),
-            pad_dims=int(values.get("pad_dims", 0)), nprobe=number("nprobe"), reorder_k=number("reorder_k"),
+            pad_dims=int(values.get("pad_dims", 0)),
+            index_fallback=Fallback.from_dict(fallback) if isinstance(fallback, dict) else None,
+            nprobe=number("nprobe"), reorder_k=number("reorder_k"),
             tuning=Tuning.from_dict(tuning) if isinstance(tuning, dict) else None,
             complete=bool(values.get("complete", False)), completed_at=values.get("completed_at"),
             evaluation=VersionEvaluation.from_dict(values.get("evaluation")),

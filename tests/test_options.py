@@ -115,7 +115,7 @@ def test_unknown_and_mistyped_values_are_refused_where_they_are():
     assert refusal(lambda: RebuildOptions.model_validate({"train": {"data": {"datset": "movielens-1m"}}}))[0] == (
         "train", "data", "datset")
     assert refusal(lambda: TrainOptions(user_tower="transformer"))[1] == "Input should be 'sequence', 'pooled' or 'id'"
-    assert refusal(lambda: IndexSettings(index_type="HNSW"))[1] == "Input should be 'IVF_PQ' or 'SCANN'"
+    assert refusal(lambda: IndexSettings(index_type="HNSW"))[1] == "Input should be 'AUTO', 'IVF_PQ' or 'SCANN'"
 
 
 def test_defaults_are_the_ones_in_defaults_py():
@@ -125,7 +125,7 @@ def test_defaults_are_the_ones_in_defaults_py():
     assert (train.use_features, train.early_stopping_patience, train.seed) == (
         TowerConfig.use_features, TowerConfig.early_stopping_patience, TowerConfig.seed)
     assert index.alias == DEFAULT_ALIAS == "towerbridge_items"
-    assert index.index_params == IndexSettings(index_type=defaults.INDEX_TYPE) == IndexSettings(index_type="ivf_pq")
+    assert index.index_params == IndexSettings(index_type=defaults.INDEX_TYPE) == IndexSettings(index_type="auto")
     assert (index.keep_versions, index.target_recall) == (defaults.KEEP_VERSIONS, defaults.TARGET_RECALL) == (3, 0.95)
     assert (index.embed_workers, index.dask_address) == (defaults.EMBED_WORKERS, None) == (0, None)
     assert evaluate.ks == defaults.REPORT_KS == (1, 5, 10, 20, 50, 100)
@@ -152,7 +152,7 @@ def test_a_training_budget_is_seconds_or_a_duration():
 def test_values_are_normalised_once_and_the_objects_are_frozen():
     assert EvaluateOptions(ks=[100, 10, 50, 10]).ks == (10, 50, 100)
     assert IndexSettings(index_type="scann", nlist=40).overrides() == {"index_type": "SCANN", "nlist": 40}
-    assert IndexSettings().overrides() == {"index_type": "IVF_PQ"}
+    assert IndexSettings().overrides() == {"index_type": "AUTO"}
     with pytest.raises(ValidationError, match="frozen"):
         IndexOptions().keep_versions = 0
 

@@ -232,6 +232,7 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "rows": store.count(name),
             "index_type": record.index_type,
             "params": record.params,
+            "index_fallback": record.index_fallback.describe() if record.index_fallback else None,
             "nprobe": record.nprobe,
             "reorder_k": record.reorder_k,
             "model_id": record.model_id,

@@ -29,7 +29,7 @@ from typing_extensions import Self
 from towerbridge import defaults
 from towerbridge.data.options import DataOptions
 from towerbridge.errors import ConfigError
-from towerbridge.milvus.index import INDEX_TYPES
+from towerbridge.milvus.index import INDEX_CHOICES
 from towerbridge.milvus.schema import DEFAULT_ALIAS, MAX_LIMIT, check_name
 from towerbridge.towers.config import USER_TOWERS, TowerConfig
 
@@ -185,9 +185,10 @@ class TrainOptions(_Options):
 class IndexSettings(_Options):
     """The index of a new version; what is left out is chosen from the data (``milvus/index.py``)."""
 
-    index_type: Literal[INDEX_TYPES] = Field(defaults.INDEX_TYPE, description=(
-        "IVF_PQ (product quantization, 8-bit codes) or SCANN (4-bit fast-scan codes, the best candidates "
-        "re-scored exactly on the raw vectors)"))
+    index_type: Literal[INDEX_CHOICES] = Field(defaults.INDEX_TYPE, description=(
+        "AUTO (IVF_PQ, and SCANN where IVF_PQ's tuned search falls short of the target recall; setting m or "
+        "nbits chooses IVF_PQ), IVF_PQ (product quantization, 8-bit codes) or SCANN (4-bit fast-scan codes, "
+        "the best candidates re-scored exactly on the raw vectors)"))
     nlist: int | None = Field(None, description="inverted lists (default about 4·sqrt(items), at most items/39)")
     m: int | None = Field(None, description=(
         "IVF_PQ: sub-quantizers; must divide the vector dimension (default: the dimension)"))

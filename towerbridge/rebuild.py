@@ -12,7 +12,7 @@ from pathlib import Path
 
 from towerbridge import settings
 from towerbridge.errors import ArtifactError, ConfigError
-from towerbridge.milvus.index import SearchParams
+from towerbridge.milvus.index import Fallback, SearchParams
 from towerbridge.milvus.record import VersionRecord
 from towerbridge.milvus.store import ItemStore
 from towerbridge.results import BuiltVersion, Comparison, EvaluationReport
@@ -257,11 +257,16 @@ def markdown(summary: RebuildSummary) -> str:
         index_type = built.index.get("index_type", "IVF_PQ")
         lines.append(f"- candidate: `{built.collection}` ({built.rows:,} rows, {index_type} {params}, "
                      f"tuned {tuned}), model `{built.model_id}`")
+        if built.index_fallback:
+            lines.append(f"- index: {Fallback.from_dict(built.index_fallback).describe()}")
         if built.timing:
             t = built.timing
             lines.append(f"- build time: embedding {t['embed_s']:.0f} s, inserts {t['insert_s']:.0f} s "
                          f"({built.insert_workers} process(es)), index build and load {t['index_s']:.0f} s, "
                          f"search tuning {t['tune_s']:.0f} s")
+            if "ivf_pq_index_s" in t:
+                spent = sum(value for key, value in t.items() if key.startswith("ivf_pq_"))
+                lines.append(f"- the IVF_PQ version dropped for falling short took {spent:.0f} s")
     if summary.error:
         lines += ["", "## Error", "", "```", summary.error, "```"]
     if checks:

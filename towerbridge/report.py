@@ -34,7 +34,8 @@ def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png")
         f"# Evaluation: {report.dataset} ({report.protocol})",
         "",
         f"{report.users_evaluated:,} users, {report.queries:,} queries (one per {report.query_unit}); "
-        f"collection `{report.collection}`, IVF_PQ {report.index['params']}.",
+        f"collection `{report.collection}`, {report.index.get('index_type') or 'IVF_PQ'} {report.index['params']}"
+        + (f" ({report.index['fallback']})." if report.index.get("fallback") else "."),
         "",
         "## Hit rate",
         "",

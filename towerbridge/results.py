@@ -25,8 +25,10 @@ class BuiltVersion:
     index_recall: recall@100 of Milvus against exact search over the same vectors at those settings;
     previous, dropped_versions, removed_half_built: what serving the version changed (set by
     ``steps.index_model``, which also points the alias at it; empty for a candidate);
-    insert_workers: processes that inserted the rows; timing: seconds to embed (or read the
-    embedded shards), insert and flush, build and load the index, tune nprobe."""
+    insert_workers: processes that inserted the rows; index_fallback: why an index left to
+    towerbridge is SCANN (``milvus.index.Fallback`` as a dict; None: not a fallback); timing:
+    seconds to embed (or read the embedded shards), insert and flush, build and load the index,
+    tune nprobe (``ivf_pq_*``: the IVF_PQ version dropped for falling short)."""
 
     collection: str
     alias: str
@@ -43,6 +45,7 @@ class BuiltVersion:
     dropped_versions: tuple[str, ...] = ()
     removed_half_built: tuple[str, ...] = ()
     insert_workers: int = 1
+    index_fallback: dict | None = None
     timing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -19,6 +19,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,13 @@ from towerbridge.data.split import excludes_seen
 from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
 from towerbridge.milvus.index import (
     PLATEAU,
+    Fallback,
+    IvfPqParams,
+    ScannParams,
     SearchParams,
+    auto_index,
     choose_index,
+    fallback_index,
     pad_dims,
     pad_vectors,
     params_record,
@@ -149,7 +155,8 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
     """Embed every item, load the vectors as a new collection version with an IVF_PQ (or
     SCANN) index, tune its search, point the alias at it, and keep the newest ``keep_versions``.
 
-    index_params: ``index_type`` (``IVF_PQ``, the default, or ``SCANN``) and overrides of the
+    index_params: ``index_type`` (``AUTO``, the default, ``IVF_PQ`` or ``SCANN``; see
+    ``build_version``) and overrides of the
     parameters chosen from the data (``nlist``; ``m``, ``nbits`` for IVF_PQ), checked before any
     write. One build per alias at a time (a lock in TOWERBRIDGE_HOME); versions a crashed
     build left half-built are dropped first. A failure before the alias moves drops the
@@ -183,6 +190,11 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     embedded: the item vectors as ``embed_shard`` files, read instead of embedding here.
     insert_workers: processes inserting at once (default: by catalog size). The version's
     ``timing`` says where the time went: embed, insert (and flush), index (build and load), tune.
+
+    The index left to towerbridge (``index_type`` AUTO, the default): IVF_PQ; where its tuned
+    search falls short of ``target_recall``, that version is dropped and a SCANN one built from
+    the same vectors (its record says why, ``Fallback``). A rebuild whose serving version had to
+    fall back on a catalog of about this size goes straight to SCANN.
     """
     started = time.perf_counter()
     manifest = artifact.read_manifest(Path(model_dir))
@@ -193,36 +205,95 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         item_ids, vectors = item_vectors(trained, progress=progress)
     items = read_part(manifest.prepared_dir, "items").set_index("item_id").reindex(item_ids)
     params = choose_index(len(item_ids), vectors.shape[1], index_params)
-    pad = pad_dims(params, vectors.shape[1])
+    auto = auto_index(index_params)
+    fallback = _remembered_fallback(store, alias, len(item_ids)) if auto else None
+    scann = fallback_index(len(item_ids), vectors.shape[1], index_params) if auto else None
+    if fallback is not None and scann is not None:
+        params = scann
+    catalog = _Catalog(item_ids, vectors, items["title"].fillna("").tolist(), items["genres"].fillna("").tolist())
+    workers = insert_workers or store_insert_workers(len(item_ids))
+    timing = {"embed_s": time.perf_counter() - started}
+    build = partial(_build_one, store, manifest, model_dir, alias, trained, catalog, target_recall, progress, workers)
+    name, info, search, recall, stages = build(params, fallback)
+    if auto and isinstance(params, IvfPqParams) and recall < target_recall and scann is not None:
+        fallback = Fallback(recall=round(recall, 4), nprobe=search.nprobe, items=len(item_ids), target=target_recall)
+        log.warning(f"{name}: {fallback.describe()}; building SCANN instead")
+        store.drop(name)
+        timing.update({f"ivf_pq_{key}": value for key, value in stages.items()})
+        params = scann
+        name, info, search, recall, stages = build(params, fallback)
+    timing.update(stages)
+    if complete:
+        try:
+            store.mark_complete(name)
+        except BaseException:
+            store.drop(name)
+            raise
+    return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
+                        segments=tuple(store.segments(name)), index=params_record(params), nprobe=search.nprobe,
+                        reorder_k=search.reorder_k, index_recall=round(recall, 4), model_id=manifest.model_id,
+                        model_dir=str(Path(model_dir).resolve()),
+                        insert_workers=workers,
+                        index_fallback=fallback.to_dict() if fallback and isinstance(params, ScannParams) else None,
+                        timing={key: round(value, 1) for key, value in timing.items()})
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    """The items a version holds: ids, vectors (unpadded), titles and genres."""
+
+    item_ids: np.ndarray
+    vectors: np.ndarray
+    titles: list[str]
+    genres: list[str]
+
+
+def _build_one(store: ItemStore, manifest, model_dir: str, alias: str, trained, catalog: _Catalog,
+               target_recall: float, progress: bool, workers: int, params,
+               fallback: Fallback | None) -> tuple[str, dict, SearchParams, float, dict]:
+    """One collection of ``catalog`` with the ``params`` index: created, filled, indexed, loaded
+    and its search tuned (not marked complete); dropped on any failure. Returns ``(name, index
+    info, tuned search, recall, seconds per stage)``."""
+    pad = pad_dims(params, catalog.vectors.shape[1])
     id_type = manifest.id_type
     record = VersionRecord(model_id=manifest.model_id, model_dir=str(Path(model_dir).resolve()), alias=alias,
                            dataset=manifest.dataset, created_at=defaults.utc_now(),
                            user_tower=manifest.config.user_tower, id_type=id_type, **params_record(params),
-                           pad_dims=pad)
-    titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
-    name = store.create_version(alias, manifest.model_id, vectors.shape[1] + pad, record,
-                                TextLimits.of(titles, genres, item_ids if id_type == "string" else None))
-    workers = insert_workers or store_insert_workers(len(item_ids))
-    timing = {"embed_s": time.perf_counter() - started}
+                           pad_dims=pad, index_fallback=fallback if isinstance(params, ScannParams) else None)
+    name = store.create_version(alias, manifest.model_id, catalog.vectors.shape[1] + pad, record,
+                                TextLimits.of(catalog.titles, catalog.genres,
+                                              catalog.item_ids if id_type == "string" else None))
+    timing: dict[str, float] = {}
     try:
         mark = time.perf_counter()
-        store.insert(name, item_ids, pad_vectors(vectors, pad), titles, genres, progress=progress, workers=workers)
+        store.insert(name, catalog.item_ids, pad_vectors(catalog.vectors, pad), catalog.titles, catalog.genres,
+                     progress=progress, workers=workers)
         timing["insert_s"], mark = time.perf_counter() - mark, time.perf_counter()
         info = store.build_index(name, params)
         timing["index_s"], mark = time.perf_counter() - mark, time.perf_counter()
-        search, recall = _tune_search(store, name, params, trained, vectors,
+        search, recall = _tune_search(store, name, params, trained, catalog.vectors,
                                       read_part(manifest.prepared_dir, "train"), target=target_recall, pad=pad)
         timing["tune_s"] = time.perf_counter() - mark
-        if complete:
-            store.mark_complete(name)
     except BaseException:
         store.drop(name)
         raise
-    return BuiltVersion(collection=name, alias=alias, rows=int(info["indexed_rows"]), items=len(item_ids),
-                        segments=tuple(store.segments(name)), index=params_record(params), nprobe=search.nprobe,
-                        reorder_k=search.reorder_k,
-                        index_recall=round(recall, 4), model_id=manifest.model_id, model_dir=record.model_dir,
-                        insert_workers=workers, timing={key: round(value, 1) for key, value in timing.items()})
+    return name, info, search, recall, timing
+
+
+def _remembered_fallback(store: ItemStore, alias: str, n_items: int) -> Fallback | None:
+    """The serving version's fallback from IVF_PQ, when it still applies to ``n_items`` items
+    (``Fallback.still_applies``), as this version records it: measured in the serving version,
+    or where that one had it from."""
+    serving = store.alias_target(alias)
+    if serving is None:
+        return None
+    try:
+        fallback = store.record(serving).index_fallback
+    except CollectionError:
+        return None
+    if fallback is None or not fallback.still_applies(n_items):
+        return None
+    return replace(fallback, seen_in=fallback.seen_in or serving)
 
 
 def search_indices(store: ItemStore, name: str, tuned: SearchParams, trained):
@@ -430,7 +501,8 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         index_recall=ev.overlap(rankings["model"], rankings["exact"], ks),
         index={"index_type": record.index_type, "metric_type": record.metric_type,
                "params": {**record.params, **tuned.for_limit(0)},
-               "tuning": record.tuning.to_dict() if record.tuning else None},
+               "tuning": record.tuning.to_dict() if record.tuning else None,
+               **({"fallback": record.index_fallback.describe()} if record.index_fallback else {})},
         collection=collection,
         alias=record.alias,
         model_id=manifest.model_id,

@@ -3,11 +3,14 @@ import pytest
 
 from towerbridge.errors import ConfigError
 from towerbridge.milvus.index import (
+    Fallback,
     IvfPqParams,
     ScannParams,
     SearchParams,
+    auto_index,
     choose_index,
     choose_ivf_pq,
+    fallback_index,
     pad_dims,
     pad_vectors,
     tune_nprobe,
@@ -66,11 +69,28 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
 def test_scann_is_chosen_with_the_same_lists_and_any_case():
     assert choose_index(4000, 32, {"index_type": "scann"}) == ScannParams(nlist=102, nprobe=25, reorder_k=6400)
     assert choose_index(4000, 32, {"index_type": "SCANN", "nlist": 40}) == ScannParams(nlist=40, nprobe=25)
-    assert choose_index(4000, 32) == choose_ivf_pq(4000, 32)
+    assert choose_index(4000, 32) == choose_ivf_pq(4000, 32) == choose_index(4000, 32, {"index_type": "auto"})
+
+
+def test_auto_is_ivf_pq_first_unless_its_codes_are_chosen():
+    assert auto_index(None) and auto_index({"index_type": "auto"}) and auto_index({"nlist": 40})
+    assert not auto_index({"index_type": "IVF_PQ"}) and not auto_index({"index_type": "scann"})
+    assert not auto_index({"m": 8}) and not auto_index({"nbits": 4})
+    assert fallback_index(4000, 32, {"nlist": 40, "index_type": "AUTO"}) == ScannParams(nlist=40, nprobe=25)
+    assert fallback_index(200, 32) is None  # SCANN needs 256 rows
+
+
+def test_a_fallback_is_remembered_for_catalogs_about_its_size():
+    fallback = Fallback(recall=0.77, nprobe=64, items=1_000_000, target=0.95)
+    assert fallback.still_applies(1_020_000) and fallback.still_applies(800_000)
+    assert not fallback.still_applies(799_999)  # a catalog a fifth smaller: IVF_PQ is tried again
+    assert Fallback.from_dict(fallback.to_dict()) == fallback
+    assert fallback.describe() == ("SCANN: IVF_PQ reached recall@100 0.770 (nprobe 64) on 1,000,000 items, "
+                                   "short of the target 0.95")
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"index_type": "hnsw"}, "index type 'HNSW' is not one towerbridge builds; choose one of ivf_pq, scann"),
+    ({"index_type": "hnsw"}, "index type 'HNSW' is not one towerbridge builds; choose one of auto, ivf_pq, scann"),
     ({"index_type": "scann", "m": 8}, r"m: not a parameter of SCANN \(it takes nlist, nprobe, reorder_k\)"),
     ({"mm": 8}, r"mm: not a parameter of IVF_PQ \(it takes m, nbits, nlist, nprobe\)"),
     ({"index_type": "scann", "nlist": 200, "nprobe": 300}, "nprobe=300 must be between 1 and nlist=200"),

@@ -7,7 +7,7 @@ import pytest
 
 from tests.factories import comparison
 from towerbridge.errors import CollectionError
-from towerbridge.milvus.index import SearchParams
+from towerbridge.milvus.index import Fallback, SearchParams
 from towerbridge.milvus.record import FORMAT, Tuning, VersionEvaluation, VersionRecord
 
 EVALUATION = {"dataset": "movielens-100k", "protocol": "leave-last-out", "users": 943,
@@ -66,9 +66,11 @@ def test_what_is_written_reads_back_equal():
     created = VersionRecord(model_id="m2", model_dir="/models/m2", alias="items", dataset="synthetic",
                             created_at="2026-12-05T02:00:00Z", user_tower="sequence", id_type="string",
                             index_type="SCANN", metric_type="IP", params={"nlist": 20, "nprobe": 8, "reorder_k": 6400},
-                            pad_dims=1)
+                            pad_dims=1, index_fallback=Fallback(recall=0.77, nprobe=64, items=10**6, target=0.95,
+                                                                seen_in="items_v1"))
     description = json.loads(created.description())
     assert description["format"] == FORMAT and description["pad_dims"] == 1 and "nprobe" not in description
+    assert description["index_fallback"]["seen_in"] == "items_v1"
     later = {"nprobe": 4, "reorder_k": 200, "complete": True, "completed_at": "2026-12-05T02:10:00Z",
              "tuning": Tuning(target_recall=0.95, k=100, queries=500, recall=0.96, reached_target=True),
              "evaluation": VersionEvaluation(**EVALUATION), "served_since": "2026-12-05T02:11:00Z",

@@ -77,3 +77,36 @@ def test_analysts_and_evaluation_use_the_versions_settings(built, store, model_d
     assert report.index["index_type"] == "SCANN"
     assert (report.index["params"]["nprobe"], report.index["params"]["reorder_k"]) == (built.nprobe, built.reorder_k)
     assert report.index_recall["recall@100"] >= 0.9
+
+
+def test_auto_falls_back_to_scann_where_ivf_pq_falls_short_and_remembers_it(milvus_uri, model_dir, store):
+    # AUTO (the default) on the same catalog: IVF_PQ meets 0.95 and stays; asked for recall 1.0, its
+    # 8-bit codes cannot order every near-tie, SCANN's exact re-ranking can
+    kept = steps.index_model(model_dir, milvus_uri, alias="auto_ivf_pq", progress=False)
+    assert kept.index["index_type"] == "IVF_PQ" and kept.index_fallback is None
+    assert kept.index_recall >= defaults.TARGET_RECALL and store.record(kept.collection).index_fallback is None
+
+    first = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0)
+    assert first.index["index_type"] == "SCANN" and first.index_recall == 1.0
+    fallback = first.index_fallback
+    assert fallback["recall"] < 1.0 and fallback["target"] == 1.0 and fallback["items"] == N_ITEMS
+    assert fallback["seen_in"] is None and fallback["nprobe"] >= 1
+    assert store.versions("auto_scann") == [first.collection]  # the IVF_PQ version was dropped
+    assert {"ivf_pq_insert_s", "ivf_pq_index_s", "ivf_pq_tune_s", "index_s"} <= set(first.timing)
+    record = store.record(first.collection)
+    assert record.index_fallback.to_dict() == fallback
+    assert record.index_fallback.describe().startswith(
+        f"SCANN: IVF_PQ reached recall@100 {fallback['recall']:.3f} (nprobe {fallback['nprobe']}) on "
+        f"{N_ITEMS:,} items, short of the target 1")
+
+    # the next build of a catalog that size goes straight to SCANN, saying where IVF_PQ fell short
+    second = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0)
+    assert second.index["index_type"] == "SCANN" and not any(key.startswith("ivf_pq_") for key in second.timing)
+    assert second.index_fallback == {**fallback, "seen_in": first.collection}
+    assert store.record(second.collection).index_fallback.describe().startswith(f"SCANN, as for {first.collection}")
+    listed = analyst.versions(store, "auto_scann")[0]
+    assert listed["index_fallback"].startswith(f"SCANN, as for {first.collection}")
+    # choosing IVF_PQ's codes chooses IVF_PQ: no fallback, whatever the recall
+    chosen = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0,
+                               index_params={"m": 65})
+    assert chosen.index["index_type"] == "IVF_PQ" and chosen.index_fallback is None and chosen.index_recall < 1.0

@@ -151,12 +151,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def index_label(index_type: str | None, params: dict | None) -> str:
-    """``IVF_PQ nlist=… m=… nbits=…`` or ``SCANN nlist=…``: the build parameters, not the search's."""
+def index_label(index_type: str | None, params: dict | None, fallback: str | None = None) -> str:
+    """``IVF_PQ nlist=… m=… nbits=…`` or ``SCANN nlist=…``: the build parameters, not the search's;
+    ``(auto)`` for a SCANN that IVF_PQ fell short of (``--json`` says why)."""
     if not params:
         return ""
     built = " ".join(f"{key}={value}" for key, value in params.items() if key not in ("nprobe", "reorder_k"))
-    return f"{index_type or ''} {built}".strip()
+    return f"{index_type or ''} {built}{' (auto)' if fallback else ''}".strip()
 
 
 def gate_label(gate: dict | None) -> str:
@@ -184,7 +185,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
         return 0
     rows = records(frame)
     table = [{**row, "serving": "DAMAGED" if row["damaged"] else "*" if row["serving"] else "",
-              "index": index_label(row["index_type"], row["params"]),
+              "index": index_label(row["index_type"], row["params"], row.get("index_fallback")),
               "reorder_k": "" if row.get("reorder_k") is None else row["reorder_k"],
               "complete": "yes" if row["complete"] else "NO",
               "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}",

@@ -118,8 +118,11 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
     command.add_argument("--alias", default=default_alias, help=f"alias readers query (default: {default_alias})")
     index = command.add_argument_group("index (default: chosen from the data)")
-    index.add_argument("--index", choices=("ivf_pq", "scann"), default=defaults.INDEX_TYPE.lower(),
-                       help="ivf_pq: product quantization, 8-bit codes; scann: Milvus' SIMD fast-scan IVF with "
+    index.add_argument("--index", choices=("auto", "ivf_pq", "scann"), default=defaults.INDEX_TYPE.lower(),
+                       help="auto: ivf_pq, and scann where ivf_pq's tuned search falls short of --target-recall "
+                            "(the version's record and the report say so; the next rebuild of a catalog that size "
+                            "goes straight to scann; --m or --nbits choose ivf_pq); ivf_pq: product "
+                            "quantization, 8-bit codes; scann: Milvus' SIMD fast-scan IVF with "
                             "4-bit codes whose best candidates are re-scored exactly on the raw vectors (reorder_k, "
                             "tuned with nprobe), for higher recall at the same speed on large catalogs; it keeps "
                             f"the raw vectors in memory beside the codes (BENCHMARKS.md). Default "
