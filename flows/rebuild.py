@@ -298,7 +298,22 @@ def nightly(cron: str = defaults.NIGHTLY_CRON, timezone: str = defaults.NIGHTLY_
     """The scheduled deployment of the rebuild: cron in an explicit timezone, one run at a time.
     Its one parameter is ``options`` as JSON, holding what differs from the defaults (the rest
     takes the defaults of the day it runs)."""
-    chosen = (options or RebuildOptions()).model_dump(mode="json", exclude_defaults=True)
+    return _scheduled(options or RebuildOptions(), cron, timezone, name, "nightly",
+                      f"Nightly rebuild of the item collection ({cron}, {timezone}).")
+
+
+def full_retrain(cron: str = defaults.FULL_RETRAIN_CRON, timezone: str = defaults.NIGHTLY_TIMEZONE,
+                 options: RebuildOptions | None = None, name: str = "full-retrain"):
+    """The slower schedule beside ``nightly``: the same rebuild, trained from scratch
+    (``from_scratch``; ``reuse_model`` off), so that a chain of continued models restarts from
+    random weights now and then. Its runs wait for a nightly one of the same alias to finish
+    (the alias' lock, ``options.lock_timeout_s``)."""
+    options = (options or RebuildOptions()).model_copy(update={"from_scratch": True, "reuse_model": False})
+    return _scheduled(options, cron, timezone, name, "full-retrain",
+                      f"Rebuild of the item collection with a model trained from scratch ({cron}, {timezone}).")
+
+
+def _scheduled(options: RebuildOptions, cron: str, timezone: str, name: str, tag: str, description: str):
+    chosen = options.model_dump(mode="json", exclude_defaults=True)
     return rebuild.to_deployment(name=name, schedule=Cron(cron, timezone=timezone), concurrency_limit=1,
-                                 parameters={"options": chosen}, tags=["towerbridge", "nightly"],
-                                 description=f"Nightly rebuild of the item collection ({cron}, {timezone}).")
+                                 parameters={"options": chosen}, tags=["towerbridge", tag], description=description)

@@ -22,6 +22,9 @@ KEEP_VERSIONS = 3
 # The nightly rebuild: 02:00 UTC.
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
+# `towerbridge serve`'s second deployment, a rebuild that trains from scratch (the nightly one
+# continues the serving model): Sundays at 04:00, after that night's rebuild.
+FULL_RETRAIN_CRON = "0 4 * * 0"
 # The query tower, unless chosen: the sequence tower reads the user's history and wins where the
 # held-out items are the user's next ones (leave-last-out, time-cutoff); under the random split
 # of the tfrs protocol they are not, and the id tower wins there (figures in BENCHMARKS.md).

@@ -46,6 +46,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EVERY_MINUTE = "* * * * *"
+FULL_CRON = "0 4 1 1 *"  # the serve route's full retrain: registered, never due while the test runs
 POOL = "towerbridge-test"
 ALIASES = {"serve": "scheduled_serve_test", "pool": "scheduled_pool_test"}
 SERVER_START_S = 180
@@ -204,6 +205,7 @@ class Outcome:
     artifacts: list[Artifact]
     serving: str | None
     summary: dict
+    full_retrain: DeploymentResponse | None = None  # rebuild/full-retrain, where the route registered it
 
 
 def first_finished_run(route: Route) -> tuple[DeploymentResponse | None, FlowRun | None]:
@@ -234,16 +236,21 @@ def first_finished_run(route: Route) -> tuple[DeploymentResponse | None, FlowRun
 def outcome_of(route: Route, deployment: DeploymentResponse, run: FlowRun, milvus_uri: str) -> Outcome:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.exceptions import ObjectNotFound
 
     with SyncPrefectClient(route.api_url) as client:
         states = sorted(client.read_flow_run_states(run.id), key=lambda state: state.timestamp)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
             any_=[run.id])))
+        try:
+            full_retrain = client.read_deployment_by_name("rebuild/full-retrain")
+        except ObjectNotFound:
+            full_retrain = None
     with ItemStore(milvus_uri) as store:
         serving = store.alias_target(ALIASES[route.name])
     summary_file = settings.state_dir("rebuilds") / str(run.id) / "rebuild.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    return Outcome(deployment, run, states, artifacts, serving, summary)
+    return Outcome(deployment, run, states, artifacts, serving, summary, full_retrain)
 
 
 def wait_for_first_runs(routes: dict[str, Route], milvus_uri: str) -> dict[str, Outcome | str]:
@@ -299,7 +306,7 @@ def scheduled(milvus_uri, tmp_path_factory):
             wait_healthy(serve)
             serve.start_runner("towerbridge serve", [
                 BIN / "towerbridge", "serve", "--cron", EVERY_MINUTE, "--timezone", "UTC", "--reuse-model",
-                "--alias", ALIASES["serve"], "--milvus-uri", milvus_uri])
+                "--alias", ALIASES["serve"], "--milvus-uri", milvus_uri, "--full-cron", FULL_CRON])
             yield {"model_dir": model_dir, **wait_for_first_runs(routes, milvus_uri)}
         finally:
             stop([process for route in routes.values() for process in route.processes])
@@ -348,6 +355,14 @@ def test_towerbridge_serve_rebuilds_on_its_cron_and_reports_what_now_serves(sche
     assert (options["index"]["alias"], options["milvus_uri"], options["reuse_model"]) == (
         ALIASES["serve"], milvus_uri, True)
     check_scheduled_run_swapped(outcome, ALIASES["serve"], schedule.id, scheduled["model_dir"])
+    # beside it, the same rebuild trained from scratch on its slower schedule (reuse_model off)
+    full = outcome.full_retrain
+    assert full is not None, "towerbridge serve did not register rebuild/full-retrain"
+    [full_schedule] = full.schedules
+    assert (full_schedule.schedule.cron, full_schedule.schedule.timezone) == (FULL_CRON, "UTC")
+    assert full.global_concurrency_limit.limit == 1 and full.tags == ["towerbridge", "full-retrain"]
+    assert full.parameters["options"] == {**{key: value for key, value in options.items() if key != "reuse_model"},
+                                          "from_scratch": True}
 
 
 def test_prefect_yaml_deploys_into_a_process_pool_whose_worker_rebuilds_on_the_cron(scheduled, milvus_uri):
@@ -364,3 +379,19 @@ def test_prefect_yaml_deploys_into_a_process_pool_whose_worker_rebuilds_on_the_c
     # the pull step's directory is where `prefect deploy` ran, not a path written in the file
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     check_scheduled_run_swapped(outcome, ALIASES["pool"], schedules[EVERY_MINUTE, None].id, scheduled["model_dir"])
+
+
+def test_prefect_yaml_full_retrain_is_the_deployment_serve_registers():
+    import yaml
+
+    from towerbridge.flows.rebuild import full_retrain
+
+    registered = full_retrain()
+    [written] = [item for item in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+                 if item["name"] == "full-retrain"]
+    assert written["schedules"] == [{"cron": defaults.FULL_RETRAIN_CRON, "timezone": defaults.NIGHTLY_TIMEZONE}]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in registered.schedules] == [
+        (defaults.FULL_RETRAIN_CRON, defaults.NIGHTLY_TIMEZONE)]
+    assert written["parameters"] == registered.parameters == {"options": {"from_scratch": True}}
+    assert written["tags"] == registered.tags and written["concurrency_limit"] == 1
+    assert written["entrypoint"] == "towerbridge/flows/rebuild.py:rebuild"

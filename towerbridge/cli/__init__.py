@@ -82,13 +82,20 @@ def parser() -> argparse.ArgumentParser:
     serve = subcommand(
         commands, "serve", help="serve the nightly rebuild deployment on its schedule (needs a Prefect server)",
         description="Register the `rebuild/nightly` deployment (cron in an explicit time zone, concurrency "
-                    "limit 1) with the Prefect server at PREFECT_API_URL and run its scheduled rebuilds in "
-                    "this process until stopped. The rebuild options below become the deployment's parameters.",
+                    "limit 1), which continues the serving model each night, and `rebuild/full-retrain`, the "
+                    "same rebuild trained from scratch on a slower schedule (--full-cron, weekly by default), "
+                    "with the Prefect server at PREFECT_API_URL, and run their scheduled rebuilds in this "
+                    "process until stopped. The rebuild options below become both deployments' parameters; "
+                    "a rebuild of an alias waits for the other one's to finish.",
     )
     serve.add_argument("--cron", default=defaults.NIGHTLY_CRON,
                        help=f"when to rebuild (default: '{defaults.NIGHTLY_CRON}', 02:00)")
     serve.add_argument("--timezone", default=defaults.NIGHTLY_TIMEZONE,
-                       help=f"time zone of --cron (default: {defaults.NIGHTLY_TIMEZONE})")
+                       help=f"time zone of --cron and --full-cron (default: {defaults.NIGHTLY_TIMEZONE})")
+    serve.add_argument("--full-cron", default=defaults.FULL_RETRAIN_CRON, metavar="CRON",
+                       help="when to rebuild with a model trained from scratch, as --from-scratch does "
+                            f"(default: '{defaults.FULL_RETRAIN_CRON}', Sundays 04:00, after that night's "
+                            "rebuild; 'off': never; not registered with --from-scratch, which every night does)")
     add_rebuild_options(serve, DEFAULT_ALIAS, TowerConfig)
     serve.set_defaults(handler=cmd_serve)
 

@@ -101,14 +101,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Run nightly)")
     from prefect import serve
 
-    from towerbridge.flows.rebuild import nightly
+    from towerbridge.flows.rebuild import full_retrain, nightly
 
     try:
-        deployment = nightly(cron=args.cron, timezone=args.timezone, options=options)
+        deployments = [nightly(cron=args.cron, timezone=args.timezone, options=options)]
     except ValueError as error:
         raise ConfigError(f"--cron {args.cron!r}: {error}") from None
-    print(f"serving deployment rebuild/nightly: {args.cron} ({args.timezone}), one run at a time; Ctrl-C stops")
-    serve(deployment, print_starting_message=False)
+    full = args.full_cron.strip().lower() not in ("off", "none", "") and not options.from_scratch
+    if full:
+        try:
+            deployments.append(full_retrain(cron=args.full_cron, timezone=args.timezone, options=options))
+        except ValueError as error:
+            raise ConfigError(f"--full-cron {args.full_cron!r}: {error}") from None
+    training = ("reuses the latest model" if options.reuse_model else
+                "trains from scratch" if options.from_scratch else "continues the serving model")
+    print(f"serving deployment rebuild/nightly: {args.cron} ({args.timezone}), {training}, one run at a time")
+    if full:
+        print(f"serving deployment rebuild/full-retrain: {args.full_cron} ({args.timezone}), trains from scratch")
+    else:
+        print("no rebuild/full-retrain deployment (--full-cron off, or every night trains from scratch)")
+    print("Ctrl-C stops")
+    serve(*deployments, print_starting_message=False)
     return 0
 
 
