@@ -266,7 +266,8 @@ def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.
     if start.parent_dir is None:
         return train_options, None
     return train_options.model_copy(update={
-        "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs}), train_options
+        "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs,
+        "replay": options.replay if options.replay is not None else train_options.replay}), train_options
 
 
 def train_model(options: RebuildOptions, serving: decide.Serving, summary: decide.RebuildSummary, logger,

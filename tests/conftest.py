@@ -128,7 +128,8 @@ def towerbridge(*args, env=None, timeout=900, cwd=None):
 
 def run_rebuild(data_dir: str, alias: str, uri: str | None = None, *, epochs: int | None = None,
                 tolerance: float | None = None, reuse_model: bool = False, retries: int | None = None,
-                keep_versions: int | None = None, index_params: dict | None = None, from_scratch: bool = False):
+                keep_versions: int | None = None, index_params: dict | None = None, from_scratch: bool = False,
+                replay: float | None = None):
     """One real nightly rebuild (flows.rebuild) under the test harness, of the synthetic log in
     ``data_dir`` behind ``alias``; returns its final state and the summary it wrote
     (rebuild.json). What is left out (None) takes the options' defaults."""
@@ -146,7 +147,7 @@ def run_rebuild(data_dir: str, alias: str, uri: str | None = None, *, epochs: in
         train=TrainOptions(data=DataOptions("synthetic", data_dir), **chosen(epochs=epochs)),
         index=IndexOptions(alias=alias, **chosen(keep_versions=keep_versions, index_params=index_params)),
         gate=GateOptions(**chosen(tolerance=tolerance)), reuse_model=reuse_model, from_scratch=from_scratch,
-        **chosen(milvus_uri=uri, retries=retries))
+        **chosen(milvus_uri=uri, retries=retries, replay=replay))
     state = rebuild_flow.rebuild(options, return_state=True)
     summary_file = settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.json"
     return state, json.loads(summary_file.read_text())

@@ -142,6 +142,9 @@ class TrainOptions(_Options):
     continue_from: str | None = Field(None, description=(
         "a trained model's directory to continue (continual training): its weights are the start, new items "
         "and users start fresh, and the new model records it as its parent (default: from scratch)"))
+    replay: float | None = Field(None, description=(
+        "with continue_from: train only on what changed since the parent's training data and this fraction "
+        "of the rest (default: the whole log)"))
 
     _epochs = _at_least("epochs", 1, "must be at least 1")
     _budget = _at_least("time_budget", 1, "must be at least 1 second")
@@ -176,7 +179,8 @@ class TrainOptions(_Options):
         default) with the settings chosen here over that tower's defaults."""
         chosen = {name: value for name, value in (("epochs", self.epochs), ("vector_dim", self.vector_dim),
                                                    ("temperature", self.temperature),
-                                                   ("time_budget", self.time_budget)) if value is not None}
+                                                   ("time_budget", self.time_budget),
+                                                   ("replay", self.replay)) if value is not None}
         return TowerConfig.for_tower(defaults.user_tower_for(protocol, self.user_tower), **chosen,
                                      use_features=self.use_features,
                                      early_stopping_patience=self.early_stopping_patience, seed=self.seed)
@@ -383,6 +387,9 @@ class RebuildOptions(_TrainAndIndex):
         "today's data when its towers have the same shape"))
     continual_epochs: int = Field(defaults.CONTINUAL_EPOCHS, description=(
         "epochs of a continued training over the whole log, unless train.epochs says otherwise"))
+    replay: float | None = Field(None, description=(
+        "a continued training learns only from what changed since the serving model's training data and "
+        "this fraction of the rest (default: the whole log)"))
     milvus_uri: str | None = Field(None, description=MILVUS_URI)
     lock_timeout_s: float = Field(defaults.REBUILD_LOCK_TIMEOUT_S, description=(
         "seconds to wait for another rebuild of the same alias to finish (a lock in TOWERBRIDGE_HOME)"))
@@ -392,6 +399,13 @@ class RebuildOptions(_TrainAndIndex):
     _lock_timeout = _at_least("lock_timeout_s", 0, "must be 0 or more")
     _retries = _at_least("retries", 0, "must be 0 or more")
     _continual_epochs = _at_least("continual_epochs", 1, "must be at least 1")
+
+    @field_validator("replay")
+    @classmethod
+    def _replay_fraction(cls, replay: float | None) -> float | None:
+        if replay is not None and not 0 <= replay <= 1:
+            raise OptionError(lambda name: f"{name('replay')} must be a fraction between 0 and 1, got {replay}")
+        return replay
 
     @model_validator(mode="after")
     def _gate_at_evaluated_ks(self) -> RebuildOptions:

@@ -63,6 +63,9 @@ class TowerConfig:
     history_length: items of a history the history towers read (the most recent ones).
     attention_blocks, attention_heads, dropout: the sequence tower's shape (dropout 0.1: on
         MovieLens-1M 0.1 beat 0.2 and 0.5, BENCHMARKS.md, issue 30).
+    replay: continuing a parent model (``towers/warm.py``), train only on what changed since
+        the parent's training data and this fraction of the rest (``warm.replay``); None: the
+        whole log. Ignored when training from scratch.
     full_softmax_items: history towers score every catalog item for every position when the
         catalog has at most this many items; above it, in-batch and ``mixed_negatives``
         sampled negatives with the logQ correction.
@@ -96,6 +99,7 @@ class TowerConfig:
     attention_heads: int = 1
     dropout: float = 0.1
     full_softmax_items: int = 100_000
+    replay: float | None = None
 
     def __post_init__(self) -> None:
         kind = tower_kind(self.user_tower)
@@ -135,6 +139,8 @@ class TowerConfig:
         if self.history_length < 1 or self.attention_blocks < 0 or self.attention_heads < 1:
             raise ConfigError("history_length and attention_heads must be >= 1 and attention_blocks >= 0, got "
                               f"{self.history_length}, {self.attention_heads} and {self.attention_blocks}")
+        if self.replay is not None and not 0 <= self.replay <= 1:
+            raise ConfigError(f"replay must be a fraction between 0 and 1, got {self.replay}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(width < 1 for width in self.hidden_dims):

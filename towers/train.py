@@ -6,9 +6,10 @@ What the examples are and how their loss is computed belongs to the query tower
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,7 @@ class Parent:
     model_id: str
     source: str
     interactions: int | None = None  # its training interactions
+    prepared_dir: str | None = None  # the data it trained on (its train part: what a replay compares with)
 
 
 class Optimizers:
@@ -164,7 +166,25 @@ def read_parent(model_dir: str | None) -> Parent | None:
     if model_dir is None:
         return None
     manifest = artifact.read_manifest(Path(model_dir))
-    return Parent(artifact.load(Path(model_dir)), manifest.model_id, str(model_dir), manifest.train_interactions)
+    return Parent(artifact.load(Path(model_dir)), manifest.model_id, str(model_dir), manifest.train_interactions,
+                  manifest.prepared_dir)
+
+
+def replayed(trained: TrainedModel, interactions: pd.DataFrame, parent: Parent, config: TowerConfig) -> pd.DataFrame:
+    """The interactions a continued training with ``config.replay`` learns from (``warm.replay``),
+    recorded in the model's lineage; all of them, with a warning, when the parent's training data
+    is gone (nothing to compare with)."""
+    train_part = Path(parent.prepared_dir or "") / "train.parquet"
+    if not parent.prepared_dir or not train_part.exists():
+        logging.getLogger(__name__).warning(
+            "replay: the training data of %s (%s) is gone; training on the whole log", parent.source, train_part)
+        return interactions
+    columns = ["user_id", "item_id", "timestamp"] if not trained.model.user_tower.reads_history else ["user_id"]
+    parent_train = pd.read_parquet(train_part, columns=columns)
+    chosen, record = warm.replay(interactions, parent_train, config.replay, config.seed,
+                                 by_user=trained.model.user_tower.reads_history)
+    trained.lineage = replace(trained.lineage, replay=record.to_dict())
+    return chosen
 
 
 def pick_device(name: str) -> torch.device:
@@ -202,7 +222,10 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame |
         local = np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
         counts = np.rint(replica.all_sum(local.astype(np.float64).tolist(), device)).astype(np.int64)
     trained = prepare(interactions, items, users, config, spec, user_ids=user_ids, item_counts=counts, parent=parent)
-    task = trained.model.user_tower.examples(trained, interactions, validation, device, replica)
+    examples = interactions
+    if parent is not None and config.replay is not None:
+        examples = replayed(trained, interactions, parent, config)
+    task = trained.model.user_tower.examples(trained, examples, validation, device, replica)
     return fit(trained, task, device, progress, Path(checkpoint_dir) if checkpoint_dir else None, replica)
 
 

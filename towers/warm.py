@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+import pandas as pd
 import torch
 
 from towerbridge.errors import ConfigError
@@ -26,7 +27,7 @@ from towerbridge.towers.trained import TrainedModel, lookup
 TRAINING_ONLY = frozenset({
     "epochs", "batch_size", "learning_rate", "learning_rate_schedule", "optimizer", "seed", "early_stopping_patience",
     "validation_users", "validation_k", "time_budget", "device", "num_hard_negatives", "mixed_negatives",
-    "logq_correction", "prior_weight", "full_softmax_items", "sparse_embeddings", "dropout",
+    "logq_correction", "prior_weight", "full_softmax_items", "sparse_embeddings", "dropout", "replay",
 })
 
 
@@ -34,7 +35,8 @@ TRAINING_ONLY = frozenset({
 class Lineage:
     """Where a continued model came from and what was new to it: its parent's id and directory,
     the items and users its parent did not know (``new_items``, ``new_users``; for a history
-    tower a new user is one the parent did not train on), and the training interactions of each."""
+    tower a new user is one the parent did not train on), and the training interactions of each;
+    ``replay``: what it trained on when not the whole log (``Replay.to_dict``)."""
 
     parent_id: str
     parent_dir: str
@@ -44,6 +46,7 @@ class Lineage:
     users: int
     parent_interactions: int | None = None
     interactions: int | None = None
+    replay: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +64,73 @@ class Lineage:
         if self.interactions is not None and self.parent_interactions is not None:
             grown = (f", {self.interactions - self.parent_interactions:+,} training interactions "
                      f"({self.interactions:,} in all)")
-        return f"{self.new_items:,} items (of {self.items:,}), {self.new_users:,} users (of {self.users:,}){grown}"
+        trained_on = f"; trained on {Replay(**self.replay).describe()}" if self.replay else ""
+        return (f"{self.new_items:,} items (of {self.items:,}), {self.new_users:,} users (of {self.users:,})"
+                f"{grown}{trained_on}")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a continued training trained on instead of the whole log: the ``changed`` examples
+    (``unit``: users whose training history grew since the parent, for the history towers;
+    interactions new since the parent, for the id tower) and ``replayed`` of the ``unchanged``
+    others, a ``fraction`` of them drawn by a hash of each one (the same draw in every process)."""
+
+    unit: str
+    changed: int
+    replayed: int
+    unchanged: int
+    fraction: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """``120 users whose history grew and 82 of the 823 others (a 10% replay)``."""
+        changed = "users whose history grew" if self.unit == "users" else "new interactions"
+        return (f"{self.changed:,} {changed} and {self.replayed:,} of the {self.unchanged:,} others "
+                f"(a {self.fraction:.0%} replay)")
+
+
+def replay(interactions: pd.DataFrame, parent_train: pd.DataFrame, fraction: float, seed: int,
+           by_user: bool) -> tuple[pd.DataFrame, Replay]:
+    """The part of today's training ``interactions`` a continued model trains on: what changed
+    since its parent's training data (``parent_train``) and a ``fraction`` of the rest.
+
+    by_user (the history towers, whose example is a user's history): every interaction of each
+    user with more training interactions than the parent saw (a new user included), and of
+    a ``fraction`` of the others; else (the id tower, one example per interaction): the
+    interactions the parent did not train on, and a ``fraction`` of those it did. Drawn by a
+    seeded hash of the user (or interaction), so the draw does not depend on how the data is
+    sharded over processes."""
+    if by_user:
+        today = interactions["user_id"].value_counts()
+        before = parent_train["user_id"].value_counts().reindex(today.index, fill_value=0)
+        grew = today.index[today.to_numpy() > before.to_numpy()]
+        users = today.index.to_numpy()
+        kept = np.isin(users, grew.to_numpy()) | _drawn(pd.Series(users), fraction, seed)
+        chosen = interactions["user_id"].isin(users[kept]).to_numpy()
+        changed, total = len(grew), len(users)
+        replayed = int(kept.sum()) - changed
+        unit = "users"
+    else:
+        keys = ["user_id", "item_id", "timestamp"]
+        seen = interactions[keys].merge(parent_train[keys].drop_duplicates(), how="left", on=keys, indicator=True)
+        new = (seen["_merge"] == "left_only").to_numpy()
+        chosen = new | _drawn(interactions[keys], fraction, seed)
+        changed, total = int(new.sum()), len(interactions)
+        replayed = int(chosen.sum()) - changed
+        unit = "interactions"
+    return interactions[chosen], Replay(unit=unit, changed=changed, replayed=replayed, unchanged=total - changed,
+                                        fraction=fraction)
+
+
+def _drawn(keys: pd.Series | pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, order-free draw of about ``fraction`` of ``keys`` (rows): by a hash of each."""
+    hashed = pd.util.hash_pandas_object(keys, index=False).to_numpy()  # numbers are hashed without a key:
+    salt = np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % 2**64)  # the seed is mixed in here
+    hashed = pd.util.hash_array(hashed ^ salt)
+    return (hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
 
 
 def check_compatible(config: TowerConfig, parent: TowerConfig, source: str) -> None:

@@ -7,6 +7,7 @@ from random weights."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import run_rebuild
@@ -113,3 +114,32 @@ def test_from_scratch_trains_a_new_model(two_days, days, milvus_uri):
     assert state.is_completed(), summary.get("error")
     assert summary["training"] == "from scratch (--from-scratch)" and "lineage" not in summary
     assert artifact.read_manifest(Path(summary["model_dir"])).lineage is None
+
+
+def test_a_replay_trains_on_the_users_whose_history_grew_and_a_fraction_of_the_others(two_days, days, milvus_uri,
+                                                                                      store, tmp_path):
+    _, today_dir, _, _, today = days
+    # tomorrow: 50 users have two interactions more; nobody and nothing else is new
+    rng = np.random.default_rng(5)
+    grown = rng.choice(np.unique(today["user_id"]), 50, replace=False)
+    last = today["timestamp"].max()
+    more = [{"user_id": user, "item_id": item, "timestamp": last + step}
+            for user in grown for step, item in enumerate(rng.choice(
+                np.setdiff1d(np.arange(1, 1101), today.loc[today["user_id"] == user, "item_id"]), 2, replace=False), 1)]
+    tomorrow = pd.concat([today, pd.DataFrame(more).astype(today.dtypes.to_dict())], ignore_index=True)
+    write_parquet(tomorrow, tmp_path / "interactions.parquet")
+    write_parquet(pd.read_parquet(Path(today_dir) / "items.parquet"), tmp_path / "items.parquet")
+
+    state, summary = rebuild(milvus_uri, str(tmp_path), replay=0.25)
+    assert state.is_completed(), summary.get("error")
+    assert summary["training"].startswith("continued from the serving model")
+    replay = summary["lineage"]["replay"]
+    users = today["user_id"].nunique()
+    assert (replay["unit"], replay["changed"], replay["unchanged"], replay["fraction"]) == (
+        "users", 50, users - 50, 0.25)
+    assert 0.15 * (users - 50) < replay["replayed"] < 0.35 * (users - 50)
+    manifest = artifact.read_manifest(Path(summary["model_dir"]))
+    assert manifest.lineage.replay == replay
+    text = (settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.md").read_text()
+    assert (f"; trained on 50 users whose history grew and {replay['replayed']} of the {users - 50} others "
+            "(a 25% replay)") in text

@@ -121,3 +121,50 @@ def test_a_genre_new_today_gets_a_row_and_the_old_genres_keep_theirs(logs, paren
     # and the item's input names it
     row = child.item_index(np.array([new_items[0]]))[0]
     assert novelty in child.item_inputs["genres"][row].tolist()
+
+
+def test_a_replay_keeps_what_changed_and_a_seeded_fraction_of_the_rest(logs):
+    from towerbridge.towers.warm import replay
+
+    yesterday, today, *_ = logs
+    # the history towers: every interaction of the users whose training history grew (new users too)
+    chosen, record = replay(today, yesterday, 0.2, seed=3, by_user=True)
+    before, now = yesterday["user_id"].value_counts(), today["user_id"].value_counts()
+    grew = set(now.index[now.to_numpy() > before.reindex(now.index, fill_value=0).to_numpy()])
+    users = set(chosen["user_id"])
+    assert grew <= users and record.changed == len(grew) > 0
+    assert record.replayed == len(users) - len(grew) and record.unchanged == len(now) - len(grew)
+    assert 0.1 * record.unchanged < record.replayed < 0.3 * record.unchanged
+    assert len(chosen) == today["user_id"].isin(users).sum()  # whole histories
+    # the same draw whatever the order or sharding of the rows; another seed, another draw
+    shuffled, _ = replay(today.sample(frac=1.0, random_state=0), yesterday, 0.2, seed=3, by_user=True)
+    assert set(shuffled["user_id"]) == users
+    assert set(replay(today, yesterday, 0.2, seed=4, by_user=True)[0]["user_id"]) != users
+    assert set(replay(today, yesterday, 0.0, seed=3, by_user=True)[0]["user_id"]) == grew
+    assert len(replay(today, yesterday, 1.0, seed=3, by_user=True)[0]) == len(today)
+    # the id tower: the interactions the parent did not train on, and a fraction of those it did
+    chosen, record = replay(today, yesterday, 0.1, seed=3, by_user=False)
+    keys = ["user_id", "item_id", "timestamp"]
+    new = today.merge(yesterday[keys], how="left", on=keys, indicator=True)["_merge"].eq("left_only").to_numpy()
+    assert record.changed == new.sum() == len(today) - len(yesterday) > 0
+    assert chosen.index.isin(today.index[new]).sum() == new.sum()
+    assert 0.05 * record.unchanged < record.replayed < 0.15 * record.unchanged
+    assert record.describe() == (f"{new.sum():,} new interactions and {record.replayed:,} of the "
+                                 f"{record.unchanged:,} others (a 10% replay)")
+
+
+def test_a_continued_training_with_replay_records_it_and_without_the_parents_data_uses_the_whole_log(
+        logs, tmp_path, caplog):
+    yesterday, today, items, *_ = logs
+    prepared = tmp_path / "parent-data"
+    prepared.mkdir()
+    yesterday.to_parquet(prepared / "train.parquet")
+    parent_model = train(yesterday, items, None, SEQUENCE, progress=False)
+    parent = Parent(parent_model, "parent", "the parent", len(yesterday), str(prepared))
+    child = train(today, items, None, TowerConfig(**{**SEQUENCE.to_dict(), "replay": 0.1, "hidden_dims": ()}),
+                  progress=False, parent=parent)
+    assert child.lineage.replay["unit"] == "users" and child.lineage.replay["fraction"] == 0.1
+    gone = Parent(parent_model, "parent", "the parent", len(yesterday), str(tmp_path / "nowhere"))
+    whole = train(today, items, None, TowerConfig(**{**SEQUENCE.to_dict(), "replay": 0.1, "hidden_dims": ()}),
+                  progress=False, parent=gone)
+    assert whole.lineage.replay is None and "training data of the parent" in caplog.text

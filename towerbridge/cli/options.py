@@ -180,6 +180,11 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
     checks.add_argument("--continual-epochs", type=int, default=defaults.CONTINUAL_EPOCHS, metavar="N",
                         help="epochs over the whole log when the serving model is continued, unless --epochs is "
                              f"given (default {defaults.CONTINUAL_EPOCHS})")
+    checks.add_argument("--replay", type=float, metavar="FRACTION",
+                        help="when the serving model is continued, train only on what changed since its training "
+                             "data (users whose history grew; for the id tower, new interactions) and this "
+                             "fraction of the rest, each epoch much shorter than the whole log's (default: the "
+                             "whole log)"),
     checks.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
                         help="Milvus' recall@100 against exact search must reach this after tuning nprobe "
                              f"(default {defaults.TARGET_RECALL})")
@@ -311,4 +316,5 @@ def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
                               gate=GateOptions(tolerance=args.tolerance, confidence=args.confidence,
                                               **given(metrics=metrics or None)),
                               reuse_model=args.reuse_model, from_scratch=args.from_scratch,
-                              continual_epochs=args.continual_epochs, **given(milvus_uri=args.milvus_uri))
+                              continual_epochs=args.continual_epochs,
+                              **given(milvus_uri=args.milvus_uri, replay=args.replay))
