@@ -17,7 +17,7 @@ from towerbridge.errors import DataError
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder
 from towerbridge.towers.history import Histories
-from towerbridge.towers.loss import full_softmax_loss, retrieval_loss
+from towerbridge.towers.loss import full_softmax_loss, sampled_softmax_bias
 from towerbridge.towers.metrics import factorized_top_k
 from towerbridge.towers.model import Inputs, Tower
 from towerbridge.towers.query import QueryTower
@@ -131,7 +131,8 @@ class HistoryTask:
     position of the user's last ``history_length + 1`` items.
 
     The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
-    the batch's targets and ``mixed_negatives`` uniform samples with the logQ correction.
+    a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
+    uniform draws, with (``logq_correction``) minus the log of each item's chance to be in it.
     With early stopping, each user's last training item is the validation target, predicted
     from the items before it, and never a training target."""
 
@@ -196,15 +197,16 @@ class HistoryTask:
         queries, positives = queries[keep], targets[keep]
         if self.full:
             return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature)
-        columns = torch.searchsorted(needed, positives)
-        return retrieval_loss(queries, vectors[columns], temperature=config.temperature,
-                              candidate_sampling_probability=(
-                                  self.sampling_probability[positives] if config.logq_correction else None),
-                              candidate_ids=positives, num_hard_negatives=config.num_hard_negatives,
-                              extra_candidate_embeddings=vectors[torch.searchsorted(needed, sampled)],
-                              extra_sampling_probability=torch.full((len(sampled),), 1.0 / len(self.trained.item_ids),
-                                                                    device=self.device),
-                              extra_candidate_ids=sampled)
+        # the sampled softmax: over the distinct items of the batch's histories and targets and the
+        # uniform samples, each row's target among them; the logQ correction subtracts the log of
+        # each item's chance to be among them, and ranking adds the popularity prior back
+        bias = None
+        if config.logq_correction:
+            draws = int(keep.sum()) + len(batch)  # the batch's interactions: its windows and last targets
+            bias = sampled_softmax_bias(self.sampling_probability[needed[1:]], draws, len(sampled),
+                                        len(self.trained.item_ids))
+        return full_softmax_loss(queries, vectors[1:], torch.searchsorted(needed, positives) - 1, config.temperature,
+                                 bias)
 
     @torch.inference_mode()
     def validate(self) -> float | None:

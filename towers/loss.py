@@ -171,24 +171,30 @@ class _FullSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
-                temperature: float) -> torch.Tensor:
+                temperature: float, bias: torch.Tensor | None) -> torch.Tensor:
         scaled = queries / temperature
         rows = max(1, FULL_SOFTMAX_BLOCK // max(1, len(items)))
         normaliser = torch.empty(len(queries), dtype=queries.dtype, device=queries.device)
         block = queries.new_empty((min(rows, len(queries)), len(items)))
         for start in range(0, len(queries), rows):
             scores = block[:min(rows, len(queries) - start)]
-            torch.mm(scaled[start:start + rows], items.T, out=scores)
+            if bias is None:
+                torch.mm(scaled[start:start + rows], items.T, out=scores)
+            else:
+                torch.addmm(bias[None, :], scaled[start:start + rows], items.T, out=scores)
             top = scores.amax(dim=1, keepdim=True)
             normaliser[start:start + rows] = scores.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
         ctx.temperature, ctx.rows = temperature, rows
-        ctx.save_for_backward(scaled, items, positive, normaliser)
-        return (normaliser - (scaled * items[positive]).sum(dim=1)).sum()
+        ctx.save_for_backward(scaled, items, positive, normaliser, bias)
+        positive_scores = (scaled * items[positive]).sum(dim=1)
+        if bias is not None:
+            positive_scores = positive_scores + bias[positive]
+        return (normaliser - positive_scores).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        scaled, items, positive, normaliser = ctx.saved_tensors
+        scaled, items, positive, normaliser, bias = ctx.saved_tensors
         rows = ctx.rows
         d_queries = torch.empty_like(scaled)
         d_items = torch.zeros_like(items)
@@ -196,22 +202,44 @@ class _FullSoftmax(torch.autograd.Function):
         for start in range(0, len(scaled), rows):
             count = min(rows, len(scaled) - start)
             softmax = block[:count]
-            torch.mm(scaled[start:start + count], items.T, out=softmax)
+            if bias is None:
+                torch.mm(scaled[start:start + count], items.T, out=softmax)
+            else:
+                torch.addmm(bias[None, :], scaled[start:start + count], items.T, out=softmax)
             softmax.sub_(normaliser[start:start + count, None]).exp_()
             softmax[torch.arange(count, device=softmax.device), positive[start:start + count]] -= 1
             torch.mm(softmax, items, out=d_queries[start:start + count])  # d/d(scaled queries)
             d_items.addmm_(softmax.T, scaled[start:start + count])
         return (d_queries.mul_(grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
-                d_items.mul_(grad) if ctx.needs_input_grad[1] else None, None, None)
+                d_items.mul_(grad) if ctx.needs_input_grad[1] else None, None, None, None)
 
 
 def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Summed softmax cross-entropy of each query ``[P, dim]`` over the whole catalog
     ``items`` ``[N, dim]``; ``positive`` ``[P]``: each query's item (a row of ``items``).
-    The history towers' loss when the catalog is small enough to score in full."""
+    The history towers' loss when the catalog is small enough to score in full.
+
+    bias: ``[N]`` added to every row's logits (after the temperature), not learned: with
+    ``items`` a sample of the catalog, minus the log of each item's chance to be in it
+    (``sampled_softmax_bias``) makes this the sampled softmax with the logQ correction."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if len(positive) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(positive)} positives")
-    return _FullSoftmax.apply(queries, items, positive, temperature)
+    if bias is not None and bias.shape != (len(items),):
+        raise ValueError(f"bias must have one value per item ({len(items)}), got shape {tuple(bias.shape)}")
+    return _FullSoftmax.apply(queries, items, positive, temperature,
+                              None if bias is None else bias.detach().to(queries.dtype))
+
+
+def sampled_softmax_bias(probability: torch.Tensor, draws: int, uniform_draws: int, catalog: int) -> torch.Tensor:
+    """The logQ correction of a softmax over a sample of distinct items: ``-log P(item in the
+    sample)`` for items of probability ``probability`` (their share of the interactions), when
+    the sample is the items of ``draws`` interactions and of ``uniform_draws`` uniform picks of
+    the ``catalog``: ``P = 1 - (1 - p)^draws (1 - 1/catalog)^uniform_draws``, as the expected
+    count of TensorFlow's sampled softmax with unique candidates."""
+    absent = torch.exp(draws * torch.log1p(-probability.clamp(0.0, 1.0 - 1e-7)) +
+                       uniform_draws * torch.log1p(torch.tensor(-1.0 / max(catalog, 2), dtype=probability.dtype,
+                                                                device=probability.device)))
+    return -torch.log((1.0 - absent).clamp_min(1e-12))

@@ -151,3 +151,33 @@ def test_sampled_negatives_train_where_the_catalog_is_too_large_for_a_full_softm
                          mixed_negatives=32)
     trained = train(interactions, items, None, config, progress=False)
     assert np.isfinite([epoch["loss_per_example"] for epoch in trained.history]).all()
+
+
+def test_the_sampled_softmax_is_the_full_one_when_the_sample_holds_the_whole_catalog():
+    from dataclasses import replace
+
+    from towerbridge.towers.parallel import SINGLE
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=1, batch_size=64, seed=3)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()  # no dropout: the same queries both ways
+    task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+    batch = torch.arange(64)
+    full = task.loss(batch, np.random.default_rng(0)).item()
+    # a catalog "too large" for the full softmax, and 5,000 uniform draws: every item is in the sample
+    trained.config = replace(config, full_softmax_items=10, mixed_negatives=5000)
+    task.full = False
+    assert task.loss(batch, np.random.default_rng(0)).item() == pytest.approx(full, rel=1e-5)
+    # with the logQ correction every item was sure to be drawn: the correction is next to nothing
+    trained.config = replace(trained.config, logq_correction=True)
+    assert task.loss(batch, np.random.default_rng(0)).item() == pytest.approx(full, rel=1e-4)
+    # two histories and no uniform draws: a sample of part of the catalog, fewer negatives, a smaller
+    # loss; the correction raises the logits of the items less likely to be drawn
+    two = torch.arange(2)
+    task.full, trained.config = True, config
+    whole = task.loss(two, np.random.default_rng(0)).item()
+    task.full, trained.config = False, replace(config, full_softmax_items=10, mixed_negatives=0)
+    few = task.loss(two, np.random.default_rng(0)).item()
+    trained.config = replace(trained.config, logq_correction=True)
+    assert few < whole and task.loss(two, np.random.default_rng(0)).item() > few

@@ -245,3 +245,35 @@ def test_the_full_softmax_matches_cross_entropy_over_the_catalog(monkeypatch, bl
         full_softmax_loss(query, items, positive, 0.0)
     with pytest.raises(ValueError, match="11 queries but 3 positives"):
         full_softmax_loss(query, items, positive[:3], 0.3)
+
+
+@pytest.mark.parametrize("block", [1 << 22, 40])
+def test_a_column_bias_is_added_to_every_rows_logits(monkeypatch, block):
+    # the sampled softmax with the logQ correction: the softmax over a sample of items, minus the
+    # log of each one's chance to be in the sample
+    monkeypatch.setattr(loss_module, "FULL_SOFTMAX_BLOCK", block)
+    generator = torch.Generator().manual_seed(2)
+    query = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, generator=generator)
+    positive = torch.tensor([0, 3, 3, 8, 1, 2, 7, 7, 4, 5, 6])
+    mine = full_softmax_loss(query, items, positive, 0.3, bias)
+    reference = torch.nn.functional.cross_entropy((query / 0.3) @ items.T + bias, positive, reduction="sum")
+    assert mine.item() == pytest.approx(reference.item(), rel=1e-12)
+    for ours, theirs in zip(torch.autograd.grad(mine, (query, items)), torch.autograd.grad(reference, (query, items))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, c: full_softmax_loss(q, c, positive, 0.3, bias), (query, items))
+    with pytest.raises(ValueError, match=r"bias must have one value per item \(9\), got shape \(3,\)"):
+        full_softmax_loss(query, items, positive, 0.3, bias[:3])
+
+
+def test_the_sampled_softmax_bias_is_minus_the_log_of_each_items_chance_to_be_drawn():
+    from towerbridge.towers.loss import sampled_softmax_bias
+
+    probability = torch.tensor([0.5, 0.01, 1e-6, 0.0], dtype=torch.float64)
+    bias = sampled_softmax_bias(probability, draws=100, uniform_draws=50, catalog=1000)
+    chance = 1 - (1 - probability) ** 100 * (1 - 1 / 1000) ** 50
+    torch.testing.assert_close(bias, -torch.log(chance))
+    assert bias[0] == pytest.approx(0.0, abs=1e-12)  # drawn for sure: no correction
+    assert bias[3] == pytest.approx(-np.log(1 - (1 - 1 / 1000) ** 50))  # never in the log: the uniform draws only
+    assert (sampled_softmax_bias(probability, 100, 0, 1000)[3] > 20).item()  # no chance at all: a large, finite bias
