@@ -143,3 +143,21 @@ def test_a_replay_trains_on_the_users_whose_history_grew_and_a_fraction_of_the_o
     text = (settings.state_dir("rebuilds") / str(state.state_details.flow_run_id) / "rebuild.md").read_text()
     assert (f"; trained on 50 users whose history grew and {replay['replayed']} of the {users - 50} others "
             "(a 25% replay)") in text
+
+
+def test_the_budget_stops_a_continued_training_and_keeps_the_best_weights(two_days, days, tmp_path):
+    from towerbridge.data.options import DataOptions
+    from towerbridge.flows.train import train as train_flow
+    from towerbridge.options import TrainOptions
+
+    _, (_, second) = two_days
+    _, today, *_ = days
+    options = TrainOptions(data=DataOptions("synthetic", today), epochs=500, time_budget=4,
+                           early_stopping_patience=500, continue_from=second["model_dir"])
+    model_dir = train_flow(options, run_dir=str(tmp_path)).model_dir
+    manifest = artifact.read_manifest(Path(model_dir))
+    metrics = [epoch["validation_hit_rate@50"] for epoch in manifest.history]
+    assert manifest.stop["reason"] == "time" and 1 <= manifest.stop["epochs"] == len(metrics) < 500
+    assert manifest.stop["kept_epoch"] == int(np.argmax(metrics)) + 1
+    assert manifest.stop["best_metric"] == round(max(metrics), 5)
+    assert manifest.lineage.parent_dir == second["model_dir"]
