@@ -251,7 +251,8 @@ def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.
 
     The data is prepared first (when not already), so that the serving model is continued
     only on the same dataset, id type, split and features (``decide.training_start``), for
-    ``options.continual_epochs`` unless epochs are given; ``summary.training`` says which and why."""
+    ``options.continual_epochs`` unless epochs are given and at most ``options.continual_budget``
+    unless a budget is given; ``summary.training`` says which and why."""
     train_options = options.train
     if train_options.prepared_dir is None:
         prepared = prepare_data(train_options.data or DataOptions(), str(directory / "run" / "data"))
@@ -267,6 +268,7 @@ def continual(options: RebuildOptions, serving: decide.Serving, summary: decide.
         return train_options, None
     return train_options.model_copy(update={
         "continue_from": start.parent_dir, "epochs": train_options.epochs or options.continual_epochs,
+        "time_budget": train_options.time_budget or options.continual_budget,
         "replay": options.replay if options.replay is not None else train_options.replay}), train_options
 
 

@@ -59,6 +59,9 @@ def refusal(make) -> tuple[tuple, str]:
     (lambda: TrainOptions(continue_from="/no/such/model"), (),
      "continue_from /no/such/model: no model directory there"),
     (lambda: RebuildOptions(continual_epochs=0), ("continual_epochs",), "continual_epochs must be at least 1, got 0"),
+    (lambda: RebuildOptions(continual_budget="0s"), ("continual_budget",),
+     "continual_budget must be at least 1 second, got 0.0"),
+    (lambda: RebuildOptions(replay=2), ("replay",), "replay must be a fraction between 0 and 1, got 2.0"),
     (lambda: TrainOptions(train_processes=0), ("train_processes",),
      "train_processes must be a whole number of processes, 1 or more, got 0"),
     (lambda: TrainOptions(early_stopping_patience=-1), ("early_stopping_patience",),
@@ -136,6 +139,9 @@ def test_defaults_are_the_ones_in_defaults_py():
     assert (rebuild.train, rebuild.index, rebuild.evaluate, rebuild.gate) == (train, index, evaluate, gate)
     assert (rebuild.reuse_model, rebuild.milvus_uri) == (False, None)
     assert (rebuild.lock_timeout_s, rebuild.retries) == (defaults.REBUILD_LOCK_TIMEOUT_S, defaults.REBUILD_RETRIES)
+    assert (rebuild.continual_epochs, rebuild.continual_budget, rebuild.replay) == (
+        defaults.CONTINUAL_EPOCHS, defaults.CONTINUAL_BUDGET_S, None) == (10, 1800.0, None)
+    assert RebuildOptions(continual_budget="45m").continual_budget == 2700
     assert (PipelineOptions().report_dir, PipelineOptions().milvus_uri) == (None, None)
     assert DataOptions() == DataOptions(dataset=defaults.DATASET, protocol=defaults.PROTOCOL)
 

@@ -51,6 +51,10 @@ REBUILD_RETRIES = 2
 # MovieLens 100K with a day's new data, 5 or 10 come within 1.4% of a from-scratch model (HR@10,
 # 3 seeds; 2: 4% lower), 10 with the smallest spread (BENCHMARKS.md, "Continual training").
 CONTINUAL_EPOCHS = 10
+# ... and at most this long (seconds), unless a training budget is given: at a million items one
+# pass over the log takes about 15 minutes here, so a continued nightly trains for two passes and
+# the rebuild (SCANN index, evaluation, gate) fits in an hour; below ~100k items ten epochs end first.
+CONTINUAL_BUDGET_S = 1800.0
 
 
 def utc_now() -> str:

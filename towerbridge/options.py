@@ -390,6 +390,9 @@ class RebuildOptions(_TrainAndIndex):
     replay: float | None = Field(None, description=(
         "a continued training learns only from what changed since the serving model's training data and "
         "this fraction of the rest (default: the whole log)"))
+    continual_budget: float = Field(defaults.CONTINUAL_BUDGET_S, description=(
+        "seconds a continued training may take, unless train.time_budget says otherwise (a number, or a "
+        "duration such as \"30m\")"))
     milvus_uri: str | None = Field(None, description=MILVUS_URI)
     lock_timeout_s: float = Field(defaults.REBUILD_LOCK_TIMEOUT_S, description=(
         "seconds to wait for another rebuild of the same alias to finish (a lock in TOWERBRIDGE_HOME)"))
@@ -399,6 +402,12 @@ class RebuildOptions(_TrainAndIndex):
     _lock_timeout = _at_least("lock_timeout_s", 0, "must be 0 or more")
     _retries = _at_least("retries", 0, "must be 0 or more")
     _continual_epochs = _at_least("continual_epochs", 1, "must be at least 1")
+    _continual_budget = _at_least("continual_budget", 1, "must be at least 1 second")
+
+    @field_validator("continual_budget", mode="before")
+    @classmethod
+    def _continual_duration(cls, value):
+        return duration_seconds(value) if isinstance(value, str) else value
 
     @field_validator("replay")
     @classmethod

@@ -180,7 +180,8 @@ def test_the_rebuild_deployment_shows_the_options_object_as_its_one_parameter():
     assert schema["properties"]["options"]["default"] == RebuildOptions().model_dump(mode="json")
     options = schema["definitions"]["RebuildOptions"]
     assert list(options["properties"]) == ["train", "index", "evaluate", "gate", "reuse_model", "from_scratch",
-                                           "continual_epochs", "milvus_uri", "lock_timeout_s", "retries"]
+                                           "continual_epochs", "replay", "continual_budget", "milvus_uri",
+                                           "lock_timeout_s", "retries"]
     assert options["additionalProperties"] is False  # a misspelt option is refused, not ignored
     for name in ("TrainOptions", "IndexOptions", "IndexSettings", "EvaluateOptions", "GateOptions", "DataOptions"):
         assert name in schema["definitions"], name

@@ -180,6 +180,9 @@ def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, co
     checks.add_argument("--continual-epochs", type=int, default=defaults.CONTINUAL_EPOCHS, metavar="N",
                         help="epochs over the whole log when the serving model is continued, unless --epochs is "
                              f"given (default {defaults.CONTINUAL_EPOCHS})")
+    checks.add_argument("--continual-budget", type=budget, default=defaults.CONTINUAL_BUDGET_S, metavar="DURATION",
+                        help="the most a continued training may take, unless --train-budget is given (default "
+                             f"{defaults.CONTINUAL_BUDGET_S / 60:g}m: at a million items, two passes over the log)")
     checks.add_argument("--replay", type=float, metavar="FRACTION",
                         help="when the serving model is continued, train only on what changed since its training "
                              "data (users whose history grew; for the id tower, new interactions) and this "
@@ -316,5 +319,5 @@ def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
                               gate=GateOptions(tolerance=args.tolerance, confidence=args.confidence,
                                               **given(metrics=metrics or None)),
                               reuse_model=args.reuse_model, from_scratch=args.from_scratch,
-                              continual_epochs=args.continual_epochs,
+                              continual_epochs=args.continual_epochs, continual_budget=args.continual_budget,
                               **given(milvus_uri=args.milvus_uri, replay=args.replay))
