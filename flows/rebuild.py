@@ -95,7 +95,8 @@ def swap_alias(uri: str, alias: str, collection: str, comparison: Comparison, pr
         get_transaction().set("restore", {"uri": uri, "alias": alias, "previous": previous})
         store.set_record(collection, gate=comparison)
         store.mark_complete(collection)
-        store.point_alias(alias, collection)
+        # the catalog changes logged while the candidate was built are applied to it as it serves
+        steps.serve_version(store, alias, collection)
 
 
 @swap_alias.on_rollback
@@ -103,8 +104,8 @@ def _restore_alias(txn) -> None:
     """Put the alias back on the version it served before the swap (or remove it, if it is new)."""
     restore = txn.get("restore")
     with ItemStore(restore["uri"]) as store:
-        if restore["previous"]:
-            store.point_alias(restore["alias"], restore["previous"])
+        if restore["previous"]:  # with the catalog changes it missed while it did not serve
+            steps.serve_version(store, restore["alias"], restore["previous"])
         else:
             store.drop_alias(restore["alias"])
 

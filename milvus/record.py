@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from towerbridge import defaults
+from towerbridge.catalog import CatalogRecord
 from towerbridge.errors import CollectionError
 from towerbridge.milvus.index import Fallback, SearchParams
 from towerbridge.milvus.schema import PROPERTY_PREFIX
@@ -95,12 +96,13 @@ class VersionRecord:
     Set later (``UPDATED``): the tuned search (``nprobe``, ``reorder_k``, ``tuning``),
     ``complete`` / ``completed_at`` (built, indexed, loaded and tuned), the ``evaluation``,
     the rebuild's ``gate`` (its comparison with the version it replaced, on the same users),
-    and ``served_since`` (when the rebuild's check after the swap passed). A collection not
+    ``served_since`` (when the rebuild's check after the swap passed) and ``catalog`` (the
+    catalog changes applied to it, ``towerbridge.catalog``). A collection not
     built by towerbridge reads as a record without a model."""
 
     UPDATED: ClassVar[dict[str, type]] = {"nprobe": int, "reorder_k": int, "tuning": Tuning, "complete": bool,
                                           "completed_at": str, "evaluation": VersionEvaluation,
-                                          "gate": Comparison, "served_since": str}
+                                          "gate": Comparison, "served_since": str, "catalog": CatalogRecord}
 
     model_id: str | None = None
     model_dir: str | None = None
@@ -122,6 +124,7 @@ class VersionRecord:
     evaluation: VersionEvaluation | None = None
     gate: Comparison | None = None
     served_since: str | None = None
+    catalog: CatalogRecord | None = None
 
     def search_params(self) -> SearchParams:
         """The settings a search of this version sends: the tuned ``nprobe`` and
@@ -187,6 +190,7 @@ class VersionRecord:
             return None if values.get(name) is None else int(values[name])
 
         tuning, gate, fallback = values.get("tuning"), values.get("gate"), values.get("index_fallback")
+        catalog = values.get("catalog")
         return cls(
             model_id=values.get("model_id"), model_dir=values.get("model_dir"), alias=values.get("alias"),
             dataset=values.get("dataset"), created_at=values.get("created_at"),
@@ -199,7 +203,8 @@ class VersionRecord:
             complete=bool(values.get("complete", False)), completed_at=values.get("completed_at"),
             evaluation=VersionEvaluation.from_dict(values.get("evaluation")),
             gate=Comparison.from_dict(gate) if isinstance(gate, dict) else None,
-            served_since=values.get("served_since"))
+            served_since=values.get("served_since"),
+            catalog=CatalogRecord.from_dict(catalog) if isinstance(catalog, dict) else None)
 
 
 _DEFAULTS = {field.name: field.default for field in fields(VersionRecord)}

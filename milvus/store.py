@@ -231,13 +231,59 @@ class ItemStore:
     def send(self, name: str, ids: list, vectors: np.ndarray, titles: list[str], genres: list[str],
              limits: TextLimits) -> int:
         """One insert request of these rows, texts clipped to ``limits``; the number sent."""
-        rows = [
-            {"item_id": i, VECTOR_FIELD: v, "title": clip_text(t, limits.title), "genres": clip_text(g, limits.genres),
-             "genre_list": [clip_text(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
-            for i, v, t, g in zip(ids, vectors, titles, genres)
-        ]
+        rows = _rows(ids, vectors, titles, genres, limits)
         self._call(f"insert into {name}", self.client.insert, name, rows)
         return len(rows)
+
+    def upsert(self, name: str, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
+               genres: list[str]) -> int:
+        """Write these rows into a serving version, each replacing the row of its item if there
+        is one (Milvus' upsert: the same rows twice leave one of each). Every request carries
+        whole rows, so a reader never sees an item without its fields; the rows become
+        visible to every reader before this returns (a strongly consistent count)."""
+        if not np.isfinite(vectors).all():
+            bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+            raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
+        params = self._field_params(name)
+        dim, limits = int(params[VECTOR_FIELD]["dim"]), self.text_limits(name, params)
+        if vectors.shape[1] != dim:
+            raise CollectionError(f"{name} holds {dim}-dimensional vectors, these are {vectors.shape[1]}-dimensional; "
+                                  "nothing was written")
+        ids = item_ids.tolist()
+        for part in _batches(len(ids), 8 + 4 * dim + 256):
+            rows = _rows(ids[part], vectors[part], titles[part], genres[part], limits)
+            self._call(f"upsert into {name}", self.client.upsert, name, rows)
+        self._call(f"flush {name}", self.client.flush, name)
+        self.wait_visible(name)
+        return len(ids)
+
+    def delete_items(self, name: str, item_ids: list) -> None:
+        """Remove these items' rows from a version (readers stop seeing them before this returns)."""
+        for start in range(0, len(item_ids), 10_000):
+            chunk = item_ids[start:start + 10_000]
+            self._call(f"delete from {name}", self.client.delete, name,
+                       filter=f"item_id in [{', '.join(literal(item) for item in chunk)}]")
+        self._call(f"flush {name}", self.client.flush, name)
+        self.wait_visible(name)
+
+    def held(self, name: str, item_ids: list) -> list:
+        """Which of ``item_ids`` the version holds, seeing every write acknowledged so far (strong
+        consistency; one plain query per thousand ids)."""
+        found: list = []
+        for start in range(0, len(item_ids), 1000):
+            chunk = item_ids[start:start + 1000]
+            rows = self._call(f"query {name}", self.client.query, name, output_fields=["item_id"],
+                              filter=f"item_id in [{', '.join(literal(item) for item in chunk)}]",
+                              consistency_level="Strong")
+            found += [row["item_id"] for row in rows]
+        return found
+
+    def wait_visible(self, name: str) -> int:
+        """Wait until every write so far is visible to searches and queries: a count with
+        strong consistency (it waits for the server to have applied them); the row count."""
+        rows = self._call(f"count {name}", self.client.query, name, filter="", output_fields=["count(*)"],
+                          consistency_level="Strong")
+        return int(rows[0]["count(*)"])
 
     def build_index(self, name: str, params: IndexParams, timeout_s: float = 1800.0) -> dict:
         """Build the index (IVF_PQ or SCANN), wait until every row is indexed, load the collection."""
@@ -456,24 +502,30 @@ class ItemStore:
             raise ConfigError(f"invalid filter {expression!r}: {message}") from None
 
     def rows(self, name: str, expression: str, fields: list[str], limit: int | None = None,
-             batch_size: int = 1000) -> list[dict]:
+             batch_size: int = 1000, consistency: str | None = None) -> list[dict]:
         """Rows matching ``expression``, in primary-key order, read page by page (no size
         limit of one request).
 
+        consistency: Milvus' consistency level (default: the collection's, bounded staleness);
+        ``Strong`` sees every write acknowledged before the call.
+
         Each page asks for keys above the last one read, quoted by ``literal``. This is
-        what pymilvus' query_iterator does, except that it writes a string key into the
+        what pymilvus' query_iterator does, without its ``reduce_stop_for_best`` (on Milvus
+        2.3.5 it drops every row of all but one segment once a version has several, as a version
+        does after `items add`: measured), and except that it writes a string key into the
         next filter unescaped: a key holding a double quote rewrote the query (measured
         with pymilvus 3.0.2: ``a" or item_id != "`` matched every row)."""
         found: list[dict] = []
         last = None
         wanted = list(dict.fromkeys(["item_id", *fields]))
+        level = {} if consistency is None else {"consistency_level": consistency}
         while limit is None or len(found) < limit:
             size = batch_size if limit is None else min(batch_size, limit - len(found))
             condition = " and ".join(part for part in (
                 None if last is None else f"item_id > {literal(last)}", f"({expression})" if expression else None)
                 if part)
             page = self._call(f"query {name}", self.client.query, name, filter=condition, output_fields=wanted,
-                              limit=size, iterator="True", reduce_stop_for_best="True")
+                              limit=size, iterator="True", **level)
             keys = [row["item_id"] for row in page]
             if keys != sorted(keys) or (last is not None and keys and keys[0] <= last):
                 raise CollectionError(f"query {name}: Milvus answered a page out of key order; cannot page safely")
@@ -547,6 +599,13 @@ class ItemStore:
             return self._call(f"search {name}", lambda: answers.read(self._submit(name, vectors, limit, search),
                                                                      len(vectors), min(limit, MAX_LIMIT)))
 
+
+
+def _rows(ids: list, vectors: np.ndarray, titles: list[str], genres: list[str], limits: TextLimits) -> list[dict]:
+    """Rows as a version stores them, texts clipped to ``limits``."""
+    return [{"item_id": i, VECTOR_FIELD: v, "title": clip_text(t, limits.title), "genres": clip_text(g, limits.genres),
+             "genre_list": [clip_text(x, limits.genre) for x in g.split("|") if x][:limits.genre_count]}
+            for i, v, t, g in zip(ids, vectors, titles, genres)]
 
 
 def _settings(search: SearchParams | int) -> SearchParams:

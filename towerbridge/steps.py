@@ -28,6 +28,7 @@ import torch
 
 from towerbridge import defaults, settings
 from towerbridge import evaluation as ev
+from towerbridge.catalog import CatalogRecord, ChangeLog
 from towerbridge.data.prepare import prepare_data, read_summary  # noqa: F401  (prepare_data: the train flow's first step)
 from towerbridge.data.split import excludes_seen
 from towerbridge.errors import CollectionError, ConfigError, DataError, TowerbridgeError
@@ -56,7 +57,7 @@ from towerbridge.towers.checkpoint import describe_stop
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.manifest import TrainingRecord, TrainingRun
 from towerbridge.towers.train import read_parent, train
-from towerbridge.towers.vectors import item_vectors, user_vectors
+from towerbridge.towers.vectors import item_vectors, new_item_vectors, user_vectors
 
 log = logging.getLogger("towerbridge")
 
@@ -171,7 +172,7 @@ def index_model(model_dir: str, uri: str, alias: str = DEFAULT_ALIAS, progress: 
                               insert_workers=insert_workers)
         try:
             previous = store.alias_target(alias)
-            store.point_alias(alias, built.collection)
+            serve_version(store, alias, built.collection)
         except BaseException:
             store.drop(built.collection)
             raise
@@ -195,6 +196,11 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     search falls short of ``target_recall``, that version is dropped and a SCANN one built from
     the same vectors (its record says why, ``Fallback``). A rebuild whose serving version had to
     fall back on a catalog of about this size goes straight to SCANN.
+
+    The alias' catalog changes (``catalog.ChangeLog``) as logged when the build starts are kept:
+    retired items are left out of the collection, and added items the model's catalog lacks are
+    embedded from their features; the version records how far through the log it is, and the
+    changes logged after that are applied when it is made to serve (``serve_version``).
     """
     started = time.perf_counter()
     manifest = artifact.read_manifest(Path(model_dir))
@@ -204,13 +210,17 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
     else:
         item_ids, vectors = item_vectors(trained, progress=progress)
     items = read_part(manifest.prepared_dir, "items").set_index("item_id").reindex(item_ids)
+    titles, genres = items["title"].fillna("").tolist(), items["genres"].fillna("").tolist()
+    changes = ChangeLog(alias).state()
+    if changes.through:
+        item_ids, vectors, titles, genres = _with_changes(trained, changes, item_ids, vectors, titles, genres)
     params = choose_index(len(item_ids), vectors.shape[1], index_params)
     auto = auto_index(index_params)
     fallback = _remembered_fallback(store, alias, len(item_ids)) if auto else None
     scann = fallback_index(len(item_ids), vectors.shape[1], index_params) if auto else None
     if fallback is not None and scann is not None:
         params = scann
-    catalog = _Catalog(item_ids, vectors, items["title"].fillna("").tolist(), items["genres"].fillna("").tolist())
+    catalog = _Catalog(item_ids, vectors, titles, genres, changes.through)
     workers = insert_workers or store_insert_workers(len(item_ids))
     timing = {"embed_s": time.perf_counter() - started}
     build = partial(_build_one, store, manifest, model_dir, alias, trained, catalog, target_recall, progress, workers)
@@ -246,6 +256,7 @@ class _Catalog:
     vectors: np.ndarray
     titles: list[str]
     genres: list[str]
+    changes_through: int = 0  # the last catalog change included
 
 
 def _build_one(store: ItemStore, manifest, model_dir: str, alias: str, trained, catalog: _Catalog,
@@ -271,13 +282,38 @@ def _build_one(store: ItemStore, manifest, model_dir: str, alias: str, trained, 
         timing["insert_s"], mark = time.perf_counter() - mark, time.perf_counter()
         info = store.build_index(name, params)
         timing["index_s"], mark = time.perf_counter() - mark, time.perf_counter()
+        if catalog.changes_through:
+            store.set_record(name, catalog=CatalogRecord(through=catalog.changes_through,
+                                                         updated_at=defaults.utc_now()))
         search, recall = _tune_search(store, name, params, trained, catalog.vectors,
-                                      read_part(manifest.prepared_dir, "train"), target=target_recall, pad=pad)
+                                      read_part(manifest.prepared_dir, "train"), target=target_recall, pad=pad,
+                                      catalog_ids=catalog.item_ids)
         timing["tune_s"] = time.perf_counter() - mark
     except BaseException:
         store.drop(name)
         raise
     return name, info, search, recall, timing
+
+
+def _with_changes(trained, changes, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
+                  genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The model's catalog with the logged changes: retired items out, added items the model's
+    catalog lacks in (embedded from their features by this model)."""
+    keep = ~np.isin(item_ids, changes.retired) if len(changes.retired) else np.ones(len(item_ids), dtype=bool)
+    item_ids, vectors = item_ids[keep], vectors[keep]
+    titles = [title for title, kept in zip(titles, keep) if kept]
+    genres = [genre for genre, kept in zip(genres, keep) if kept]
+    if changes.added is not None:
+        extra = changes.added[~changes.added["item_id"].isin(trained.item_ids)]
+        if len(extra):
+            needed = [f.column for f in trained.spec.item if f.kind != "id" and f.column not in extra.columns]
+            if needed:
+                raise DataError(f"items added since the last rebuild lack column(s) this model reads: "
+                                f"{', '.join(needed)}; add them again with those columns")
+            item_ids = np.concatenate([item_ids, extra["item_id"].to_numpy().astype(item_ids.dtype)])
+            vectors = np.concatenate([vectors, new_item_vectors(trained, extra)])
+            titles, genres = titles + _text(extra, "title"), genres + _text(extra, "genres")
+    return item_ids, vectors, titles, genres
 
 
 def _remembered_fallback(store: ItemStore, alias: str, n_items: int) -> Fallback | None:
@@ -310,20 +346,32 @@ def search_indices(store: ItemStore, name: str, tuned: SearchParams, trained):
 
 def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarray, train_part: pd.DataFrame,
                  n_queries: int = 1000, target: float = defaults.TARGET_RECALL,
-                 pad: int = 0) -> tuple[SearchParams, float]:
+                 pad: int = 0, catalog_ids: np.ndarray | None = None) -> tuple[SearchParams, float]:
     """Pick the search settings (nprobe; SCANN's reorder_k) on real queries, the way they are
     served: a seeded sample of training users, each asking for their top 100 unseen items,
-    against brute force over the same vectors. Record them with the collection so every later
-    search uses them."""
+    against brute force over the same vectors (``vectors``, the rows of ``catalog_ids``; by
+    default the model's catalog in vocabulary order). Record them with the collection so every
+    later search uses them."""
     users = np.sort(np.random.default_rng(0).permutation(trained.user_ids)[:n_queries])
     queries = user_queries(trained, users, train_part)
-    seen = seen_items(train_part, users, trained)
-    k = min(100, len(trained.item_ids))
+    catalog = pd.Index(trained.item_ids if catalog_ids is None else catalog_ids)
+    row_of = pd.Series(np.arange(len(users)), index=users)
+    mine = train_part[train_part["user_id"].isin(users)]
+    position = catalog.get_indexer(mine["item_id"].to_numpy()) + 1  # 0: not in the catalog (retired)
+    kept = position > 0
+    seen = ev.ItemSets.from_pairs(row_of.loc[mine["user_id"]].to_numpy()[kept], position[kept], len(users))
+    k = min(100, len(catalog))
     exact = ev.exact_top_k(queries, vectors, seen, k)
 
     def recall_at(candidate: SearchParams) -> float:
-        search = search_indices(store, name, replace(candidate, pad=pad), trained)
-        approximate = ev.search_top_k(search, queries, seen, k, max_limit=len(trained.item_ids))
+        def positions(requests):  # Milvus' answers as catalog positions, 0 where a row ran short
+            for ids, scores in store.search_many(name, requests, replace(candidate, pad=pad)):
+                found = np.isfinite(scores)
+                index = np.zeros(ids.shape, dtype=np.int64)
+                index[found] = catalog.get_indexer(ids[found]) + 1
+                yield index
+
+        approximate = ev.search_top_k(positions, queries, seen, k, max_limit=len(catalog))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
     search, recall = tune_search(params, recall_at, k, target)
@@ -631,3 +679,182 @@ def compare_with_serving(model_dir: str, report_dir: str, uri: str, serving: str
         candidate_metrics={name: float(candidate[name].to_numpy()[kept].mean()) for name in served},
         unknown_users=int(unknown.sum()), new_items=new_items, excluded_queries=int((~kept).sum()),
         seconds=round(time.perf_counter() - started, 2))
+
+
+@dataclass(frozen=True)
+class CatalogUpdate:
+    """What ``add_items`` or ``retire_items`` did: the change it logged (``change``, its
+    number in the alias' log), the serving version it was applied to, and every change
+    applied there now (``applied``: a change an earlier writer logged but did not apply
+    comes first); ``added``: items new to the version, ``updated``: items it held whose rows
+    were replaced, ``retired``: items removed; ``record``: the version's catalog record after."""
+
+    alias: str
+    collection: str
+    change: int
+    applied: tuple[int, ...]
+    added: int = 0
+    updated: int = 0
+    retired: int = 0
+    record: CatalogRecord | None = None
+
+    def describe(self) -> str:
+        done = (f"{self.added:,} item(s) added, {self.updated:,} updated" if self.added or self.updated
+                else f"{self.retired:,} item(s) retired")
+        return (f"{done} in {self.collection} (serving {self.alias}; change {self.change} of its catalog log; "
+                f"since the version was built: +{self.record.added:,} / -{self.record.retired:,})")
+
+
+def add_items(uri: str, alias: str, items: pd.DataFrame, lock_timeout_s: float | None = 600.0) -> CatalogUpdate:
+    """Add (or update) catalog items in the version serving ``alias``, without a rebuild: each
+    embedded from its features by that version's model (cold start; an item the model trained
+    on keeps its learned row), logged first (``catalog.ChangeLog``), then upserted whole.
+    ``items``: ``item_id`` and the item feature columns the model reads (title and genres
+    optional). Items the model cannot read are refused, named, before anything is written;
+    adding the same items twice leaves one row each."""
+    with ItemStore(uri) as store, ChangeLog(alias).locked(lock_timeout_s) as log:
+        name, record, trained = _serving(store, alias)
+        checked = _readable_items(trained, items, record)
+        change = log.append("add", checked)
+        return _apply_logged(store, alias, name, record, trained, log, change.seq)
+
+
+def retire_items(uri: str, alias: str, ids: list | None = None, expression: str | None = None,
+                 lock_timeout_s: float | None = 600.0) -> CatalogUpdate:
+    """Retire items from the version serving ``alias``: the ones with ``ids``, or matching the
+    filter ``expression``. They are logged, then deleted from the collection, so no reader
+    (recommend, similar, query, a pymilvus query of its own) sees them again; the next rebuild
+    leaves them out. Ids the serving version does not hold are refused, named."""
+    if (ids is None) == (expression is None):
+        raise ConfigError("retire needs item ids or a filter (one of them)")
+    with ItemStore(uri) as store, ChangeLog(alias).locked(lock_timeout_s) as log:
+        name, record, trained = _serving(store, alias)
+        if expression is not None:
+            store.check_filter(name, expression)
+            wanted = [row["item_id"] for row in store.rows(name, expression, ["item_id"], consistency="Strong")]
+            if not wanted:
+                raise DataError(f"no item of {name} matches {expression!r}: nothing to retire")
+        else:
+            wanted = list(dict.fromkeys(_typed_ids(ids, record)))
+            held = set(_held(store, name, wanted))
+            missing = [item for item in wanted if item not in held]
+            if missing:
+                raise DataError(f"{len(missing)} item(s) are not in the serving version {name}, nothing was "
+                                f"retired: {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
+        change = log.append("retire", pd.DataFrame({"item_id": pd.Series(wanted, dtype=trained.item_ids.dtype)}))
+        return _apply_logged(store, alias, name, record, trained, log, change.seq)
+
+
+def serve_version(store: ItemStore, alias: str, name: str, lock_timeout_s: float | None = 600.0) -> tuple[int, ...]:
+    """Point ``alias`` at version ``name`` and apply to it the catalog changes logged since it
+    was built, holding the alias' catalog lock, so that no change goes to the version being
+    replaced after it stopped serving. Returns the changes applied."""
+    log = ChangeLog(alias)
+    with log.locked(lock_timeout_s):
+        store.point_alias(alias, name)
+        return apply_catalog_changes(store, alias, name, log)
+
+
+def apply_catalog_changes(store: ItemStore, alias: str, name: str, log: ChangeLog) -> tuple[int, ...]:
+    """Apply to version ``name`` of ``alias`` every change of the log it has not had (the
+    rebuild, after its swap, for the changes logged while it built); call it holding the log's
+    lock. Returns the changes applied."""
+    record = store.record(name)
+    trained = artifact.load(Path(record.model_dir))
+    last = log.last()
+    update = _apply_logged(store, alias, name, record, trained, log, last) if last else None
+    return update.applied if update else ()
+
+
+def _serving(store: ItemStore, alias: str):
+    name = store.alias_target(alias)
+    if name is None:
+        raise CollectionError(f"no version serves {alias!r}: catalog changes go to a serving version (build one "
+                              "with `towerbridge run` or `towerbridge rebuild`)")
+    record = store.record(name)
+    if not record.model_dir or not Path(record.model_dir).is_dir():
+        raise CollectionError(f"{name} (serving {alias}) has no model to embed new items with "
+                              f"({record.model_dir or 'none recorded'})")
+    return name, record, artifact.load(Path(record.model_dir))
+
+
+def _apply_logged(store: ItemStore, alias: str, name: str, record: VersionRecord, trained, log: ChangeLog,
+                  change: int) -> CatalogUpdate:
+    """Apply the log's changes after the version's ``through`` up to ``change``, in order, each
+    recorded once applied (so a crash repeats at most one, harmlessly)."""
+    catalog = record.catalog or CatalogRecord()
+    applied, added, updated, retired = [], 0, 0, 0
+    for logged in log.changes(after=catalog.through):
+        if logged.seq > change:
+            break
+        table = logged.items()
+        ids = table["item_id"].to_numpy()
+        if logged.kind == "add":
+            held = set(_held(store, name, ids.tolist()))
+            vectors = pad_vectors(new_item_vectors(trained, table), record.pad_dims)
+            store.upsert(name, ids, vectors, _text(table, "title"), _text(table, "genres"))
+            new = len(ids) - len(held)
+            added, updated, count = added + new, updated + len(held), new
+        else:
+            held = _held(store, name, ids.tolist())
+            if held:
+                store.delete_items(name, held)
+            retired, count = retired + len(held), len(held)
+        catalog = catalog.after(logged, count)
+        store.set_record(name, catalog=catalog)
+        applied.append(logged.seq)
+    return CatalogUpdate(alias=alias, collection=name, change=change, applied=tuple(applied), added=added,
+                         updated=updated, retired=retired, record=catalog)
+
+
+def _held(store: ItemStore, name: str, ids: list) -> list:
+    """Which of ``ids`` the version holds now."""
+    return store.held(name, ids)
+
+
+def _typed_ids(ids: list, record: VersionRecord) -> list:
+    if record.id_type == "string":
+        return [str(item) for item in ids]
+    try:
+        return [int(item) for item in ids]
+    except (TypeError, ValueError):
+        raise DataError(f"item ids {[i for i in ids if not str(i).lstrip('-').isdigit()][:5]}: this "
+                        "collection's ids are integers") from None
+
+
+def _text(table: pd.DataFrame, column: str) -> list[str]:
+    return table[column].fillna("").astype(str).tolist() if column in table.columns else [""] * len(table)
+
+
+def _readable_items(trained, items: pd.DataFrame, record: VersionRecord) -> pd.DataFrame:
+    """``items`` as the model reads them, or a DataError naming what it cannot read: a missing
+    ``item_id`` or feature column, repeated or badly typed ids, values a feature cannot encode."""
+    if "item_id" not in items.columns:
+        raise DataError(f"the items have no item_id column (columns: {', '.join(map(str, items.columns))})")
+    needed = [feature.column for feature in trained.spec.item if feature.kind != "id"]
+    missing = [column for column in needed if column not in items.columns]
+    if missing:
+        raise DataError(f"the items lack the column(s) the model reads: {', '.join(missing)} "
+                        f"(it reads {', '.join(needed) or 'ids only'})")
+    repeated = items["item_id"][items["item_id"].duplicated()].unique().tolist()
+    if repeated:
+        raise DataError(f"item ids given more than once: {', '.join(map(str, repeated[:10]))}")
+    if items["item_id"].isna().any():
+        raise DataError(f"{int(items['item_id'].isna().sum())} item(s) have no item_id")
+    table = items.copy()
+    table["item_id"] = pd.Series(_typed_ids(items["item_id"].tolist(), record), index=items.index,
+                                 dtype=trained.item_ids.dtype)
+    for encoder in trained.item_encoders:
+        if encoder.feature.kind == "id":
+            continue
+        try:
+            encoder.transform(table[encoder.feature.column])
+        except (TypeError, ValueError) as error:
+            raise DataError(f"items column {encoder.feature.column!r} ({encoder.feature.kind}) cannot be read: "
+                            f"{str(error).splitlines()[0][:200]}") from None
+    vectors = new_item_vectors(trained, table)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} item(s) get no usable vector from their features (NaN or infinite "
+                        f"values?): {', '.join(map(str, table['item_id'][bad].tolist()[:10]))}")
+    return table[["item_id", *needed, *[c for c in ("title", "genres") if c in table.columns and c not in needed]]]

@@ -10,12 +10,13 @@ Without the correction the prior slot is 0 and ranking is by the logit alone.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
-from towerbridge.towers.trained import TrainedModel, gather
+from towerbridge.towers.trained import TrainedModel, gather, lookup
 
 BATCH = 65536
 
@@ -47,6 +48,30 @@ def item_vectors(trained: TrainedModel, progress: bool = False, first: int = 0,
         vectors[start - first:end - first] = item_layout(trained.model.item_tower(rows), log_prior[start:end],
                                                          trained.config).numpy()
     return trained.item_ids[first:stop], vectors
+
+@torch.inference_mode()
+def new_item_vectors(trained: TrainedModel, items: pd.DataFrame) -> np.ndarray:
+    """Vectors (``[n, vector_dim]``, as stored in Milvus) of catalog rows ``items`` (``item_id``
+    and the model's item feature columns) that the model may not know: embedded from their
+    features, as the catalog's items without training interactions are (their id hidden), an
+    item the model trained on with its learned row; the popularity prior of an item with no
+    training interactions (add-one smoothed)."""
+    from towerbridge.towers.train import encode  # train reads the towers, which read this module
+
+    ids = items["item_id"].to_numpy()
+    known = lookup(trained.item_ids, ids)
+    counts = np.concatenate([[0], trained.item_counts])[known]
+    id_index = np.where(counts > 0, known, 0)
+    inputs = encode(trained.item_encoders, ids, items, "item_id", id_index)
+    total = float((trained.item_counts.astype(np.float64) + 1.0).sum())
+    log_prior = torch.from_numpy(np.log((counts.astype(np.float64) + 1.0) / total))
+    out = np.empty((len(ids), trained.config.vector_dim), dtype=np.float32)
+    for start in range(0, len(ids), BATCH):
+        rows = gather(inputs, torch.arange(start + 1, min(start + BATCH, len(ids)) + 1))
+        out[start:start + BATCH] = item_layout(trained.model.item_tower(rows), log_prior[start:start + BATCH],
+                                               trained.config).numpy()
+    return out
+
 
 @torch.inference_mode()
 def user_vectors(trained: TrainedModel, user_ids: np.ndarray, histories: Histories | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ from towerbridge.cli.commands import (
     cmd_collections,
     cmd_data,
     cmd_data_check,
+    cmd_items,
     cmd_milvus,
     cmd_query,
     cmd_rebuild,
@@ -158,6 +159,36 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int, default=100, help="most rows to return (default 100)")
     add_target(query)
     query.set_defaults(handler=cmd_query)
+
+    items = subcommand(commands, "items", help="add or retire catalog items in the serving version now",
+                       description="Catalog changes between rebuilds, applied to the version serving the alias "
+                                   "within seconds. Each change is logged first (TOWERBRIDGE_HOME/catalog/ALIAS), "
+                                   "then applied; the next rebuild keeps it (added items in its catalog, retired "
+                                   "ones left out), and changes made while a rebuild runs are applied to its "
+                                   "version right after its swap.")
+    items_commands = items.add_subparsers(dest="items_command", required=True, metavar="ACTION")
+    add = subcommand(items_commands, "add", help="embed new items with the serving model and add them",
+                     description="Embed items from their features with the model of the serving version (cold "
+                                 "start: they have no interactions yet) and upsert them into it: an item it holds "
+                                 "already is replaced, so adding the same items twice adds nothing twice. Items "
+                                 "whose features the model cannot read are refused, named, before anything is "
+                                 "written.")
+    add.add_argument("--items", metavar="FILE", help="a Parquet or CSV file: item_id and the item feature columns "
+                                                     "the model reads (title, genres, ...)")
+    add.add_argument("--data-dir", help="a directory holding items.parquet (or items.csv), instead of --items")
+    retire = subcommand(items_commands, "retire", help="remove items from what every reader gets",
+                        description="Delete items from the serving version, so that no reader (recommend, "
+                                    "similar, query, the Python API, a pymilvus query of your own) returns them "
+                                    "again; the next rebuild leaves them out too. Add one again to bring it back.")
+    retire.add_argument("--ids", metavar="ID,ID,...", help="item ids, comma-separated")
+    retire.add_argument("--filter", help="a Milvus filter expression selecting the items, e.g. "
+                                         "'genres like \"%%Documentary%%\"'")
+    for command in (add, retire):
+        command.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias whose serving version changes "
+                                                                    f"(default: {DEFAULT_ALIAS})")
+        command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
+        command.add_argument("--json", action="store_true", help="print what was done as JSON")
+        command.set_defaults(handler=cmd_items)
 
     collections = subcommand(commands, "collections", help="versions behind the alias",
                                       description="Every version of the alias: which one serves, rows, index "

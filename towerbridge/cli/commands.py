@@ -293,3 +293,46 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"{args.name}: {directory}")
     print(f"use it with: towerbridge run --dataset {fetch.ARCHIVES[args.name].reader} --data-dir {directory}")
     return 0
+
+
+def read_items_file(args: argparse.Namespace):
+    """The items ``items add`` reads: ``--items FILE`` (Parquet or CSV), or the items table of
+    ``--data-dir DIR`` (items.parquet, else items.csv)."""
+    import pandas as pd
+
+    from towerbridge.errors import DataError
+
+    if (args.items is None) == (args.data_dir is None):
+        raise ConfigError("items add needs --items FILE or --data-dir DIR (one of them)")
+    candidates = [Path(args.items)] if args.items else [Path(args.data_dir) / name
+                                                         for name in ("items.parquet", "items.csv")]
+    path = next((candidate for candidate in candidates if candidate.exists()), candidates[0])
+    if not path.is_file():
+        raise DataError(f"{path}: no such items file")
+    try:
+        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read it as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'} "
+                        f"({str(error).splitlines()[0][:200]})") from None
+
+
+def cmd_items(args: argparse.Namespace) -> int:
+    from towerbridge import steps
+    from towerbridge.milvus import server
+
+    if args.items_command == "add":
+        items = read_items_file(args)
+        with server.endpoint(args.milvus_uri) as uri:
+            update = steps.add_items(uri, args.alias, items)
+    else:
+        ids = [part.strip() for part in args.ids.split(",") if part.strip()] if args.ids is not None else None
+        if ids is not None and not ids:
+            raise ConfigError("--ids: give item ids, comma-separated")
+        with server.endpoint(args.milvus_uri) as uri:
+            update = steps.retire_items(uri, args.alias, ids=ids, expression=args.filter)
+    if args.json:
+        print(json.dumps({**update.__dict__, "record": update.record.to_dict() if update.record else None},
+                         default=str))
+    else:
+        print(update.describe())
+    return 0
