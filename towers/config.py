@@ -34,7 +34,9 @@ class TowerConfig:
         cosine divided by ``temperature``; ``dot``: their plain inner product (divided by
         ``temperature``), the vectors' lengths learned.
     logq_correction: subtract ``log p(item)`` from in-batch logits while training,
-        then add the prior back when ranking (``prior_weight``).
+        then add the prior back when ranking (``prior_weight``). None (the history towers'
+        default): on exactly when the catalog is sampled (more than ``full_softmax_items``
+        items), decided when the model is prepared.
     num_hard_negatives: keep only this many highest-scoring negatives per row.
     mixed_negatives: extra negatives per batch drawn uniformly from the catalog.
     optimizer: ``adam`` or ``adagrad``.

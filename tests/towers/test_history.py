@@ -181,3 +181,16 @@ def test_the_sampled_softmax_is_the_full_one_when_the_sample_holds_the_whole_cat
     few = task.loss(two, np.random.default_rng(0)).item()
     trained.config = replace(trained.config, logq_correction=True)
     assert few < whole and task.loss(two, np.random.default_rng(0)).item() > few
+
+
+def test_the_logq_correction_is_on_exactly_where_the_catalog_is_sampled():
+    from towerbridge.towers.train import prepare
+
+    interactions, items = generate(SyntheticSpec(n_users=100, n_items=60, n_topics=4, seed=2))
+    assert TowerConfig(user_tower="sequence").logq_correction is None
+    full = prepare(interactions, items, None, TowerConfig(user_tower="sequence", full_softmax_items=60))
+    sampled = prepare(interactions, items, None, TowerConfig(user_tower="sequence", full_softmax_items=59))
+    assert (full.config.logq_correction, sampled.config.logq_correction) == (False, True)
+    chosen = prepare(interactions, items, None, TowerConfig(user_tower="sequence", full_softmax_items=59,
+                                                            logq_correction=False))
+    assert chosen.config.logq_correction is False  # a choice is kept
