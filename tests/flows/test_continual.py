@@ -161,3 +161,21 @@ def test_the_budget_stops_a_continued_training_and_keeps_the_best_weights(two_da
     assert manifest.stop["kept_epoch"] == int(np.argmax(metrics)) + 1
     assert manifest.stop["best_metric"] == round(max(metrics), 5)
     assert manifest.lineage.parent_dir == second["model_dir"]
+
+
+def test_the_next_rebuild_keeps_the_catalog_changes_made_since_the_last(two_days, days, milvus_uri, store):
+    from towerbridge import steps
+
+    _, today, *_ = days
+    serving = store.alias_target(ALIAS)
+    added = pd.DataFrame({"item_id": [5001, 5002], "title": ["A Film Added Today (2026)"] * 2,
+                          "genres": ["Comedy", "Drama"]})
+    assert steps.add_items(milvus_uri, ALIAS, added).collection == serving
+    retired = [int(item) for item in store.held(serving, [1, 2, 3])]
+    assert steps.retire_items(milvus_uri, ALIAS, ids=retired).retired == len(retired) > 0
+    state, summary = rebuild(milvus_uri, today)
+    assert state.is_completed() and summary["outcome"] == "swapped", summary.get("error")
+    new = summary["serving_after"]
+    assert new != serving and sorted(store.held(new, [5001, 5002])) == [5001, 5002]
+    assert store.held(new, retired) == []
+    assert store.record(new).catalog.through >= 2
