@@ -423,3 +423,32 @@ class RebuildOptions(_TrainAndIndex):
             raise OptionError(lambda name: f"{name('metrics')} {', '.join(missing)}: the evaluation does not report "
                                            f"that k ({name('ks')} {list(self.evaluate.ks)})")
         return self
+
+
+class CatalogOptions(_Options):
+    """The catalog flow's options: changes to the version serving ``alias``, given now (``add``,
+    ``retire_ids``, ``retire_filter``) or dropped as files into an ``inbox`` directory, which a
+    scheduled run picks up."""
+
+    alias: str = Field(DEFAULT_ALIAS, description="the alias whose serving version changes")
+    add: str | None = Field(None, description="a Parquet or CSV file of items to add (item_id and features)")
+    retire_ids: list[str] | None = Field(None, description="item ids to retire")
+    retire_filter: str | None = Field(None, description="a Milvus filter selecting items to retire")
+    inbox: str | None = Field(None, description=(
+        "a directory whose add/ (items files) and retire/ (item id files: an item_id column, or one id per "
+        "line) are applied oldest first; each file then moves to done/, or to failed/ with the reason"))
+    milvus_uri: str | None = Field(None, description=MILVUS_URI)
+
+    @field_validator("retire_ids", mode="before")
+    @classmethod
+    def _ids_as_text(cls, ids):
+        return [str(item) for item in ids] if isinstance(ids, list | tuple) else ids
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> CatalogOptions:
+        if self.retire_ids is not None and self.retire_filter is not None:
+            raise OptionError(lambda name: f"give {name('retire_ids')} or {name('retire_filter')}, not both")
+        if not any((self.add, self.retire_ids, self.retire_filter, self.inbox)):
+            raise OptionError(lambda name: f"nothing to do: give {name('add')}, {name('retire_ids')}, "
+                                           f"{name('retire_filter')} or {name('inbox')}")
+        return self

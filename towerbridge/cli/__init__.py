@@ -34,6 +34,7 @@ from towerbridge.cli.options import (
     add_data_options,
     add_latest_data_options,
     add_rebuild_options,
+    budget,
     ks_list,
     subcommand,
 )
@@ -183,11 +184,23 @@ def parser() -> argparse.ArgumentParser:
     retire.add_argument("--ids", metavar="ID,ID,...", help="item ids, comma-separated")
     retire.add_argument("--filter", help="a Milvus filter expression selecting the items, e.g. "
                                          "'genres like \"%%Documentary%%\"'")
-    for command in (add, retire):
+    watch = subcommand(items_commands, "serve", help="apply the files dropped into an inbox, every few minutes "
+                                                     "(needs a Prefect server)",
+                       description="Register the deployment catalog/changes (an interval, one run at a time) with "
+                                   "the Prefect server at PREFECT_API_URL and run it in this process until stopped: "
+                                   "each run applies the files in INBOX/add (items files) and INBOX/retire (item id "
+                                   "files: an item_id column, or one id per line in a .txt), oldest first, then "
+                                   "moves each to INBOX/done, or to INBOX/failed beside a note saying why. "
+                                   "`prefect deployment run catalog/changes` runs it now.")
+    watch.add_argument("--inbox", required=True, help="the inbox directory (add/ and retire/ are created)")
+    watch.add_argument("--every", type=budget, default=900.0, metavar="DURATION",
+                       help="how often (seconds, or 5m, 1h, ...; default 15m)")
+    for command in (add, retire, watch):
         command.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias whose serving version changes "
                                                                     f"(default: {DEFAULT_ALIAS})")
         command.add_argument("--milvus-uri", help="Milvus to use (default: MILVUS_URI, else the embedded server)")
-        command.add_argument("--json", action="store_true", help="print what was done as JSON")
+        if command is not watch:
+            command.add_argument("--json", action="store_true", help="print what was done as JSON")
         command.set_defaults(handler=cmd_items)
 
     collections = subcommand(commands, "collections", help="versions behind the alias",

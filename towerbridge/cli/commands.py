@@ -12,10 +12,12 @@ from towerbridge import settings
 from towerbridge.cli.options import (
     check_k,
     data_options,
+    given,
     history_list,
     latest_interactions,
     pipeline_options,
     rebuild_options,
+    refused,
 )
 from towerbridge.cli.output import print_frame, print_report, print_rows, quiet_prefect_tracebacks, records
 from towerbridge.errors import ConfigError
@@ -320,6 +322,8 @@ def cmd_items(args: argparse.Namespace) -> int:
     from towerbridge import steps
     from towerbridge.milvus import server
 
+    if args.items_command == "serve":
+        return _serve_catalog(args)
     if args.items_command == "add":
         items = read_items_file(args)
         with server.endpoint(args.milvus_uri) as uri:
@@ -335,4 +339,30 @@ def cmd_items(args: argparse.Namespace) -> int:
                          default=str))
     else:
         print(update.describe())
+    return 0
+
+
+def _serve_catalog(args: argparse.Namespace) -> int:
+    from prefect.settings import get_current_settings
+
+    from towerbridge.options import CatalogOptions
+
+    if args.every < 60:
+        raise ConfigError(f"--every must be at least a minute, got {args.every:g} s")
+    inbox = Path(args.inbox).resolve()
+    for part in ("add", "retire"):
+        (inbox / part).mkdir(parents=True, exist_ok=True)
+    with refused():
+        options = CatalogOptions(alias=args.alias, inbox=str(inbox), **given(milvus_uri=args.milvus_uri))
+    if not get_current_settings().api.url:
+        raise ConfigError("schedules need a running Prefect server: start one with `prefect server start`, "
+                          "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` (README: Run nightly)")
+    from prefect import serve
+
+    from towerbridge.flows.catalog import every
+
+    deployment = every(minutes=args.every / 60, options=options)
+    print(f"serving deployment catalog/changes: every {args.every / 60:g} min, inbox {inbox} (add/, retire/), "
+          f"alias {args.alias}; Ctrl-C stops")
+    serve(deployment, print_starting_message=False)
     return 0
