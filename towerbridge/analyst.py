@@ -211,7 +211,7 @@ def query(store: ItemStore, name: str, expression: str, fields: list[str] | None
 
 VERSION_COLUMNS = ["collection", "serving", "alias_target", "damaged", "missing_files", "complete", "rows",
                    "index_type", "params", "nprobe", "reorder_k", "model_id", "dataset", "created_at", "served_since",
-                   "hit_rate@10", "gate"]
+                   "hit_rate@10", "gate", "index_fallback", "catalog"]
 
 
 def versions(store: ItemStore, alias: str) -> list[dict]:
@@ -241,5 +241,6 @@ def versions(store: ItemStore, alias: str) -> list[dict]:
             "served_since": record.served_since,
             "hit_rate@10": record.evaluated_metric("hit_rate@10"),
             "gate": record.gate.to_dict() if record.gate else None,
+            "catalog": record.catalog.to_dict() if record.catalog else None,
         })
     return listed

@@ -129,6 +129,8 @@ def test_a_retired_item_is_never_returned_again_by_any_reader(added, store, milv
         client.close()
     record = store.record(collection).catalog
     assert (record.added, record.retired) == (100, 13)
+    listed = towerbridge("collections", "--alias", ALIAS, "--milvus-uri", milvus_uri)
+    assert listed.returncode == 0 and "+100/-13" in listed.stdout
     with pytest.raises(DataError, match="not in the serving version"):
         steps.retire_items(milvus_uri, ALIAS, ids=[retired_ids[0]])
 

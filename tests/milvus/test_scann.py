@@ -4,7 +4,7 @@ and searched with the version's own settings by evaluation and analysts' command
 import numpy as np
 import pytest
 
-from tests.conftest import train_synthetic
+from tests.conftest import towerbridge, train_synthetic
 from towerbridge import analyst, defaults, steps
 from towerbridge.milvus.index import REORDER_FACTORS, SearchParams
 from towerbridge.milvus.server import SMALLEST_INDEXED_SEGMENT
@@ -106,6 +106,8 @@ def test_auto_falls_back_to_scann_where_ivf_pq_falls_short_and_remembers_it(milv
     assert store.record(second.collection).index_fallback.describe().startswith(f"SCANN, as for {first.collection}")
     listed = analyst.versions(store, "auto_scann")[0]
     assert listed["index_fallback"].startswith(f"SCANN, as for {first.collection}")
+    shown = towerbridge("collections", "--alias", "auto_scann", "--milvus-uri", milvus_uri)
+    assert shown.returncode == 0 and "(auto)" in shown.stdout.splitlines()[1]
     # choosing IVF_PQ's codes chooses IVF_PQ: no fallback, whatever the recall
     chosen = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0,
                                index_params={"m": 65})

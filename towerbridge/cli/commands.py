@@ -204,9 +204,11 @@ def cmd_collections(args: argparse.Namespace) -> int:
               "reorder_k": "" if row.get("reorder_k") is None else row["reorder_k"],
               "complete": "yes" if row["complete"] else "NO",
               "HR@10": "" if row["hit_rate@10"] is None else f"{row['hit_rate@10']:.4f}",
-              "gate": gate_label(row["gate"])} for row in rows]
-    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "reorder_k", "HR@10", "gate", "model_id",
-                       "created_at", "complete"], False)
+              "gate": gate_label(row["gate"]),
+              "changes": "" if not row.get("catalog") else f"+{row['catalog']['added']}/-{row['catalog']['retired']}"}
+             for row in rows]
+    print_rows(table, ["serving", "collection", "rows", "index", "nprobe", "reorder_k", "HR@10", "gate", "changes",
+                       "model_id", "created_at", "complete"], False)
     for row in rows:
         if row["damaged"]:
             print(analyst.damaged_message(row["collection"], row["missing_files"])
