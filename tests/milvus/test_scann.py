@@ -80,12 +80,9 @@ def test_analysts_and_evaluation_use_the_versions_settings(built, store, model_d
 
 
 def test_auto_falls_back_to_scann_where_ivf_pq_falls_short_and_remembers_it(milvus_uri, model_dir, store):
-    # AUTO (the default) on the same catalog: IVF_PQ meets 0.95 and stays; asked for recall 1.0, its
-    # 8-bit codes cannot order every near-tie, SCANN's exact re-ranking can
-    kept = steps.index_model(model_dir, milvus_uri, alias="auto_ivf_pq", progress=False)
-    assert kept.index["index_type"] == "IVF_PQ" and kept.index_fallback is None
-    assert kept.index_recall >= defaults.TARGET_RECALL and store.record(kept.collection).index_fallback is None
-
+    # AUTO (the default): asked for recall 1.0, IVF_PQ's 8-bit codes cannot order every near-tie,
+    # SCANN's exact re-ranking can (where IVF_PQ meets the target it stays: every other default
+    # build in the suite)
     first = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0)
     assert first.index["index_type"] == "SCANN" and first.index_recall == 1.0
     fallback = first.index_fallback
@@ -108,7 +105,3 @@ def test_auto_falls_back_to_scann_where_ivf_pq_falls_short_and_remembers_it(milv
     assert listed["index_fallback"].startswith(f"SCANN, as for {first.collection}")
     shown = towerbridge("collections", "--alias", "auto_scann", "--milvus-uri", milvus_uri)
     assert shown.returncode == 0 and "(auto)" in shown.stdout.splitlines()[1]
-    # choosing IVF_PQ's codes chooses IVF_PQ: no fallback, whatever the recall
-    chosen = steps.index_model(model_dir, milvus_uri, alias="auto_scann", progress=False, target_recall=1.0,
-                               index_params={"m": 65})
-    assert chosen.index["index_type"] == "IVF_PQ" and chosen.index_fallback is None and chosen.index_recall < 1.0
