@@ -53,7 +53,7 @@ REBUILD_RETRIES = 2
 CONTINUAL_EPOCHS = 10
 # ... and at most this long (seconds), unless a training budget is given: at a million items one
 # pass over the log takes about 15 minutes here, so a continued nightly trains for two passes and
-# the rebuild (SCANN index, evaluation, gate) fits in an hour; below ~100k items ten epochs end first.
+# the rebuild (SCANN index, evaluation, gate) fits in an hour; on smaller catalogs ten epochs end first.
 CONTINUAL_BUDGET_S = 1800.0
 
 
