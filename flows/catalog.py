@@ -24,7 +24,9 @@ SETTLED_S = 2.0
 def read_table(path: Path) -> pd.DataFrame:
     """A Parquet or CSV file as a table (DataError naming the file when it cannot be read)."""
     try:
-        return pd.read_csv(path) if path.suffix.lower() in (".csv", ".txt") else pd.read_parquet(path)
+        if path.suffix.lower() in (".csv", ".txt"):  # ids as written; integer ids are converted when checked
+            return pd.read_csv(path, dtype={"item_id": str})
+        return pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise DataError(f"{path.name}: cannot read it ({str(error).splitlines()[0][:200]})") from None
 

@@ -246,9 +246,10 @@ class Fallback:
         return cls(recall=float(values["recall"]), nprobe=int(values["nprobe"]), items=int(values["items"]),
                    target=float(values["target"]), seen_in=values.get("seen_in"))
 
-    def still_applies(self, n_rows: int) -> bool:
-        """Whether IVF_PQ would fall short again on ``n_rows`` items (``FALLBACK_REMEMBERED``)."""
-        return self.items <= FALLBACK_REMEMBERED * n_rows
+    def still_applies(self, n_rows: int, target: float) -> bool:
+        """Whether IVF_PQ would fall short again on ``n_rows`` items (``FALLBACK_REMEMBERED``) of
+        a ``target`` recall at least as high as the one it missed."""
+        return self.items <= FALLBACK_REMEMBERED * n_rows and target >= self.target
 
 
 def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,

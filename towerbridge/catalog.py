@@ -111,15 +111,17 @@ class ChangeLog:
         changes = self.changes()
         return changes[-1].seq if changes else 0
 
-    def append(self, kind: str, table: pd.DataFrame) -> Change:
+    def append(self, kind: str, table: pd.DataFrame, after: int = 0) -> Change:
         """Log a change (call it holding ``locked``): ``add`` with the items' rows, ``retire``
-        with their ids (an ``item_id`` column). Written whole under its final name, or not at all."""
+        with their ids (an ``item_id`` column). Written whole under its final name, or not at all.
+        after: the last change the serving version has had; the new one is numbered above it
+        even when this log is missing or was cleared (it would be skipped otherwise)."""
         if kind not in KINDS:
             raise ValueError(f"a catalog change is one of {KINDS}, got {kind!r}")
         if table.empty:
             raise DataError(f"nothing to {kind}: no items given")
         self.directory.mkdir(parents=True, exist_ok=True)
-        seq = self.last() + 1
+        seq = max(self.last(), after) + 1
         path = self.directory / f"{seq:08d}-{kind}.parquet"
         partial = path.with_name(path.name + ".partial")
         table.reset_index(drop=True).to_parquet(partial, index=False)

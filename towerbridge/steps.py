@@ -216,7 +216,7 @@ def build_version(store: ItemStore, model_dir: str, alias: str, progress: bool =
         item_ids, vectors, titles, genres = _with_changes(trained, changes, item_ids, vectors, titles, genres)
     params = choose_index(len(item_ids), vectors.shape[1], index_params)
     auto = auto_index(index_params)
-    fallback = _remembered_fallback(store, alias, len(item_ids)) if auto else None
+    fallback = _remembered_fallback(store, alias, len(item_ids), target_recall) if auto else None
     scann = fallback_index(len(item_ids), vectors.shape[1], index_params) if auto else None
     if fallback is not None and scann is not None:
         params = scann
@@ -316,7 +316,7 @@ def _with_changes(trained, changes, item_ids: np.ndarray, vectors: np.ndarray, t
     return item_ids, vectors, titles, genres
 
 
-def _remembered_fallback(store: ItemStore, alias: str, n_items: int) -> Fallback | None:
+def _remembered_fallback(store: ItemStore, alias: str, n_items: int, target: float) -> Fallback | None:
     """The serving version's fallback from IVF_PQ, when it still applies to ``n_items`` items
     (``Fallback.still_applies``), as this version records it: measured in the serving version,
     or where that one had it from."""
@@ -327,7 +327,7 @@ def _remembered_fallback(store: ItemStore, alias: str, n_items: int) -> Fallback
         fallback = store.record(serving).index_fallback
     except CollectionError:
         return None
-    if fallback is None or not fallback.still_applies(n_items):
+    if fallback is None or not fallback.still_applies(n_items, target):
         return None
     return replace(fallback, seen_in=fallback.seen_in or serving)
 
@@ -710,13 +710,15 @@ def add_items(uri: str, alias: str, items: pd.DataFrame, lock_timeout_s: float |
     embedded from its features by that version's model (cold start; an item the model trained
     on keeps its learned row), logged first (``catalog.ChangeLog``), then upserted whole.
     ``items``: ``item_id`` and the item feature columns the model reads (title and genres
-    optional). Items the model cannot read are refused, named, before anything is written;
-    adding the same items twice leaves one row each."""
+    optional; every column is kept in the log, for the next model). Items the model cannot
+    read are refused, named, before anything is written; adding the same items twice leaves
+    one row each. Changes logged earlier and not yet applied are applied first."""
     with ItemStore(uri) as store, ChangeLog(alias).locked(lock_timeout_s) as log:
         name, record, trained = _serving(store, alias)
-        checked = _readable_items(trained, items, record)
-        change = log.append("add", checked)
-        return _apply_logged(store, alias, name, record, trained, log, change.seq)
+        record, earlier = _catch_up(store, alias, name, record, trained, log)
+        checked = _readable_items(trained, items, record, store.text_limits(name))
+        change = log.append("add", checked, after=record.catalog.through if record.catalog else 0)
+        return _merged(earlier, _apply_logged(store, alias, name, record, trained, log, change.seq))
 
 
 def retire_items(uri: str, alias: str, ids: list | None = None, expression: str | None = None,
@@ -724,11 +726,13 @@ def retire_items(uri: str, alias: str, ids: list | None = None, expression: str 
     """Retire items from the version serving ``alias``: the ones with ``ids``, or matching the
     filter ``expression``. They are logged, then deleted from the collection, so no reader
     (recommend, similar, query, a pymilvus query of its own) sees them again; the next rebuild
-    leaves them out. Ids the serving version does not hold are refused, named."""
+    leaves them out. Ids the serving version does not hold (once changes logged earlier are
+    applied) are refused, named."""
     if (ids is None) == (expression is None):
         raise ConfigError("retire needs item ids or a filter (one of them)")
     with ItemStore(uri) as store, ChangeLog(alias).locked(lock_timeout_s) as log:
         name, record, trained = _serving(store, alias)
+        record, earlier = _catch_up(store, alias, name, record, trained, log)
         if expression is not None:
             store.check_filter(name, expression)
             wanted = [row["item_id"] for row in store.rows(name, expression, ["item_id"], consistency="Strong")]
@@ -741,29 +745,49 @@ def retire_items(uri: str, alias: str, ids: list | None = None, expression: str 
             if missing:
                 raise DataError(f"{len(missing)} item(s) are not in the serving version {name}, nothing was "
                                 f"retired: {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
-        change = log.append("retire", pd.DataFrame({"item_id": pd.Series(wanted, dtype=trained.item_ids.dtype)}))
-        return _apply_logged(store, alias, name, record, trained, log, change.seq)
+        change = log.append("retire", pd.DataFrame({"item_id": pd.Series(wanted, dtype=trained.item_ids.dtype)}),
+                            after=record.catalog.through if record.catalog else 0)
+        return _merged(earlier, _apply_logged(store, alias, name, record, trained, log, change.seq))
+
+
+def _catch_up(store: ItemStore, alias: str, name: str, record: VersionRecord, trained, log: ChangeLog):
+    """Apply the changes logged but not yet applied to ``name`` (a writer that died between
+    logging and applying); the version's record after, and what was applied (None: nothing)."""
+    through = record.catalog.through if record.catalog else 0
+    if not log.changes(after=through):
+        return record, None
+    update = _apply_logged(store, alias, name, record, trained, log, log.last())
+    return replace(record, catalog=update.record), update
+
+
+def _merged(earlier: CatalogUpdate | None, update: CatalogUpdate) -> CatalogUpdate:
+    if earlier is None:
+        return update
+    return replace(update, applied=earlier.applied + update.applied, added=earlier.added + update.added,
+                   updated=earlier.updated + update.updated, retired=earlier.retired + update.retired)
 
 
 def serve_version(store: ItemStore, alias: str, name: str, lock_timeout_s: float | None = 600.0) -> tuple[int, ...]:
-    """Point ``alias`` at version ``name`` and apply to it the catalog changes logged since it
-    was built, holding the alias' catalog lock, so that no change goes to the version being
-    replaced after it stopped serving. Returns the changes applied."""
+    """Apply to version ``name`` the catalog changes logged since it was built, then point
+    ``alias`` at it, holding the alias' catalog lock: no change goes to the version being
+    replaced once it stopped serving, and if applying fails the alias has not moved. Returns
+    the changes applied."""
     log = ChangeLog(alias)
     with log.locked(lock_timeout_s):
+        applied = apply_catalog_changes(store, alias, name, log)
         store.point_alias(alias, name)
-        return apply_catalog_changes(store, alias, name, log)
+        return applied
 
 
 def apply_catalog_changes(store: ItemStore, alias: str, name: str, log: ChangeLog) -> tuple[int, ...]:
     """Apply to version ``name`` of ``alias`` every change of the log it has not had (the
-    rebuild, after its swap, for the changes logged while it built); call it holding the log's
+    rebuild, before its swap, for the changes logged while it built); call it holding the log's
     lock. Returns the changes applied."""
     record = store.record(name)
+    if not log.changes(after=record.catalog.through if record.catalog else 0):
+        return ()
     trained = artifact.load(Path(record.model_dir))
-    last = log.last()
-    update = _apply_logged(store, alias, name, record, trained, log, last) if last else None
-    return update.applied if update else ()
+    return _apply_logged(store, alias, name, record, trained, log, log.last()).applied
 
 
 def _serving(store: ItemStore, alias: str):
@@ -826,7 +850,7 @@ def _text(table: pd.DataFrame, column: str) -> list[str]:
     return table[column].fillna("").astype(str).tolist() if column in table.columns else [""] * len(table)
 
 
-def _readable_items(trained, items: pd.DataFrame, record: VersionRecord) -> pd.DataFrame:
+def _readable_items(trained, items: pd.DataFrame, record: VersionRecord, limits: TextLimits) -> pd.DataFrame:
     """``items`` as the model reads them, or a DataError naming what it cannot read: a missing
     ``item_id`` or feature column, repeated or badly typed ids, values a feature cannot encode."""
     if "item_id" not in items.columns:
@@ -844,6 +868,11 @@ def _readable_items(trained, items: pd.DataFrame, record: VersionRecord) -> pd.D
     table = items.copy()
     table["item_id"] = pd.Series(_typed_ids(items["item_id"].tolist(), record), index=items.index,
                                  dtype=trained.item_ids.dtype)
+    if record.id_type == "string":
+        long = [item for item in table["item_id"] if len(str(item).encode()) > limits.item_id]
+        if long:
+            raise DataError(f"{len(long)} item id(s) are longer than this version's ids may be ({limits.item_id} "
+                            f"bytes): {', '.join(map(str, long[:5]))}")
     for encoder in trained.item_encoders:
         if encoder.feature.kind == "id":
             continue
@@ -857,4 +886,4 @@ def _readable_items(trained, items: pd.DataFrame, record: VersionRecord) -> pd.D
     if bad.any():
         raise DataError(f"{int(bad.sum())} item(s) get no usable vector from their features (NaN or infinite "
                         f"values?): {', '.join(map(str, table['item_id'][bad].tolist()[:10]))}")
-    return table[["item_id", *needed, *[c for c in ("title", "genres") if c in table.columns and c not in needed]]]
+    return table  # every column: a later model may read more of them than this one

@@ -285,7 +285,7 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
         if metric is not None and state.stale(config.early_stopping_patience):
             reason = "patience"
             break
-    reason = state.stopped or reason
+    reason = reason if reason == "patience" else state.stopped or reason
     bar.close()
     state.keep_best(model)
     trained.history, trained.stop = state.history, state.stop(reason, config)

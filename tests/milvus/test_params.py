@@ -82,8 +82,9 @@ def test_auto_is_ivf_pq_first_unless_its_codes_are_chosen():
 
 def test_a_fallback_is_remembered_for_catalogs_about_its_size():
     fallback = Fallback(recall=0.77, nprobe=64, items=1_000_000, target=0.95)
-    assert fallback.still_applies(1_020_000) and fallback.still_applies(800_000)
-    assert not fallback.still_applies(799_999)  # a catalog a fifth smaller: IVF_PQ is tried again
+    assert fallback.still_applies(1_020_000, 0.95) and fallback.still_applies(800_000, 0.97)
+    assert not fallback.still_applies(799_999, 0.95)  # a catalog a fifth smaller: IVF_PQ is tried again
+    assert not fallback.still_applies(1_000_000, 0.9)  # a lower target: IVF_PQ may meet it
     assert Fallback.from_dict(fallback.to_dict()) == fallback
     assert fallback.describe() == ("SCANN: IVF_PQ reached recall@100 0.770 (nprobe 64) on 1,000,000 items, "
                                    "short of the target 0.95")

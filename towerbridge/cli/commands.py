@@ -314,7 +314,8 @@ def read_items_file(args: argparse.Namespace):
     if not path.is_file():
         raise DataError(f"{path}: no such items file")
     try:
-        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        # ids as written ("00042" stays itself for string ids; integer ids are converted when checked)
+        return pd.read_csv(path, dtype={"item_id": str}) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read it as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'} "
                         f"({str(error).splitlines()[0][:200]})") from None
