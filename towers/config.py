@@ -70,7 +70,7 @@ class TowerConfig:
         whole log. Ignored when training from scratch.
     full_softmax_items: history towers score every catalog item for every position when the
         catalog has at most this many items (30,000: with 20k items the full softmax scored
-        HR@10 0.147 against the sampled one's 0.130, with 50k 0.100 against 0.104 at an eighth
+        HR@10 0.146 against the sampled one's 0.130, with 50k 0.100 against 0.104 at an eighth
         of the time, BENCHMARKS.md, issue 31); above it, the softmax over the batch's distinct
         items and ``mixed_negatives`` uniform draws, with the logQ correction.
     """
