@@ -54,6 +54,7 @@ REQUEST_BYTES = 32 * 2**20  # insert batches stay well under Milvus' 64 MB gRPC 
 # (BENCHMARKS.md, "Parallel inserts at 1M items").
 PARALLEL_INSERT_ROWS = 200_000
 MAX_INSERT_WORKERS = 4
+MISSING_RECHECK_S = 3.0  # missing_files looks twice, this far apart, before it says a file is gone
 
 # pymilvus logs every failed RPC with a traceback; we report failures ourselves.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
@@ -344,11 +345,23 @@ class ItemStore:
         root = server.local_storage(self.uri)
         if root is None:
             return []
+        missing = self._missing_files(name, root)
+        if missing:
+            # a version that items were added to or retired from is compacted now and then: for a
+            # moment the segment list names a segment whose files are being replaced. Missing
+            # files that are still missing a little later are missing.
+            time.sleep(MISSING_RECHECK_S)
+            missing = self._missing_files(name, root)
+        return missing
+
+    def _missing_files(self, name: str, root: Path) -> list[str]:
         info = self._call(f"describe {name}", self.client.describe_collection, name)
         # 0 and 1 are the row id and timestamp fields every collection has
         fields = [0, 1, *(int(field["field_id"]) for field in info["fields"])]
-        indexed = bool(self._call(f"list indexes of {name}", self.client.list_indexes, name)) and \
-            self.describe_index(name).get("state") == "Finished"
+        index = self.describe_index(name) if self._call(f"list indexes of {name}", self.client.list_indexes, name) \
+            else {}
+        # every segment indexed (a compacted segment's index is built after the segment exists)
+        indexed = index.get("state") == "Finished" and index.get("indexed_rows") == index.get("total_rows")
         missing = []
         for segment in self._call(f"list segments of {name}", self.client.list_persistent_segments, name):
             if not segment.num_rows:
