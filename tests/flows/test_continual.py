@@ -2,7 +2,8 @@
 harness: the second day's rebuild continues the serving model and records its lineage; new
 items get vectors and can be recommended; new users are served from their histories; a
 continued training that fails leaves the serving version as it was; --from-scratch starts
-from random weights."""
+from random weights; a replay trains on what grew; the budget stops a continued training; the
+next rebuild keeps the catalog changes made since the last one."""
 
 from pathlib import Path
 
@@ -116,8 +117,10 @@ def test_from_scratch_trains_a_new_model(two_days, days, milvus_uri):
     assert artifact.read_manifest(Path(summary["model_dir"])).lineage is None
 
 
-def test_a_replay_trains_on_the_users_whose_history_grew_and_a_fraction_of_the_others(two_days, days, milvus_uri,
-                                                                                      store, tmp_path):
+def test_a_replay_trains_on_the_users_whose_history_grew_and_the_rebuild_keeps_the_catalog_changes(
+        two_days, days, milvus_uri, store, tmp_path):
+    from towerbridge import steps
+
     _, today_dir, _, _, today = days
     # tomorrow: 50 users have two interactions more; nobody and nothing else is new
     rng = np.random.default_rng(5)
@@ -130,8 +133,19 @@ def test_a_replay_trains_on_the_users_whose_history_grew_and_a_fraction_of_the_o
     write_parquet(tomorrow, tmp_path / "interactions.parquet")
     write_parquet(pd.read_parquet(Path(today_dir) / "items.parquet"), tmp_path / "items.parquet")
 
+    # and since the last rebuild, two items were added to the serving version and some retired
+    serving = store.alias_target(ALIAS)
+    added = pd.DataFrame({"item_id": [5001, 5002], "title": ["A Film Added Today (2026)"] * 2,
+                          "genres": ["Comedy", "Drama"]})
+    assert steps.add_items(milvus_uri, ALIAS, added).collection == serving
+    retired = [int(item) for item in store.held(serving, [1, 2, 3])]
+    assert steps.retire_items(milvus_uri, ALIAS, ids=retired).retired == len(retired) > 0
+
     state, summary = rebuild(milvus_uri, str(tmp_path), replay=0.25)
-    assert state.is_completed(), summary.get("error")
+    assert state.is_completed() and summary["outcome"] == "swapped", summary.get("error")
+    new = summary["serving_after"]
+    assert new != serving and sorted(store.held(new, [5001, 5002])) == [5001, 5002]
+    assert store.held(new, retired) == [] and store.record(new).catalog.through >= 2
     assert summary["training"].startswith("continued from the serving model")
     replay = summary["lineage"]["replay"]
     users = today["user_id"].nunique()
@@ -162,20 +176,3 @@ def test_the_budget_stops_a_continued_training_and_keeps_the_best_weights(two_da
     assert manifest.stop["best_metric"] == round(max(metrics), 5)
     assert manifest.lineage.parent_dir == second["model_dir"]
 
-
-def test_the_next_rebuild_keeps_the_catalog_changes_made_since_the_last(two_days, days, milvus_uri, store):
-    from towerbridge import steps
-
-    _, today, *_ = days
-    serving = store.alias_target(ALIAS)
-    added = pd.DataFrame({"item_id": [5001, 5002], "title": ["A Film Added Today (2026)"] * 2,
-                          "genres": ["Comedy", "Drama"]})
-    assert steps.add_items(milvus_uri, ALIAS, added).collection == serving
-    retired = [int(item) for item in store.held(serving, [1, 2, 3])]
-    assert steps.retire_items(milvus_uri, ALIAS, ids=retired).retired == len(retired) > 0
-    state, summary = rebuild(milvus_uri, today)
-    assert state.is_completed() and summary["outcome"] == "swapped", summary.get("error")
-    new = summary["serving_after"]
-    assert new != serving and sorted(store.held(new, [5001, 5002])) == [5001, 5002]
-    assert store.held(new, retired) == []
-    assert store.record(new).catalog.through >= 2
