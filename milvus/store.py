@@ -194,14 +194,7 @@ class ItemStore:
         workers = insert_workers(len(item_ids)) if workers is None else workers
         if workers < 1:
             raise ConfigError(f"insert workers must be at least 1, got {workers}")
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors)).any(axis=1).sum())
-            raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
-        params = self._field_params(name)
-        dim, limits = int(params[VECTOR_FIELD]["dim"]), self.text_limits(name, params)
-        if vectors.shape[1] != dim:
-            raise CollectionError(f"{name} holds {dim}-dimensional vectors, these are {vectors.shape[1]}-dimensional; "
-                                  "nothing was written")
+        dim, limits = self._writable(name, vectors)
         text_bytes = sum(map(len, titles[:1000])) + sum(map(len, genres[:1000]))
         row_bytes = 8 + 4 * vectors.shape[1] + 64 + text_bytes // max(1, min(1000, len(titles)))
         ids = item_ids.tolist()
@@ -236,12 +229,9 @@ class ItemStore:
         self._call(f"insert into {name}", self.client.insert, name, rows)
         return len(rows)
 
-    def upsert(self, name: str, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
-               genres: list[str]) -> int:
-        """Write these rows into a serving version, each replacing the row of its item if there
-        is one (Milvus' upsert: the same rows twice leave one of each). Every request carries
-        whole rows, so a reader never sees an item without its fields; the rows become
-        visible to every reader before this returns (a strongly consistent count)."""
+    def _writable(self, name: str, vectors: np.ndarray) -> tuple[int, TextLimits]:
+        """The version's vector dimension and text limits, once ``vectors`` are checked to be
+        finite and of that dimension (CollectionError before anything is written otherwise)."""
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors)).any(axis=1).sum())
             raise CollectionError(f"{bad} item vector(s) contain NaN or infinity; nothing was written to {name}")
@@ -250,6 +240,15 @@ class ItemStore:
         if vectors.shape[1] != dim:
             raise CollectionError(f"{name} holds {dim}-dimensional vectors, these are {vectors.shape[1]}-dimensional; "
                                   "nothing was written")
+        return dim, limits
+
+    def upsert(self, name: str, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
+               genres: list[str]) -> int:
+        """Write these rows into a serving version, each replacing the row of its item if there
+        is one (Milvus' upsert: the same rows twice leave one of each). Every request carries
+        whole rows, so a reader never sees an item without its fields; the rows become
+        visible to every reader before this returns (a strongly consistent count)."""
+        dim, limits = self._writable(name, vectors)
         ids = item_ids.tolist()
         for part in _batches(len(ids), 8 + 4 * dim + 256):
             rows = _rows(ids[part], vectors[part], titles[part], genres[part], limits)
