@@ -297,22 +297,31 @@ def _build_one(store: ItemStore, manifest, model_dir: str, alias: str, trained, 
 
 def _with_changes(trained, changes, item_ids: np.ndarray, vectors: np.ndarray, titles: list[str],
                   genres: list[str]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """The model's catalog with the logged changes: retired items out, added items the model's
-    catalog lacks in (embedded from their features by this model)."""
+    """The model's catalog with the logged changes: retired items out; added items in, and
+    updated ones (an add of an item the catalog has) replaced, each embedded from its logged
+    features by this model, as ``add_items`` embedded it into the serving version."""
     keep = ~np.isin(item_ids, changes.retired) if len(changes.retired) else np.ones(len(item_ids), dtype=bool)
     item_ids, vectors = item_ids[keep], vectors[keep]
     titles = [title for title, kept in zip(titles, keep) if kept]
     genres = [genre for genre, kept in zip(genres, keep) if kept]
-    if changes.added is not None:
-        extra = changes.added[~changes.added["item_id"].isin(trained.item_ids)]
-        if len(extra):
-            needed = [f.column for f in trained.spec.item if f.kind != "id" and f.column not in extra.columns]
-            if needed:
-                raise DataError(f"items added since the last rebuild lack column(s) this model reads: "
-                                f"{', '.join(needed)}; add them again with those columns")
-            item_ids = np.concatenate([item_ids, extra["item_id"].to_numpy().astype(item_ids.dtype)])
-            vectors = np.concatenate([vectors, new_item_vectors(trained, extra)])
-            titles, genres = titles + _text(extra, "title"), genres + _text(extra, "genres")
+    if changes.added is None or not len(changes.added):
+        return item_ids, vectors, titles, genres
+    needed = [f.column for f in trained.spec.item if f.kind != "id" and f.column not in changes.added.columns]
+    if needed:
+        raise DataError(f"items added since the last rebuild lack column(s) this model reads: "
+                        f"{', '.join(needed)}; add them again with those columns")
+    logged = changes.added["item_id"].to_numpy().astype(item_ids.dtype)
+    at = pd.Index(item_ids).get_indexer(logged)
+    updated, extra = changes.added[at >= 0], changes.added[at < 0]
+    if len(updated):
+        vectors = vectors.copy()
+        vectors[at[at >= 0]] = new_item_vectors(trained, updated)
+        for position, title, genre in zip(at[at >= 0], _text(updated, "title"), _text(updated, "genres")):
+            titles[position], genres[position] = title, genre
+    if len(extra):
+        item_ids = np.concatenate([item_ids, logged[at < 0]])
+        vectors = np.concatenate([vectors, new_item_vectors(trained, extra)])
+        titles, genres = titles + _text(extra, "title"), genres + _text(extra, "genres")
     return item_ids, vectors, titles, genres
 
 
@@ -727,7 +736,8 @@ def retire_items(uri: str, alias: str, ids: list | None = None, expression: str 
     filter ``expression``. They are logged, then deleted from the collection, so no reader
     (recommend, similar, query, a pymilvus query of its own) sees them again; the next rebuild
     leaves them out. Ids the serving version does not hold (once changes logged earlier are
-    applied) are refused, named."""
+    applied) are refused, named; ids the log has retired already are done (a retry, or the same
+    retirement read twice), not refused."""
     if (ids is None) == (expression is None):
         raise ConfigError("retire needs item ids or a filter (one of them)")
     with ItemStore(uri) as store, ChangeLog(alias).locked(lock_timeout_s) as log:
@@ -741,6 +751,13 @@ def retire_items(uri: str, alias: str, ids: list | None = None, expression: str 
         else:
             wanted = list(dict.fromkeys(_typed_ids(ids, record)))
             held = set(_held(store, name, wanted))
+            # a retirement the log already holds (a retry after it was applied, an inbox file
+            # read again after a crash) is done, not refused
+            done = set(log.state().retired.tolist()) - held
+            wanted = [item for item in wanted if item not in done]
+            if not wanted:
+                return earlier or CatalogUpdate(alias=alias, collection=name, change=log.last(), applied=(),
+                                                record=record.catalog)
             missing = [item for item in wanted if item not in held]
             if missing:
                 raise DataError(f"{len(missing)} item(s) are not in the serving version {name}, nothing was "

@@ -131,8 +131,12 @@ def test_a_retired_item_is_never_returned_again_by_any_reader(added, store, milv
     assert (record.added, record.retired) == (100, 13)
     listed = towerbridge("collections", "--alias", ALIAS, "--milvus-uri", milvus_uri)
     assert listed.returncode == 0 and "+100/-13" in listed.stdout
-    with pytest.raises(DataError, match="not in the serving version"):
-        steps.retire_items(milvus_uri, ALIAS, ids=[retired_ids[0]])
+    # retiring again (a retry, an inbox file read twice) is done already: nothing changes
+    again = steps.retire_items(milvus_uri, ALIAS, ids=[retired_ids[0]])
+    assert (again.applied, again.retired) == ((), 0) and store.record(collection).catalog == record
+    with pytest.raises(DataError, match="not in the serving version.*987654321"):
+        steps.retire_items(milvus_uri, ALIAS, ids=[retired_ids[1], 987654321])
+    assert store.record(collection).catalog == record
 
 
 def test_a_kill_in_the_middle_of_an_add_loses_nothing_and_repeats_nothing(added, store, milvus_uri, tmp_path):
@@ -168,11 +172,20 @@ def test_a_kill_in_the_middle_of_an_add_loses_nothing_and_repeats_nothing(added,
 
 
 def test_the_next_build_keeps_the_changes_and_gets_those_logged_while_it_builds(added, store, milvus_uri, model):
-    model_dir, _ = model
+    model_dir, items = model
     log = ChangeLog(ALIAS)
-    state = log.state()
     old = store.alias_target(ALIAS)
+    # an item of the model's own catalog, updated (renamed, another genre) in the serving version
+    known = int(items[items["genres"] != "Documentary"]["item_id"].iloc[0])
+    renamed = pd.DataFrame({"item_id": [known], "title": ["Renamed (2026)"], "genres": ["Documentary"]})
+    assert steps.add_items(milvus_uri, ALIAS, renamed).updated == 1
+    fields = ["item_id", "title", "genres", "embedding"]
+    served = store.rows(old, f"item_id in [{known}]", fields, consistency="Strong")
+    state = log.state()
     candidate = steps.build_version(store, model_dir, ALIAS, progress=False)  # no other builder here: no lock
+    built = store.rows(candidate.collection, f"item_id in [{known}]", fields, consistency="Strong")
+    assert [(row["title"], row["genres"]) for row in built] == [("Renamed (2026)", "Documentary")]
+    np.testing.assert_allclose(built[0]["embedding"], served[0]["embedding"], atol=1e-5)
     assert store.record(candidate.collection).catalog.through == state.through
     kept = set(store.held(candidate.collection, state.added["item_id"].tolist()))
     assert kept == set(state.added["item_id"].tolist())
