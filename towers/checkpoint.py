@@ -27,12 +27,13 @@ CHECKPOINT = "checkpoint.pt"
 class TrainingState:
     """epoch: epochs finished; history: one record per finished epoch; best: the best
     validation metric so far, its epoch and a copy of its weights (``weights`` None until an
-    epoch was validated)."""
+    epoch was validated); elapsed: the seconds the training has run up to its last epoch."""
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -1.0, "epoch": 0, "weights": None})
     stopped: str | None = None  # "time": the budget ended this training; a resumed try trains no more
+    elapsed: float = 0.0  # seconds this training has run, over all its tries (what its budget counts)
 
     def finish_epoch(self, record: dict, metric: float | None, model: torch.nn.Module) -> None:
         self.epoch += 1
@@ -80,7 +81,8 @@ def describe_stop(stop: dict, validation_k: int = 50) -> str:
     if stop["reason"] == "time":
         where = (f"in epoch {stop['epochs']} (after {stop['last_epoch_batches']} batches)"
                  if "last_epoch_batches" in stop else f"after epoch {stop['epochs']}")
-        return f"stopped {where}: the time budget of {stop['time_budget']:g} s was spent; {kept}"
+        budget = f"of {stop['time_budget']:g} s " if stop.get("time_budget") is not None else ""
+        return f"stopped {where}: the time budget {budget}was spent; {kept}"
     return f"ran all {stop['epochs']} epochs; {kept}"
 
 
@@ -106,16 +108,17 @@ class Checkpoints:
         torch_rng = saved["torch_rngs"][rank] if distributed else saved.get("torch_rng")
         if torch_rng is not None:  # dropout's masks go on as they would have (older checkpoints lack it)
             _set_torch_rng(torch_rng, device)
+        elapsed = saved.get("elapsed", sum(record.get("seconds", 0.0) for record in saved["history"]))
         return TrainingState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
-                             stopped=saved.get("stopped"))
+                             stopped=saved.get("stopped"), elapsed=float(elapsed))
 
     def save(self, state: TrainingState, model: torch.nn.Module, optimizer, generator: np.random.Generator,
              device: torch.device) -> None:
         if self.directory is None:
             return
         saved = {"config": self.config.to_dict(), "epoch": state.epoch, "history": state.history,
-                 "best": state.best, "stopped": state.stopped, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict()}
+                 "best": state.best, "stopped": state.stopped, "elapsed": state.elapsed,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         if not self.replica.distributed:
             self._write({**saved, "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device)})
             return

@@ -249,7 +249,11 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     bar = tqdm(total=config.epochs * n_batches, initial=state.epoch * n_batches, desc="train", unit="batch",
                disable=not progress or replica.rank != 0, dynamic_ncols=True, leave=False)
     model.train()
-    began, reason = time.perf_counter(), "epochs"
+    # the budget is this training's, over every try: a retry that resumes it counts the time
+    # its earlier tries took, and goes on only if some of the budget is left
+    began, reason = time.perf_counter() - state.elapsed, "epochs"
+    if state.stopped == "time" and (config.time_budget is None or state.elapsed < config.time_budget):
+        state.stopped = None  # resumed with a larger budget, or none
     while state.epoch < config.epochs and not state.stopped:
         started = time.perf_counter()
         epoch_loss, seen, done, cut = 0.0, 0, 0, False
@@ -281,6 +285,7 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
         shown = {f"val@{config.validation_k}": f"{metric:.4f}"} if metric is not None else {}
         bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / max(1.0, seen):.3f}", **shown,
                         ex_s=f"{seen / seconds:,.0f}")
+        state.elapsed = time.perf_counter() - began
         checkpoints.save(state, model, optimizer, generator, device)
         if metric is not None and state.stale(config.early_stopping_patience):
             reason = "patience"

@@ -154,6 +154,20 @@ def test_training_says_why_it_stopped_and_keeps_its_time_budget(data, tmp_path):
                   progress=False, checkpoint_dir=tmp_path)
     assert again.history == timed.history and again.stop == timed.stop
     np.testing.assert_array_equal(item_vectors(again)[1], item_vectors(timed)[1])
+    # resumed without a budget, it trains on (its stop record says why it ended this time)
+    longer = train(interactions, items, None, id_tower(epochs=2, batch_size=256, seed=1), progress=False,
+                   checkpoint_dir=tmp_path)
+    assert longer.stop == {"reason": "epochs", "epochs": 2, "kept_epoch": 2} and len(longer.history) == 2
+    # a try that resumes a training counts the time its earlier tries took against the budget
+    resumed = tmp_path / "resumed"
+    train(interactions, items, None, id_tower(epochs=1, batch_size=256, seed=1), progress=False,
+          checkpoint_dir=resumed)
+    more = train(interactions, items, None, id_tower(epochs=50, batch_size=256, seed=1,
+                                                     time_budget=1.5 * epoch_seconds),
+                 progress=False, checkpoint_dir=resumed)
+    assert more.stop["reason"] == "time" and more.stop["epochs"] == 2  # half an epoch was left, not 1.5
+    assert describe_stop({"reason": "time", "epochs": 3, "kept_epoch": 3}) == (
+        "stopped after epoch 3: the time budget was spent; kept epoch 3")
     with pytest.raises(ConfigError, match="time_budget must be a positive number of seconds"):
         id_tower(time_budget=0)
 
