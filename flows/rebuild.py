@@ -84,7 +84,9 @@ def drop_candidate(uri: str, alias: str, collection: str) -> bool:
         return True
 
 
-@task(name="swap-alias", **RETRY, timeout_seconds=300)
+# long enough to wait for the alias' catalog lock (an `items add` may hold it: serve_version
+# waits up to 600 s) and apply the changes logged while the candidate was built
+@task(name="swap-alias", **RETRY, timeout_seconds=1200)
 def swap_alias(uri: str, alias: str, collection: str, comparison: Comparison, previous: str | None) -> None:
     """Record what the gate based its decision on (``comparison``), mark the validated
     ``collection`` complete and point ``alias`` at it. ``previous``: what the alias served when

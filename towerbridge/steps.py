@@ -877,14 +877,15 @@ def _readable_items(trained, items: pd.DataFrame, record: VersionRecord, limits:
     if missing:
         raise DataError(f"the items lack the column(s) the model reads: {', '.join(missing)} "
                         f"(it reads {', '.join(needed) or 'ids only'})")
-    repeated = items["item_id"][items["item_id"].duplicated()].unique().tolist()
-    if repeated:
-        raise DataError(f"item ids given more than once: {', '.join(map(str, repeated[:10]))}")
     if items["item_id"].isna().any():
         raise DataError(f"{int(items['item_id'].isna().sum())} item(s) have no item_id")
     table = items.copy()
     table["item_id"] = pd.Series(_typed_ids(items["item_id"].tolist(), record), index=items.index,
                                  dtype=trained.item_ids.dtype)
+    # repeats as the collection reads the ids (" 42" and "42" are one integer id)
+    repeated = table["item_id"][table["item_id"].duplicated()].unique().tolist()
+    if repeated:
+        raise DataError(f"item ids given more than once: {', '.join(map(str, repeated[:10]))}")
     if record.id_type == "string":
         long = [item for item in table["item_id"] if len(str(item).encode()) > limits.item_id]
         if long:

@@ -83,6 +83,8 @@ def test_adding_the_same_items_twice_adds_nothing_twice(added, store, milvus_uri
 @pytest.mark.parametrize("change, message", [
     (lambda table: table.drop(columns="genres"), "the items lack the column(s) the model reads: genres"),
     (lambda table: pd.concat([table, table.head(2)]), "item ids given more than once: 300001, 300002"),
+    (lambda table: table.assign(item_id=[" 300001"] + [str(i) for i in table["item_id"][1:-1]] + ["300001"]),
+     "item ids given more than once: 300001"),  # as the collection reads them
     (lambda table: table.assign(item_id=[f"x{i}" for i in range(len(table))]), "this collection's ids are integers"),
     (lambda table: table.drop(columns="item_id"), "the items have no item_id column"),
 ])
