@@ -68,8 +68,13 @@ def test_the_options_defaults_and_their_help_come_from_defaults_py(monkeypatch, 
     for expected in (f"(default: {','.join(defaults.GATE_METRICS)})", f"(absolute, default {defaults.GATE_TOLERANCE})",
                      f"(default {defaults.TARGET_RECALL})", f"dropped (default {defaults.KEEP_VERSIONS})",
                      f"Default {defaults.TRAIN_PROCESSES}", f"default {defaults.EMBED_WORKERS}: in this process",
-                     f"per-user differences; default {defaults.GATE_CONFIDENCE})"):
+                     f"per-user differences; default {defaults.GATE_CONFIDENCE})",
+                     f"all: every one of them (default {defaults.EVAL_USERS:,})"):
         assert expected in helps["rebuild"], expected
+    # --eval-users: a number, or all (every user with held-out interactions)
+    for given, users in ((["--eval-users", "all"], None), (["--eval-users", "500"], 500), ([], defaults.EVAL_USERS)):
+        assert rebuild_options(parser().parse_args(["rebuild", *given])).evaluate.eval_users == users
+        assert pipeline_options(parser().parse_args(["run", *given])).evaluate.eval_users == users
 
 
 def test_run_prints_model_and_popularity(milvus_uri, tmp_path):

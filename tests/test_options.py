@@ -132,7 +132,7 @@ def test_defaults_are_the_ones_in_defaults_py():
     assert (index.keep_versions, index.target_recall) == (defaults.KEEP_VERSIONS, defaults.TARGET_RECALL) == (3, 0.95)
     assert (index.embed_workers, index.dask_address) == (defaults.EMBED_WORKERS, None) == (0, None)
     assert evaluate.ks == defaults.REPORT_KS == (1, 5, 10, 20, 50, 100)
-    assert (evaluate.eval_users, evaluate.seed) == (None, defaults.EVALUATION_SEED)
+    assert (evaluate.eval_users, evaluate.seed) == (defaults.EVAL_USERS, defaults.EVALUATION_SEED) == (10_000, 0)
     assert gate.metrics == defaults.GATE_METRICS == ("hit_rate@10", "ndcg@10")
     assert (gate.tolerance, gate.confidence) == (defaults.GATE_TOLERANCE, defaults.GATE_CONFIDENCE) == (0.005, 0.95)
     rebuild = RebuildOptions()

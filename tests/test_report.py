@@ -1,5 +1,6 @@
 """Evaluation reports, on hand-made reports."""
 
+import dataclasses
 import json
 
 import pytest
@@ -22,6 +23,10 @@ def test_table_and_markdown_carry_every_source():
     assert "| 10 | 0.1400 | 0.1420 | 0.0860 | 0.0050 |" in markdown
     assert "| 10 | 0.9800 | -0.0010 | -0.0010 |" in markdown  # index recall and ANN gap
     assert "943 users, 943 queries (one per user)" in markdown
+    # a sample of the users says so, and how to rank every one
+    sampled = report_markdown(dataclasses.replace(report(), users_eligible=993_339))
+    assert ("943 users (a seeded sample of the 993,339 with held-out interactions; --eval-users sets its size, "
+            "all ranks every one), 943 queries") in sampled
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path):

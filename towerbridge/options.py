@@ -279,8 +279,9 @@ class EvaluateOptions(_Options):
     """The evaluate flow's options: the cut-offs every metric is reported at, and the users."""
 
     ks: tuple[int, ...] = Field(defaults.REPORT_KS, description="top-k cut-offs every metric is reported at")
-    eval_users: int | None = Field(None, description=(
-        "evaluate a seeded random sample of this many users (default: every user with held-out interactions)"))
+    eval_users: int | None = Field(defaults.EVAL_USERS, description=(
+        "evaluate a seeded random sample of this many users where more have held-out interactions "
+        f"(default {defaults.EVAL_USERS:,}; None: every user)"))
     seed: int = Field(defaults.EVALUATION_SEED, description="seed of that sample and of the random baseline")
 
     @field_validator("ks")

@@ -27,13 +27,21 @@ def report_table(report: EvaluationReport) -> list[dict]:
             for k in ks_of(report)]
 
 
+def _sampled(report: EvaluationReport) -> str:
+    if not report.users_eligible or report.users_eligible <= report.users_evaluated:
+        return ""
+    return (f" (a seeded sample of the {report.users_eligible:,} with held-out interactions; "
+            "--eval-users sets its size, all ranks every one)")
+
+
 def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png") -> str:
     ks = ks_of(report)
     model = report.model
     lines = [
         f"# Evaluation: {report.dataset} ({report.protocol})",
         "",
-        f"{report.users_evaluated:,} users, {report.queries:,} queries (one per {report.query_unit}); "
+        f"{report.users_evaluated:,} users{_sampled(report)}, {report.queries:,} queries "
+        f"(one per {report.query_unit}); "
         f"collection `{report.collection}`, {report.index.get('index_type') or 'IVF_PQ'} {report.index['params']}"
         + (f" ({report.index['fallback']})." if report.index.get("fallback") else "."),
         "",

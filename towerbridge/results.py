@@ -90,6 +90,7 @@ class EvaluationReport:
     training: dict
     timing: dict
     report_dir: str | None = None
+    users_eligible: int | None = None  # users with held-out interactions; users_evaluated a sample if fewer
 
     def source(self, name: str) -> dict[str, float]:
         """The metrics of one of ``SOURCES``."""
@@ -109,7 +110,7 @@ class EvaluationReport:
     def from_dict(cls, record: dict) -> EvaluationReport:
         """Read an evaluation.json record; keys this version does not know are ignored."""
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in record and name != "report_dir"]
+        missing = [name for name in names if name not in record and name not in ("report_dir", "users_eligible")]
         if missing:
             raise ValueError(f"evaluation record lacks {', '.join(missing)}")
         values = {name: record[name] for name in names if name in record}

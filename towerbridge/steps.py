@@ -425,6 +425,7 @@ class EvaluationQueries:
     held_out: pd.DataFrame
     train_part: pd.DataFrame
     protocol: str
+    eligible: int = 0  # users with held-out interactions (``users`` may be a sample of them)
 
     @classmethod
     def read(cls, prepared_dir: str, protocol: str, eval_users: int | None = None,
@@ -432,12 +433,13 @@ class EvaluationQueries:
         """Every user with held-out interactions, a seeded sample of ``eval_users`` of them, or
         exactly ``users`` (an earlier evaluation's)."""
         train_part, held_out = read_part(prepared_dir, "train"), read_part(prepared_dir, "held_out")
+        eligible = held_out["user_id"].nunique()
         if users is None:
             users = np.unique(held_out["user_id"].to_numpy())
             if eval_users is not None and eval_users < len(users):
                 users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
         held_out = held_out[held_out["user_id"].isin(users)].reset_index(drop=True)
-        return cls(np.sort(users), held_out, train_part, protocol)
+        return cls(np.sort(users), held_out, train_part, protocol, eligible=int(eligible))
 
     @property
     def user_row(self) -> np.ndarray:
@@ -505,17 +507,18 @@ class EvaluationQueries:
 
 
 def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, ks: tuple[int, ...] = defaults.REPORT_KS,
-                   eval_users: int | None = None, seed: int = defaults.EVALUATION_SEED) -> EvaluationReport:
+                   eval_users: int | None = defaults.EVAL_USERS,
+                   seed: int = defaults.EVALUATION_SEED) -> EvaluationReport:
     """Every metric at every k through Milvus, beside exact search, popularity and random.
 
-    Each user with held-out interactions is ranked once. Queries are users for protocols
+    Each user with held-out interactions (or of a sample of them) is ranked once. Queries are users for protocols
     that exclude seen items (all of a user's held-out items are relevant to one ranking),
     and interactions for tfrs (each held-out interaction is its own query, as in TFRS).
     ks: the cut-offs, ascending, each between 1 and Milvus' search limit; eval_users: evaluate a
-    seeded sample of that many users (1 or more) instead of all of them (``EvaluateOptions``
-    checks both). Besides the report, ``per_query.parquet`` in ``report_dir`` holds each query's
-    user and the model's hit_rate, recall, ndcg and mrr at every k through Milvus: what the
-    rebuild's gate pairs with the serving model's on the same queries.
+    seeded sample of that many users (1 or more) where more have held-out interactions, None:
+    all of them (``EvaluateOptions`` checks both). Besides the report, ``per_query.parquet`` in
+    ``report_dir`` holds each query's user and the model's hit_rate, recall, ndcg and mrr at every
+    k through Milvus: what the rebuild's gate pairs with the serving model's on the same queries.
     """
     manifest = artifact.read_manifest(Path(model_dir))
     trained = artifact.load(Path(model_dir))
@@ -549,6 +552,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
         protocol=protocol,
         ks=tuple(ks),
         users_evaluated=len(users),
+        users_eligible=queries.eligible,
         interactions_evaluated=len(queries.held_out),
         queries=len(rows),
         query_unit=queries.query_unit,

@@ -33,6 +33,8 @@ CASES = [
     ("unknown-protocol", {}, ["run", "--protocol", "random"], 2, "invalid choice: 'random'"),
     ("epochs-zero", {}, ["run", "--epochs", "0"], 1, "--epochs must be at least 1, got 0"),
     ("epochs-not-a-number", {}, ["run", "--epochs", "many"], 2, "argument --epochs: invalid int value: 'many'"),
+    ("eval-users-not-a-number", {}, ["run", "--eval-users", "most"], 2,
+     "argument --eval-users: a number of users or 'all', not 'most'"),
     ("min-rating-not-a-number", {}, ["run", "--min-rating", "abc"], 2, "invalid float value: 'abc'"),
     ("cutoff-unparseable", {}, ["run", "--protocol", "time-cutoff", "--cutoff", "yesterday-ish"], 1,
      "--cutoff 'yesterday-ish': expected unix seconds or a date"),

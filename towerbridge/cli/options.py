@@ -163,9 +163,9 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
                                "weights; gloo on CPUs, nccl on GPUs; the cores are shared out between them). For "
                                "several machines, torchrun -m towerbridge.towers.distributed (docs/scale-out.md). "
                                f"Default {defaults.TRAIN_PROCESSES}")
-    training.add_argument("--eval-users", type=int, metavar="N",
-                          help="evaluate a seeded random sample of N users (default: every user with "
-                               "held-out interactions)")
+    training.add_argument("--eval-users", type=_users, metavar="N|all",
+                          help=f"evaluate a seeded random sample of N users where more have held-out "
+                               f"interactions; all: every one of them (default {defaults.EVAL_USERS:,})")
 
 
 def add_rebuild_options(command: argparse.ArgumentParser, default_alias: str, config) -> None:
@@ -284,6 +284,22 @@ def refused() -> Iterator[None]:
         raise ConfigError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from None
 
 
+def _users(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of users or 'all', not {text!r}") from None
+
+
+def eval_users(args: argparse.Namespace) -> dict:
+    """--eval-users as EvaluateOptions takes it: absent (its default), a number, or None (all)."""
+    if args.eval_users is None:
+        return {}
+    return {"eval_users": None if args.eval_users == "all" else args.eval_users}
+
+
 def given(**values) -> dict:
     """The values the command line was given; the rest (None) take the options' defaults."""
     return {key: value for key, value in values.items() if value is not None}
@@ -306,7 +322,7 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
     with refused():
         return PipelineOptions(train=train_options(args, early_stopping_patience=args.early_stopping),
                                index=index_options(args),
-                               evaluate=EvaluateOptions(**given(ks=args.ks, eval_users=args.eval_users)),
+                               evaluate=EvaluateOptions(**given(ks=args.ks), **eval_users(args)),
                                **given(report_dir=args.report_dir, milvus_uri=args.milvus_uri))
 
 
@@ -315,7 +331,7 @@ def rebuild_options(args: argparse.Namespace) -> RebuildOptions:
     metrics = [metric.strip() for metric in args.metrics.split(",") if metric.strip()]
     with refused():
         return RebuildOptions(train=train_options(args), index=index_options(args, target_recall=args.target_recall),
-                              evaluate=EvaluateOptions(**given(eval_users=args.eval_users)),
+                              evaluate=EvaluateOptions(**eval_users(args)),
                               gate=GateOptions(tolerance=args.tolerance, confidence=args.confidence,
                                               **given(metrics=metrics or None)),
                               reuse_model=args.reuse_model, from_scratch=args.from_scratch,
