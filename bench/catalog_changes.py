@@ -2,13 +2,16 @@
 ``--items`` new items takes, the new items' recall@100 against exact search, and readers'
 search latency while the add runs, beside the same readers idle.
 
-    python -m bench.catalog_changes --alias nightly_bench [--items 10000] [--milvus-uri URI] [--out FILE]
+    python -m bench.catalog_changes --alias nightly_bench [--items 10000] [--first-id N] [--retire] \
+        [--milvus-uri URI] [--out FILE]
 
 Run it against a version a rebuild left serving (``bench.nightly`` builds a 1M-item one, in
 its ``DIR/home``: set TOWERBRIDGE_HOME to it). The new items copy the titles and genres of
-existing items (new ids above the largest), so they embed like real cold-start items. Readers:
-one thread sending single-query searches (top 10, the version's tuned settings) with the
-vectors of the model's users, back to back; latency per request, p50 and p99.
+existing items (new ids from ``--first-id``, default above the model's largest), so they embed
+like real cold-start items. Readers: one thread sending single-query searches (top 10, the
+version's tuned settings) with the vectors of the model's users, back to back; latency per
+request, p50 and p99. ``--retire`` then retires the added items again, timed, with the same
+readers, and checks that no reader finds them: the version is left serving what it served.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000, help="new items to add")
     parser.add_argument("--milvus-uri", help="default: MILVUS_URI, else the embedded server")
     parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of the idle baseline")
+    parser.add_argument("--first-id", type=int, help="the first new item id (default: the model's largest + 1)")
+    parser.add_argument("--retire", action="store_true", help="retire the added items afterwards, timed")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -65,7 +70,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         picked = rng.choice(len(items), args.items, replace=args.items > len(items))
         template = items.iloc[picked].reset_index(drop=True)
-        first = int(np.max(trained.item_ids)) + 1
+        first = args.first_id if args.first_id is not None else int(np.max(trained.item_ids)) + 1
         new = template.assign(item_id=np.arange(first, first + args.items, dtype=trained.item_ids.dtype))
         users = rng.choice(trained.user_ids, min(2000, len(trained.user_ids)), replace=False)
         queries = steps.user_queries(trained, np.sort(users), steps.read_part(manifest.prepared_dir, "train"))
@@ -107,6 +112,18 @@ def main() -> None:
                    "new_items_in_exact_top100": int(is_new.sum()),
                    "new_items_recall@100": round(float(hit.sum() / max(1, is_new.sum())), 4),
                    "readers_idle": idle, "readers_during_add": during}
+        if args.out:  # the add's figures, whatever the retirement does
+            Path(args.out).write_text(json.dumps(figures, indent=2))
+        if args.retire:
+            ids = new["item_id"].tolist()
+            started = time.perf_counter()
+            retiring = timed_readers(lambda: steps.retire_items(uri, args.alias, ids=ids))
+            figures["retire_seconds"] = round(time.perf_counter() - started, 1)
+            figures["retired"] = retiring.pop("result").retired
+            figures["readers_during_retire"] = retiring
+            found, _ = store.search(name, queries, 100, search)
+            figures["retired_items_found_after"] = int(np.isin(found, ids).sum()) + len(store.held(name, ids))
+            figures["catalog_after_retire"] = int(store.wait_visible(name))
     print(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
