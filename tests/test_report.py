@@ -23,6 +23,9 @@ def test_table_and_markdown_carry_every_source():
     assert "| 10 | 0.1400 | 0.1420 | 0.0860 | 0.0050 |" in markdown
     assert "| 10 | 0.9800 | -0.0010 | -0.0010 |" in markdown  # index recall and ANN gap
     assert "943 users, 943 queries (one per user)" in markdown
+    assert "| k | model (Milvus IVF_PQ) | model (exact search) | popularity | random |" in markdown
+    scann = dataclasses.replace(report(), index={**report().index, "index_type": "SCANN"})
+    assert "| k | model (Milvus SCANN) | model (exact search)" in report_markdown(scann)
     # a sample of the users says so, and how to rank every one
     sampled = report_markdown(dataclasses.replace(report(), users_eligible=993_339))
     assert ("943 users (a seeded sample of the 993,339 with held-out interactions; --eval-users sets its size, "

@@ -27,6 +27,13 @@ def report_table(report: EvaluationReport) -> list[dict]:
             for k in ks_of(report)]
 
 
+def label(report: EvaluationReport, source: str) -> str:
+    """A source's name in tables and plots; the model through Milvus names its index."""
+    if source == "model":
+        return f"model (Milvus {report.index.get('index_type') or 'IVF_PQ'})"
+    return SOURCE_LABELS[source]
+
+
 def _sampled(report: EvaluationReport) -> str:
     if not report.users_eligible or report.users_eligible <= report.users_evaluated:
         return ""
@@ -47,7 +54,7 @@ def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png")
         "",
         "## Hit rate",
         "",
-        "| k | " + " | ".join(SOURCE_LABELS[s] for s in SOURCES) + " |",
+        "| k | " + " | ".join(label(report, s) for s in SOURCES) + " |",
         "|---:|" + "---:|" * len(SOURCES),
         *[f"| {k} | " + " | ".join(f"{report.source(s)[f'hit_rate@{k}']:.4f}" for s in SOURCES) + " |" for k in ks],
         "",
@@ -90,7 +97,7 @@ def plot_hit_rate(report: EvaluationReport, path: Path) -> None:
     for source in SOURCES:
         marker, width = styles[source]
         axes.plot(ks, [report.source(source)[f"hit_rate@{k}"] for k in ks], marker, linewidth=width,
-                  label=SOURCE_LABELS[source])
+                  label=label(report, source))
     axes.set_xscale("log")
     axes.set_xticks(ks, [str(k) for k in ks])
     axes.set_xlabel("k (top-k cut-off, log scale)")
