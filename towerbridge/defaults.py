@@ -44,9 +44,9 @@ GATE_MIN_USERS = 30
 # The seed of the evaluation's sample of users and of its random baseline.
 EVALUATION_SEED = 0
 # Users an evaluation ranks when more have held-out interactions: a seeded sample of this many.
-# Every user of MovieLens 1M (6,040) and of the built-in log; at 1M users, ranking everyone by
-# exact search over 1M items took hours, against 106 s for 10,000 (BENCHMARKS.md), and
-# the gate's interval narrows as 1/sqrt(users) (+-0.007 HR@10 at the built-in log's 5,984 users).
+# Every user of MovieLens 1M (6,040) and of the built-in log; at 1M users x 1M items the exact-
+# search baseline for everyone costs hours, for 10,000 under two minutes (BENCHMARKS.md), and
+# the gate's interval narrows as 1/sqrt(users).
 # `--eval-users all` ranks everyone.
 EVAL_USERS = 10_000
 # The rebuild: how long it waits for another rebuild of the same alias to finish, and how often
