@@ -165,7 +165,13 @@ def install_dir() -> Path:
     return settings.home() / "milvus-server" / SERVER_VERSION
 
 
-def ensure_installed(log=print) -> Path:
+def notice(message: str) -> None:
+    """Where the server's notices go by default: stderr, so that a command's stdout is its
+    answer alone (``--json``)."""
+    print(message, file=sys.stderr)
+
+
+def ensure_installed(log=notice) -> Path:
     """Install PyPI ``milvus==2.3.5`` into its own directory once; return that directory."""
     target = install_dir()
     if (target / "milvus" / "__init__.py").exists():
@@ -264,7 +270,7 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def start(log=print, config: dict | None = None) -> tuple[ServerState, bool]:
+def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
     """Start the embedded server, or reuse a healthy one. Returns (state, started_here).
 
     config: Milvus settings for this start on top of SERVER_CONFIG, as dotted keys of
@@ -343,7 +349,7 @@ def stop() -> ServerState | None:
         return state
 
 
-def start_serving(log=print) -> tuple[ServerState, bool]:
+def start_serving(log=notice) -> tuple[ServerState, bool]:
     """``start``, then wait until the server answers queries on every version it had loaded
     (``ItemStore.wait_until_serving``), as a question asked right away expects."""
     from towerbridge.milvus.store import ItemStore  # the store imports this module
@@ -358,7 +364,7 @@ def start_serving(log=print) -> tuple[ServerState, bool]:
 
 
 @contextlib.contextmanager
-def embedded(log=print) -> Iterator[str]:
+def embedded(log=notice) -> Iterator[str]:
     """Yield the URI of a running embedded server, ready to answer; stop it afterwards if we
     started it."""
     state, started_here = start_serving(log)
@@ -372,7 +378,7 @@ def embedded(log=print) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def endpoint(uri: str | None = None, log=print) -> Iterator[str]:
+def endpoint(uri: str | None = None, log=notice) -> Iterator[str]:
     """The Milvus to use: ``uri`` if given, else ``MILVUS_URI``, else the embedded server
     (started if needed, and stopped afterwards only if it was started here)."""
     uri = uri or settings.MilvusTarget.from_env().uri

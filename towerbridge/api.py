@@ -19,7 +19,6 @@ Every question goes to ``alias`` unless it names a ``collection`` (a version).
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import pandas as pd
 
@@ -38,10 +37,6 @@ SIMILAR_SCORE = ("cosine: cosine similarity of the two items' trained embeddings
                  "computed exactly, in [-1, 1]")
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def ranked(rows: list[dict], columns: list[str], score: str) -> pd.DataFrame:
     """Result rows as a frame with a 1-based ``rank``; ``attrs["score"]`` says what the score is."""
     frame = pd.DataFrame([{"rank": rank, **row} for rank, row in enumerate(rows, 1)], columns=columns)
@@ -52,7 +47,7 @@ def ranked(rows: list[dict], columns: list[str], score: str) -> pd.DataFrame:
 class Client:
     """A connection to the item collection for notebooks and scripts (see the module)."""
 
-    def __init__(self, uri: str | None = None, alias: str = DEFAULT_ALIAS, log=_stderr):
+    def __init__(self, uri: str | None = None, alias: str = DEFAULT_ALIAS, log=server.notice):
         self.alias = alias
         self._open = contextlib.ExitStack()
         try:

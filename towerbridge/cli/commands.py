@@ -327,20 +327,15 @@ def cmd_items(args: argparse.Namespace) -> int:
 
     if args.items_command == "serve":
         return _serve_catalog(args)
-    # the embedded server's notices go to stderr, so that stdout is the answer alone (--json)
-    def notice(message: str) -> None:
-        print(message, file=sys.stderr)
-
-
     if args.items_command == "add":
         items = read_items_file(args)
-        with server.endpoint(args.milvus_uri, log=notice) as uri:
+        with server.endpoint(args.milvus_uri) as uri:
             update = steps.add_items(uri, args.alias, items)
     else:
         ids = [part.strip() for part in args.ids.split(",") if part.strip()] if args.ids is not None else None
         if ids is not None and not ids:
             raise ConfigError("--ids: give item ids, comma-separated")
-        with server.endpoint(args.milvus_uri, log=notice) as uri:
+        with server.endpoint(args.milvus_uri) as uri:
             update = steps.retire_items(uri, args.alias, ids=ids, expression=args.filter)
     if args.json:
         print(json.dumps({**update.__dict__, "record": update.record.to_dict() if update.record else None},
