@@ -107,7 +107,7 @@ def test_json_commands_print_only_json_when_they_start_and_stop_the_server(versi
     its notices go to stderr. Similar is the test above; here `items retire` (it printed them
     on stdout once). The other commands are asked of a running server: each start and stop
     costs half a minute."""
-    server.start(**QUIET)
+    server.start_serving(**QUIET)  # as `towerbridge milvus start`: up, and every version loaded again
     path = tmp_path / "items.csv"
     path.write_text("item_id,title,genres\n9001,A Film Added And Retired (2026),Drama\n")
     for args in (READERS["recommend"](version), READERS["query scalars"](version), ("collections",),
