@@ -162,63 +162,82 @@ class _FullSoftmax(torch.autograd.Function):
     """Summed cross-entropy of each query against every catalog item, in blocks of rows.
 
     The same value and gradients as ``cross_entropy((queries / temperature) @ items.T,
-    positive, reduction="sum")``, without ever holding the ``[P, N]`` score matrix: the
-    forward pass keeps only each row's log-normaliser, and the backward pass recomputes a
-    block's scores to form its softmax. One more matrix product than autograd's way, which
-    allocates fresh ``[P, N]`` tensors (scores, log-softmax and its gradient, ~350 MB each at
-    25k positions x 3.4k items) and on a CPU spends more time faulting their pages in than
-    computing (figures in BENCHMARKS.md; tests/towers/test_loss.py checks the equality)."""
+    positive, reduction="sum")``, without ever holding the ``[P, N]`` score matrix. The loss
+    is a scalar at the end of the graph, so its gradients are formed in the forward pass, block
+    by block, while each block's softmax is at hand: three matrix products per block (the
+    scores, and the two gradient products), and the backward pass only scales the result.
+    Autograd's way allocates fresh ``[P, N]`` tensors (scores, log-softmax and its gradient,
+    ~350 MB each at 25k positions x 3.4k items) and on a CPU spends more time faulting their
+    pages in than computing (figures in BENCHMARKS.md; tests/towers/test_loss.py checks the
+    equality). ``grads`` False (no gradient wanted): the loss only."""
 
     @staticmethod
-    def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
-                temperature: float, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor, temperature: float,
+                bias: torch.Tensor | None, weight: torch.Tensor | None, grads: bool) -> torch.Tensor:
+        # positive [P], or [P, H] with weight [P, H]: row i's loss is the weighted sum of its
+        # targets' cross-entropies, sum_j w_ij (log Z_i - s_i,pos_ij), over one log-normaliser
         scaled = queries / temperature
         rows = max(1, FULL_SOFTMAX_BLOCK // max(1, len(items)))
         normaliser = torch.empty(len(queries), dtype=queries.dtype, device=queries.device)
+        d_scaled = torch.empty_like(scaled) if grads else None
+        d_items = torch.zeros_like(items) if grads else None
+        total = None if weight is None else weight.sum(dim=1)
         block = queries.new_empty((min(rows, len(queries)), len(items)))
         for start in range(0, len(queries), rows):
-            scores = block[:min(rows, len(queries) - start)]
+            count = min(rows, len(queries) - start)
+            scores = block[:count]
             if bias is None:
-                torch.mm(scaled[start:start + rows], items.T, out=scores)
+                torch.mm(scaled[start:start + count], items.T, out=scores)
             else:
-                torch.addmm(bias[None, :], scaled[start:start + rows], items.T, out=scores)
+                torch.addmm(bias[None, :], scaled[start:start + count], items.T, out=scores)
             top = scores.amax(dim=1, keepdim=True)
-            normaliser[start:start + rows] = scores.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
-        ctx.temperature, ctx.rows = temperature, rows
-        ctx.save_for_backward(scaled, items, positive, normaliser, bias)
-        positive_scores = (scaled * items[positive]).sum(dim=1)
+            sums = scores.sub_(top).exp_().sum(dim=1, keepdim=True)
+            normaliser[start:start + count] = sums[:, 0].log().add_(top[:, 0])
+            if not grads:
+                continue
+            # d/d(score) = (sum_j w_ij) softmax_i - sum_j w_ij [item = pos_ij]; one target: softmax_i - [item = pos_i]
+            softmax = scores.div_(sums)
+            if weight is None:
+                softmax[torch.arange(count, device=softmax.device), positive[start:start + count]] -= 1
+            else:
+                softmax.mul_(total[start:start + count, None])
+                block_rows = torch.arange(count, device=softmax.device)[:, None].expand(-1, positive.shape[1])
+                softmax.index_put_((block_rows, positive[start:start + count]), -weight[start:start + count],
+                                   accumulate=True)
+            torch.mm(softmax, items, out=d_scaled[start:start + count])
+            d_items.addmm_(softmax.T, scaled[start:start + count])
+        ctx.temperature = temperature
+        ctx.save_for_backward(d_scaled, d_items)
+        if weight is None:
+            positive_scores = (scaled * items[positive]).sum(dim=1)
+            if bias is not None:
+                positive_scores = positive_scores + bias[positive]
+            return (normaliser - positive_scores).sum()
+        positive_scores = (scaled[:, None, :] * items[positive]).sum(dim=2)
         if bias is not None:
             positive_scores = positive_scores + bias[positive]
-        return (normaliser - positive_scores).sum()
+        return (weight * (normaliser[:, None] - positive_scores)).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        scaled, items, positive, normaliser, bias = ctx.saved_tensors
-        rows = ctx.rows
-        d_queries = torch.empty_like(scaled)
-        d_items = torch.zeros_like(items)
-        block = scaled.new_empty((min(rows, len(scaled)), len(items)))
-        for start in range(0, len(scaled), rows):
-            count = min(rows, len(scaled) - start)
-            softmax = block[:count]
-            if bias is None:
-                torch.mm(scaled[start:start + count], items.T, out=softmax)
-            else:
-                torch.addmm(bias[None, :], scaled[start:start + count], items.T, out=softmax)
-            softmax.sub_(normaliser[start:start + count, None]).exp_()
-            softmax[torch.arange(count, device=softmax.device), positive[start:start + count]] -= 1
-            torch.mm(softmax, items, out=d_queries[start:start + count])  # d/d(scaled queries)
-            d_items.addmm_(softmax.T, scaled[start:start + count])
-        return (d_queries.mul_(grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
-                d_items.mul_(grad) if ctx.needs_input_grad[1] else None, None, None, None)
+        d_scaled, d_items = ctx.saved_tensors
+        if d_scaled is None:
+            raise RuntimeError("full_softmax_loss was computed without gradients (grad mode was off)")
+        return (d_scaled * (grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
+                d_items * grad if ctx.needs_input_grad[1] else None, None, None, None, None, None)
 
 
 def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
-                      temperature: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+                      temperature: float = 1.0, bias: torch.Tensor | None = None,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """Summed softmax cross-entropy of each query ``[P, dim]`` over the whole catalog
     ``items`` ``[N, dim]``; ``positive`` ``[P]``: each query's item (a row of ``items``).
     The history towers' loss when the catalog is small enough to score in full.
+
+    weight: ``[P, H]`` with ``positive`` ``[P, H]``: each query has H targets, and its loss is
+    their cross-entropies weighted (a weight of 0 leaves a target out), from one softmax:
+    the history towers' further targets (``future_targets``).
 
     bias: ``[N]`` added to every row's logits (after the temperature), not learned: with
     ``items`` a sample of the catalog, minus the log of each item's chance to be in it
@@ -227,10 +246,15 @@ def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torc
         raise ValueError(f"temperature must be positive, got {temperature}")
     if len(positive) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(positive)} positives")
+    if (weight is None) != (positive.dim() == 1) or (weight is not None and weight.shape != positive.shape):
+        raise ValueError("positive must be [P] without weight, or [P, H] with a weight of the same shape; got "
+                         f"{tuple(positive.shape)} and {None if weight is None else tuple(weight.shape)}")
     if bias is not None and bias.shape != (len(items),):
         raise ValueError(f"bias must have one value per item ({len(items)}), got shape {tuple(bias.shape)}")
+    grads = torch.is_grad_enabled() and (queries.requires_grad or items.requires_grad)
     return _FullSoftmax.apply(queries, items, positive, temperature,
-                              None if bias is None else bias.detach().to(queries.dtype))
+                              None if bias is None else bias.detach().to(queries.dtype),
+                              None if weight is None else weight.detach().to(queries.dtype), grads)
 
 
 def sampled_softmax_bias(probability: torch.Tensor, draws: int, uniform_draws: int, catalog: int) -> torch.Tensor:

@@ -267,6 +267,36 @@ def test_a_column_bias_is_added_to_every_rows_logits(monkeypatch, block):
         full_softmax_loss(query, items, positive, 0.3, bias[:3])
 
 
+@pytest.mark.parametrize("block", [1 << 22, 40])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_several_weighted_targets_share_one_softmax(monkeypatch, block, with_bias):
+    # future_targets: each query's loss is its targets' cross-entropies, weighted; a weight of 0
+    # leaves a target out (a position with no item two steps ahead)
+    monkeypatch.setattr(loss_module, "FULL_SOFTMAX_BLOCK", block)
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, generator=generator) if with_bias else None
+    positive = torch.tensor([[0, 3], [3, 3], [3, 8], [8, 1], [1, 2], [2, 7], [7, 7], [7, 4], [4, 5], [5, 6], [6, 0]])
+    weight = torch.tensor([[1.0, 0.5]] * 10 + [[1.0, 0.0]], dtype=torch.float64)
+    mine = full_softmax_loss(query, items, positive, 0.3, bias, weight)
+    logits = (query / 0.3) @ items.T + (0 if bias is None else bias)
+    reference = sum((weight[:, j] * torch.nn.functional.cross_entropy(logits, positive[:, j], reduction="none")).sum()
+                    for j in range(2))
+    assert mine.item() == pytest.approx(reference.item(), rel=1e-12)
+    for ours, theirs in zip(torch.autograd.grad(mine, (query, items)), torch.autograd.grad(reference, (query, items))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, c: full_softmax_loss(q, c, positive, 0.3, bias, weight), (query, items))
+    # one target of weight 1 is the plain loss
+    plain = full_softmax_loss(query, items, positive[:, 0], 0.3, bias)
+    one = full_softmax_loss(query, items, positive[:, :1], 0.3, bias, torch.ones(11, 1, dtype=torch.float64))
+    assert one.item() == pytest.approx(plain.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="positive must be"):
+        full_softmax_loss(query, items, positive, 0.3, bias)
+    with pytest.raises(ValueError, match="positive must be"):
+        full_softmax_loss(query, items, positive, 0.3, bias, weight[:, :1])
+
+
 def test_the_sampled_softmax_bias_is_minus_the_log_of_each_items_chance_to_be_drawn():
     from towerbridge.towers.loss import sampled_softmax_bias
 
