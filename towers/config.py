@@ -65,6 +65,11 @@ class TowerConfig:
     history_length: items of a history the history towers read (the most recent ones).
     attention_blocks, attention_heads, dropout: the sequence tower's shape (dropout 0.1: on
         MovieLens-1M 0.1 beat 0.2 and 0.5, BENCHMARKS.md, issue 30).
+    future_targets, future_weight: the history towers' positions predict the next item and,
+        with ``future_targets`` > 1, the items after it up to that many, each weighted
+        ``future_weight`` against the next item's 1, in one softmax. A query read from a history
+        that misses the user's latest items (a log that lags, a day-old history at serving) is
+        asked for items further ahead than the next.
     replay: continuing a parent model (``towers/warm.py``), train only on what changed since
         the parent's training data and this fraction of the rest (``warm.replay``); None: the
         whole log. Ignored when training from scratch.
@@ -103,6 +108,8 @@ class TowerConfig:
     attention_heads: int = 1
     dropout: float = 0.1
     full_softmax_items: int = 30_000
+    future_targets: int = 1
+    future_weight: float = 0.5
     replay: float | None = None
 
     def __post_init__(self) -> None:
@@ -145,6 +152,9 @@ class TowerConfig:
                               f"{self.history_length}, {self.attention_heads} and {self.attention_blocks}")
         if self.replay is not None and not 0 <= self.replay <= 1:
             raise ConfigError(f"replay must be a fraction between 0 and 1, got {self.replay}")
+        if self.future_targets < 1 or not self.future_weight >= 0:
+            raise ConfigError(f"future_targets must be >= 1 and future_weight >= 0, got {self.future_targets} "
+                              f"and {self.future_weight}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(width < 1 for width in self.hidden_dims):

@@ -128,7 +128,8 @@ def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: I
 
 class HistoryTask:
     """The history towers' examples: one per user, predicting the next item at every
-    position of the user's last ``history_length + 1`` items.
+    position of the user's last ``history_length + 1`` items (and with ``future_targets`` > 1
+    the items after it too, weighted ``future_weight``).
 
     The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
     a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
@@ -194,9 +195,17 @@ class HistoryTask:
         position = torch.searchsorted(needed, inputs) if not self.full else inputs
         queries = model.user_tower(vectors[position], inputs > 0, gather(self.user_inputs, self.user_rows[batch]))
         keep = targets > 0
-        queries, positives = queries[keep], targets[keep]
+        queries, positives, weight = queries[keep], targets[keep], None
+        if config.future_targets > 1:
+            # each position also predicts the items after the next, each weighted future_weight
+            # (0 where the history ends first): [P, future_targets] targets
+            positives = torch.stack([F.pad(targets[:, ahead:], (0, ahead)) for ahead in range(config.future_targets)],
+                                    dim=-1)[keep]
+            weight = (positives > 0).to(queries.dtype)
+            weight[:, 1:] *= config.future_weight
+            positives = positives.clamp_min(1)  # weight 0 rows point at any item
         if self.full:
-            return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature)
+            return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature, weight=weight)
         # the sampled softmax: over the distinct items of the batch's histories and targets and the
         # uniform samples, each row's target among them; the logQ correction subtracts the log of
         # each item's chance to be among them, and ranking adds the popularity prior back
@@ -206,7 +215,7 @@ class HistoryTask:
             bias = sampled_softmax_bias(self.sampling_probability[needed[1:]], draws, len(sampled),
                                         len(self.trained.item_ids))
         return full_softmax_loss(queries, vectors[1:], torch.searchsorted(needed, positives) - 1, config.temperature,
-                                 bias)
+                                 bias, weight)
 
     @torch.inference_mode()
     def validate(self) -> float | None:

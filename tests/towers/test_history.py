@@ -183,6 +183,37 @@ def test_the_sampled_softmax_is_the_full_one_when_the_sample_holds_the_whole_cat
     assert few < whole and task.loss(two, np.random.default_rng(0)).item() > few
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_future_targets_add_the_items_after_the_next_weighted(full):
+    from dataclasses import replace
+
+    from towerbridge.towers.parallel import SINGLE
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=1, batch_size=64, seed=3,
+                         full_softmax_items=100 if full else 10, mixed_negatives=0 if full else 40)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()  # no dropout: the same queries every time
+    task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+    batch = torch.arange(64)
+
+    def loss(**settings) -> float:
+        trained.config = replace(config, **settings)
+        return task.loss(batch, np.random.default_rng(0)).item()
+
+    plain = loss()
+    assert loss(future_targets=2, future_weight=0.0) == pytest.approx(plain, rel=1e-6)
+    both = loss(future_targets=2, future_weight=0.5)
+    three = loss(future_targets=3, future_weight=0.5)
+    # the item two steps ahead of each position, as the only target: the next one's column shifted
+    targets = task.targets
+    task.targets = torch.nn.functional.pad(targets[:, 1:], (0, 1)) * (targets > 0)  # not from padding
+    ahead = loss()
+    task.targets = targets
+    assert both == pytest.approx(plain + 0.5 * ahead, rel=1e-5)
+    assert three > both > plain
+
+
 def test_the_logq_correction_is_on_exactly_where_the_catalog_is_sampled():
     from towerbridge.towers.train import prepare
 
