@@ -52,8 +52,8 @@ def _again_if_swapped(function):
                     continue
                 if isinstance(error, DataError):
                     # an answer about the data (an item not in the version), not a failure to read
-                    # it: nothing to diagnose. Looking for missing files here raced the compaction
-                    # that deletes (retired items) set off (CI, a slower machine)
+                    # it: nothing to diagnose (a look for missing files would race the compaction
+                    # that retiring items sets off)
                     raise
                 try:
                     missing = store.missing_files(before)
