@@ -78,6 +78,11 @@ class TowerConfig:
         HR@10 0.146 against the sampled one's 0.130, with 50k 0.100 against 0.104 at an eighth
         of the time, BENCHMARKS.md, issue 31); above it, the softmax over the batch's distinct
         items and ``mixed_negatives`` uniform draws, with the logQ correction.
+    uniform_negatives: history towers only; when > 0, each position's softmax is over its next
+        item and this many distinct items drawn uniformly from the catalog for the batch
+        (shared by its positions), whatever the catalog's size: ``P x uniform_negatives``
+        scores per batch instead of ``P x catalog``. 0 (the default): as ``full_softmax_items``
+        says. Not with ``future_targets`` > 1.
     """
 
     vector_dim: int | None = None
@@ -110,6 +115,7 @@ class TowerConfig:
     full_softmax_items: int = 30_000
     future_targets: int = 1
     future_weight: float = 0.5
+    uniform_negatives: int = 0
     replay: float | None = None
 
     def __post_init__(self) -> None:
@@ -155,6 +161,9 @@ class TowerConfig:
         if self.future_targets < 1 or not self.future_weight >= 0:
             raise ConfigError(f"future_targets must be >= 1 and future_weight >= 0, got {self.future_targets} "
                               f"and {self.future_weight}")
+        if self.uniform_negatives < 0 or (self.uniform_negatives and self.future_targets > 1):
+            raise ConfigError(f"uniform_negatives must be >= 0, and 0 with future_targets > 1; got "
+                              f"{self.uniform_negatives} with future_targets {self.future_targets}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(width < 1 for width in self.hidden_dims):

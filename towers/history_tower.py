@@ -17,7 +17,7 @@ from towerbridge.errors import DataError
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder
 from towerbridge.towers.history import Histories
-from towerbridge.towers.loss import full_softmax_loss, sampled_softmax_bias
+from towerbridge.towers.loss import full_softmax_loss, sampled_softmax_bias, uniform_negatives_loss
 from towerbridge.towers.metrics import factorized_top_k
 from towerbridge.towers.model import Inputs, Tower
 from towerbridge.towers.query import QueryTower
@@ -131,8 +131,9 @@ class HistoryTask:
     position of the user's last ``history_length + 1`` items (and with ``future_targets`` > 1
     the items after it too, weighted ``future_weight``).
 
-    The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
-    a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
+    The loss is the softmax over every catalog item (``full_softmax_items`` at most; with
+    ``uniform_negatives``, over each position's next item and that many uniform draws shared by
+    the batch), or over a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
     uniform draws, with (``logq_correction``) minus the log of each item's chance to be in it.
     With early stopping, each user's last training item is the validation target, predicted
     from the items before it, and never a training target."""
@@ -183,16 +184,23 @@ class HistoryTask:
         start = int(used[0]) if len(used) else inputs.shape[1] - 1
         # columns of padding only are skipped
         inputs, targets = inputs[:, start:].contiguous(), targets[:, start:].contiguous()
-        if self.full:
-            needed = torch.arange(len(self.trained.item_ids) + 1, device=self.device)
+        catalog, drawn, sampled = len(self.trained.item_ids), None, None
+        if config.uniform_negatives:
+            # the batch's uniform draws (distinct, none of them padding), shared by its positions
+            drawn = torch.from_numpy(generator.choice(catalog, min(config.uniform_negatives, catalog), replace=False)
+                                     + 1).to(self.device)
+        elif not self.full:
+            sampled = torch.from_numpy(generator.integers(1, catalog + 1, config.mixed_negatives)).to(self.device)
+        whole = self.full and drawn is None  # every catalog item, in vocabulary order
+        if whole:
+            needed = torch.arange(catalog + 1, device=self.device)
         else:
-            sampled = torch.from_numpy(generator.integers(1, len(self.trained.item_ids) + 1,
-                                                          config.mixed_negatives)).to(self.device)
             needed = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=self.device),
-                                             inputs.flatten(), targets.flatten(), sampled]))
+                                             inputs.flatten(), targets.flatten(),
+                                             drawn if drawn is not None else sampled]))
         vectors = model.item_tower(gather(self.item_inputs, needed))
         vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])  # row 0 (padding) stays 0
-        position = torch.searchsorted(needed, inputs) if not self.full else inputs
+        position = inputs if whole else torch.searchsorted(needed, inputs)
         queries = model.user_tower(vectors[position], inputs > 0, gather(self.user_inputs, self.user_rows[batch]))
         keep = targets > 0
         queries, positives, weight = queries[keep], targets[keep], None
@@ -204,7 +212,11 @@ class HistoryTask:
             weight = (positives > 0).to(queries.dtype)
             weight[:, 1:] *= config.future_weight
             positives = positives.clamp_min(1)  # weight 0 rows point at any item
-        if self.full:
+        if drawn is not None:
+            return uniform_negatives_loss(queries, vectors[torch.searchsorted(needed, positives)],
+                                          vectors[torch.searchsorted(needed, drawn)], positives, drawn,
+                                          config.temperature)
+        if whole:
             return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature, weight=weight)
         # the sampled softmax: over the distinct items of the batch's histories and targets and the
         # uniform samples, each row's target among them; the logQ correction subtracts the log of

@@ -267,3 +267,78 @@ def sampled_softmax_bias(probability: torch.Tensor, draws: int, uniform_draws: i
                        uniform_draws * torch.log1p(torch.tensor(-1.0 / max(catalog, 2), dtype=probability.dtype,
                                                                 device=probability.device)))
     return -torch.log((1.0 - absent).clamp_min(1e-12))
+
+
+
+class _UniformNegatives(torch.autograd.Function):
+    """Summed cross-entropy of each query over its own positive and ``K`` shared negatives, in
+    blocks of rows, the gradients formed in the forward pass as in ``_FullSoftmax``: three
+    matrix products per block, no ``[P, K]`` tensor kept. ``hit_rows``, ``hit_columns``: the
+    (row, negative) pairs where the negative is the row's own positive, left out of that row."""
+
+    @staticmethod
+    def forward(ctx, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, hit_rows: torch.Tensor,
+                hit_columns: torch.Tensor, temperature: float, grads: bool) -> torch.Tensor:
+        scaled = queries / temperature
+        positive_scores = (scaled * positives).sum(dim=1)
+        rows = max(1, FULL_SOFTMAX_BLOCK // max(1, len(negatives)))
+        normaliser = torch.empty_like(positive_scores)
+        d_scaled = torch.empty_like(scaled) if grads else None
+        d_positives = torch.empty_like(positives) if grads else None
+        d_negatives = torch.zeros_like(negatives) if grads else None
+        block = queries.new_empty((min(rows, len(queries)), len(negatives)))
+        for start in range(0, len(queries), rows):
+            count, end = min(rows, len(queries) - start), min(start + rows, len(queries))
+            scores = torch.mm(scaled[start:end], negatives.T, out=block[:count])
+            top = torch.maximum(scores.amax(dim=1), positive_scores[start:end])
+            scores.sub_(top[:, None]).exp_()
+            inside = (hit_rows >= start) & (hit_rows < end)
+            scores[hit_rows[inside] - start, hit_columns[inside]] = 0.0
+            positive_share = (positive_scores[start:end] - top).exp_()
+            sums = scores.sum(dim=1).add_(positive_share)
+            normaliser[start:end] = sums.log().add_(top)
+            if not grads:
+                continue
+            softmax = scores.div_(sums[:, None])
+            coefficient = positive_share.div_(sums).sub_(1.0)[:, None]  # d loss / d positive score
+            torch.addmm(coefficient * positives[start:end], softmax, negatives, out=d_scaled[start:end])
+            torch.mul(scaled[start:end], coefficient, out=d_positives[start:end])
+            d_negatives.addmm_(softmax.T, scaled[start:end])
+        ctx.temperature = temperature
+        ctx.save_for_backward(d_scaled, d_positives, d_negatives)
+        return (normaliser - positive_scores).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        d_scaled, d_positives, d_negatives = ctx.saved_tensors
+        if d_scaled is None:
+            raise RuntimeError("uniform_negatives_loss was computed without gradients (grad mode was off)")
+        return (d_scaled * (grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
+                d_positives * grad if ctx.needs_input_grad[1] else None,
+                d_negatives * grad if ctx.needs_input_grad[2] else None, None, None, None, None)
+
+
+def uniform_negatives_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                           positive_ids: torch.Tensor, negative_ids: torch.Tensor,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """Summed softmax cross-entropy of each query ``[P, dim]`` over its own positive
+    (``positives``, ``[P, dim]``) and ``negatives`` ``[K, dim]`` drawn uniformly from the
+    catalog and shared by every row (the sampled softmax of Jean et al. with a uniform
+    proposal, whose logQ correction is the same for every column and so cancels). A negative
+    that is the row's own positive (same id in ``positive_ids`` ``[P]`` and in
+    ``negative_ids`` ``[K]``, which are distinct) is left out of that row. It scores
+    ``P x K`` products instead of the full softmax's ``P x catalog``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if positives.shape != queries.shape or len(positive_ids) != len(queries) or len(negative_ids) != len(negatives):
+        raise ValueError(f"queries {tuple(queries.shape)}, positives {tuple(positives.shape)} and ids "
+                         f"{len(positive_ids)} must match; negatives {tuple(negatives.shape)}, ids {len(negative_ids)}")
+    ordered, order = negative_ids.sort()
+    if len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+        raise ValueError("negative_ids must be distinct")
+    at = torch.searchsorted(ordered, positive_ids).clamp_(max=max(0, len(ordered) - 1))
+    hit_rows = ((ordered[at] == positive_ids).nonzero()[:, 0] if len(ordered)
+                else torch.zeros(0, dtype=torch.long, device=queries.device))
+    grads = torch.is_grad_enabled() and (queries.requires_grad or positives.requires_grad or negatives.requires_grad)
+    return _UniformNegatives.apply(queries, positives, negatives, hit_rows, order[at[hit_rows]], temperature, grads)

@@ -75,7 +75,9 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
     counts = item_counts if item_counts is not None else \
         np.bincount(lookup(item_ids, interactions["item_id"].to_numpy()), minlength=len(item_ids) + 1)[1:]
     if config.logq_correction is None:  # the history towers: corrected exactly where the catalog is sampled
-        config = replace(config, logq_correction=len(item_ids) > config.full_softmax_items)
+        # in proportion to popularity (uniform draws need no correction)
+        config = replace(config, logq_correction=len(item_ids) > config.full_softmax_items
+                         and not config.uniform_negatives)
     train_users = None if users is None else users[users["user_id"].isin(user_ids)]
     user_encoders, item_encoders = fit_encoders(spec.user, train_users), fit_encoders(spec.item, items)
     if parent is not None:  # numbers and buckets keep the parent's scale; vocabularies grow

@@ -214,6 +214,32 @@ def test_future_targets_add_the_items_after_the_next_weighted(full):
     assert three > both > plain
 
 
+def test_uniform_negatives_replace_the_catalog_with_the_batchs_draws():
+    from dataclasses import replace
+
+    from towerbridge.towers.parallel import SINGLE
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=1, batch_size=64, seed=3)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()  # no dropout: the same queries every time
+    batch, catalog = torch.arange(64), len(trained.item_ids)
+
+    def loss(seed: int = 0, **settings) -> float:
+        trained.config = replace(config, **settings)
+        task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+        return task.loss(batch, np.random.default_rng(seed)).item()
+
+    whole = loss()  # the full softmax
+    # drawing every item (or more than there are) is the full softmax, above the full softmax's
+    # catalog threshold too
+    assert loss(uniform_negatives=catalog) == pytest.approx(whole, rel=1e-5)
+    assert loss(uniform_negatives=10 * catalog, full_softmax_items=10) == pytest.approx(whole, rel=1e-5)
+    # fewer draws: fewer terms in each softmax's normaliser, so a smaller loss, drawn afresh each batch
+    few = [loss(seed, uniform_negatives=20) for seed in (0, 1, 2)]
+    assert all(value < whole for value in few) and len(set(few)) == 3
+
+
 def test_the_logq_correction_is_on_exactly_where_the_catalog_is_sampled():
     from towerbridge.towers.train import prepare
 
@@ -225,3 +251,6 @@ def test_the_logq_correction_is_on_exactly_where_the_catalog_is_sampled():
     chosen = prepare(interactions, items, None, TowerConfig(user_tower="sequence", full_softmax_items=59,
                                                             logq_correction=False))
     assert chosen.config.logq_correction is False  # a choice is kept
+    uniform = prepare(interactions, items, None, TowerConfig(user_tower="sequence", full_softmax_items=59,
+                                                             uniform_negatives=20))
+    assert uniform.config.logq_correction is False  # uniform draws need no correction

@@ -14,6 +14,7 @@ from towerbridge.towers.loss import (
     hard_negative_columns,
     remove_accidental_hits_,
     retrieval_loss,
+    uniform_negatives_loss,
 )
 
 IDENTITY2 = torch.eye(2)
@@ -307,3 +308,34 @@ def test_the_sampled_softmax_bias_is_minus_the_log_of_each_items_chance_to_be_dr
     assert bias[0] == pytest.approx(0.0, abs=1e-12)  # drawn for sure: no correction
     assert bias[3] == pytest.approx(-np.log(1 - (1 - 1 / 1000) ** 50))  # never in the log: the uniform draws only
     assert (sampled_softmax_bias(probability, 100, 0, 1000)[3] > 20).item()  # no chance at all: a large, finite bias
+
+
+@pytest.mark.parametrize("block", [1 << 22, 7])  # one block; blocks of 7 // 3 = 2 rows, the last one short
+def test_uniform_negatives_score_each_positive_against_the_shared_draws(monkeypatch, block):
+    monkeypatch.setattr(loss_module, "FULL_SOFTMAX_BLOCK", block)
+    generator = torch.Generator().manual_seed(4)
+    query = torch.randn(6, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    positive = torch.tensor([0, 3, 3, 8, 1, 2])
+    drawn = torch.tensor([7, 3, 5])  # row 1's and 2's positive (3) is among the draws: not their negative
+    mine = uniform_negatives_loss(query, items[positive], items[drawn], positive, drawn, 0.3)
+    logits = torch.cat([((query / 0.3) * items[positive]).sum(1, keepdim=True), (query / 0.3) @ items[drawn].T], 1)
+    hit = positive[:, None] == drawn[None, :]
+    reference = sum(torch.logsumexp(logits[i][torch.cat([torch.tensor([True]), ~hit[i]])], 0) - logits[i, 0]
+                    for i in range(len(positive)))
+    assert hit.any() and mine.item() == pytest.approx(reference.item(), rel=1e-12)
+    for ours, theirs in zip(torch.autograd.grad(mine, (query, items)), torch.autograd.grad(reference, (query, items))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, p, n: uniform_negatives_loss(q, p, n, positive, drawn, 0.3),
+                                    (query, items[positive].detach().requires_grad_(),
+                                     items[drawn].detach().requires_grad_()))
+    # drawing the whole catalog is the full softmax: each positive once, every other item a negative
+    whole = torch.arange(9)
+    assert uniform_negatives_loss(query, items[positive], items, positive, whole, 0.3).item() == \
+        pytest.approx(full_softmax_loss(query, items, positive, 0.3).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        uniform_negatives_loss(query, items[positive], items[drawn], positive, drawn, 0.0)
+    with pytest.raises(ValueError, match="must match"):
+        uniform_negatives_loss(query, items[positive[:2]], items[drawn], positive[:2], drawn, 0.3)
+    with pytest.raises(ValueError, match="distinct"):
+        uniform_negatives_loss(query, items[positive], items[[3, 3]], positive, torch.tensor([3, 3]), 0.3)
