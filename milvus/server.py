@@ -47,6 +47,12 @@ DEFAULT_PORTS = {
 # Milvus' rootCoord.minSegmentSizeToEnableIndex: smaller segments are searched exactly and
 # get no index files, though their index reports as built.
 SMALLEST_INDEXED_SEGMENT = 1024
+# The server's environment on top of ours (a value the caller set wins). Milvus' index builds run
+# faiss on OpenMP (libgomp), whose idle threads spin by default: beside other busy processes
+# (training, a test suite's workers) the first IVF_PQ build of a fresh server took ~40 s
+# instead of ~4 s for 1,200 vectors on 2 cores. Passive threads sleep; alone the builds take as
+# long as before (BENCHMARKS.md, "the embedded server under load").
+SERVER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 # Where Milvus keeps binlogs and index files, relative to the data directory.
 STORAGE_DIR = "data"
 # Settings written into the server's milvus.yaml on top of the package's template.
@@ -300,6 +306,7 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
             proc = subprocess.Popen(
                 [sys.executable, "-S", "-P", "-c", _BOOTSTRAP, json.dumps(launch)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=base, start_new_session=True,
+                env={**SERVER_ENVIRONMENT, **os.environ},
             )
         state = ServerState(proc.pid, ports["proxy_port"], ports["metrics_port"], SERVER_VERSION, time.time())
         deadline = time.monotonic() + START_TIMEOUT_S

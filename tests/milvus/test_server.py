@@ -1,4 +1,5 @@
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,13 @@ def test_a_second_start_reuses_the_running_server(milvus_uri):
     again, started_here = server.start(log=lambda message: None)
     assert (again.pid, started_here) == (state.pid, False)
     assert connect(milvus_uri).get_server_version().startswith("v2.3")
+
+
+def test_the_servers_openmp_threads_sleep_when_idle_unless_the_caller_chose(milvus_uri):
+    # the running server's own environment (Linux): its index builds' OpenMP threads do not spin
+    environment = dict(line.split("=", 1) for line in
+                       open(f"/proc/{server.running().pid}/environ").read().split("\0") if "=" in line)
+    assert environment["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def test_server_is_installed_outside_the_project_environment(milvus_uri):
