@@ -131,10 +131,11 @@ class HistoryTask:
     position of the user's last ``history_length + 1`` items (and with ``future_targets`` > 1
     the items after it too, weighted ``future_weight``).
 
-    The loss is the softmax over every catalog item (``full_softmax_items`` at most; with
-    ``uniform_negatives``, over each position's next item and that many uniform draws shared by
-    the batch), or over a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
+    The loss is the softmax over every catalog item (``full_softmax_items`` at most), or over
+    a sample: the distinct items of the batch's histories and targets and ``mixed_negatives``
     uniform draws, with (``logq_correction``) minus the log of each item's chance to be in it.
+    With ``uniform_negatives``, whatever the catalog's size, it is over each position's next
+    item and that many distinct uniform draws shared by the batch.
     With early stopping, each user's last training item is the validation target, predicted
     from the items before it, and never a training target."""
 

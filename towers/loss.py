@@ -269,7 +269,6 @@ def sampled_softmax_bias(probability: torch.Tensor, draws: int, uniform_draws: i
     return -torch.log((1.0 - absent).clamp_min(1e-12))
 
 
-
 class _UniformNegatives(torch.autograd.Function):
     """Summed cross-entropy of each query over its own positive and ``K`` shared negatives, in
     blocks of rows, the gradients formed in the forward pass as in ``_FullSoftmax``: three
@@ -288,8 +287,8 @@ class _UniformNegatives(torch.autograd.Function):
         d_negatives = torch.zeros_like(negatives) if grads else None
         block = queries.new_empty((min(rows, len(queries)), len(negatives)))
         for start in range(0, len(queries), rows):
-            count, end = min(rows, len(queries) - start), min(start + rows, len(queries))
-            scores = torch.mm(scaled[start:end], negatives.T, out=block[:count])
+            end = min(start + rows, len(queries))
+            scores = torch.mm(scaled[start:end], negatives.T, out=block[:end - start])
             top = torch.maximum(scores.amax(dim=1), positive_scores[start:end])
             scores.sub_(top[:, None]).exp_()
             inside = (hit_rows >= start) & (hit_rows < end)
