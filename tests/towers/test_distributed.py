@@ -93,10 +93,16 @@ def test_two_processes_end_with_identical_weights(prepared, tmp_path):
 
 def _spawned_children() -> list[int]:
     """This process's children started by torch.multiprocessing (spawn)."""
+    def read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, ProcessLookupError):  # a thread or process that ended meanwhile
+            return b""
+
     pids = []
     for task in Path("/proc/self/task").iterdir():
-        pids += [int(pid) for pid in (task / "children").read_text().split()]
-    return sorted(pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        pids += [int(pid) for pid in read(task / "children").split()]
+    return sorted(pid for pid in pids if b"spawn_main" in read(Path(f"/proc/{pid}/cmdline")))
 
 
 def test_a_process_that_dies_stops_the_others_with_one_message(prepared, tmp_path):
