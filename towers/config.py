@@ -83,6 +83,9 @@ class TowerConfig:
         (shared by its positions), whatever the catalog's size: ``P x uniform_negatives``
         scores per batch instead of ``P x catalog``. 0 (the default): as ``full_softmax_items``
         says. Not with ``future_targets`` > 1.
+    earlier_windows: history towers only; a history longer than ``history_length`` also trains
+        on the windows before its last one, so every item of it is a target once (False: the
+        last window only, as SASRec; on MovieLens-1M that leaves a third of the items out).
     """
 
     vector_dim: int | None = None
@@ -116,6 +119,7 @@ class TowerConfig:
     future_targets: int = 1
     future_weight: float = 0.5
     uniform_negatives: int = 0
+    earlier_windows: bool = False
     replay: float | None = None
 
     def __post_init__(self) -> None:

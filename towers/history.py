@@ -81,7 +81,24 @@ class Histories:
         ``[n_users, length]``; targets[u, t] is the item that followed inputs[u, :t + 1] (0
         where inputs[u, t] is padding). Each user's last ``drop_last`` items are left out
         (they are kept for validation or evaluation)."""
-        rows = np.arange(len(self.users))
-        inputs, targets = self.windows(rows, length, drop_last + 1), self.windows(rows, length, drop_last)
-        targets[inputs == 0] = 0
+        _, inputs, targets = self.training_windows(length, drop_last)
         return inputs, targets
+
+    def training_windows(self, length: int, drop_last: int = 0,
+                         earlier: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``training_pairs`` with the row of each window: ``(rows, inputs, targets)``. With
+        ``earlier``, a history longer than one window also gives the windows before its last,
+        each ``length`` items earlier than the next (so every item but the first is a target
+        once), after the last windows of every row."""
+        rows = np.arange(len(self.users))
+        drops = np.full(len(rows), drop_last, dtype=np.int64)
+        if earlier:
+            # a window ending k * length items before the last one, where it still has an input
+            available = self.lengths() - drop_last
+            more = np.maximum(0, (available - 2) // length)
+            rows = np.concatenate([rows, np.repeat(rows, more)])
+            steps = np.concatenate([np.arange(1, m + 1) for m in more]) if more.any() else np.zeros(0, np.int64)
+            drops = np.concatenate([drops, drop_last + steps * length])
+        inputs, targets = self.windows(rows, length, drops + 1), self.windows(rows, length, drops)
+        targets[inputs == 0] = 0
+        return rows, inputs, targets

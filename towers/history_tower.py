@@ -60,6 +60,8 @@ class HistoryTower(QueryTower):
 
     @classmethod
     def interactions_read(cls, config: TowerConfig) -> int | None:
+        if config.earlier_windows:
+            return None
         return config.history_length + 1  # the window and the item that follows it
 
     def mix(self, items: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -146,11 +148,12 @@ class HistoryTask:
         self.user_inputs = to_device(trained.user_inputs, device)
         self.item_inputs = to_device(trained.item_inputs, device)
         hold = 1 if config.early_stopping_patience else 0
-        inputs, targets = histories.training_pairs(config.history_length, drop_last=hold)
+        rows, inputs, targets = histories.training_windows(config.history_length, drop_last=hold,
+                                                           earlier=config.earlier_windows)
         has_target = (targets > 0).any(axis=1)
         self.inputs = torch.from_numpy(inputs[has_target]).to(device)
         self.targets = torch.from_numpy(targets[has_target]).to(device)
-        self.user_rows = torch.from_numpy(trained.user_index(histories.users[has_target])).to(device)
+        self.user_rows = torch.from_numpy(trained.user_index(histories.users[rows[has_target]])).to(device)
         self.examples = len(self.inputs)
         self.lengths = (inputs[has_target] > 0).sum(axis=1)
         self.full = len(trained.item_ids) <= config.full_softmax_items

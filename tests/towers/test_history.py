@@ -29,6 +29,42 @@ def test_training_pairs_predict_the_next_item_at_every_position():
     assert inputs.tolist() == [[5, 6], [0, 0]] and targets.tolist() == [[6, 7], [0, 0]]
 
 
+def test_earlier_windows_make_every_item_but_the_first_a_target_once():
+    histories = Histories.of([list(range(1, 13)), [5, 6], [7]], users=np.array([10, 20, 30]))
+    rows, inputs, targets = histories.training_windows(4, earlier=True)
+    assert rows.tolist() == [0, 1, 2, 0, 0]  # the last windows first, then the earlier ones
+    assert inputs.tolist() == [[8, 9, 10, 11], [0, 0, 0, 5], [0, 0, 0, 0], [4, 5, 6, 7], [0, 1, 2, 3]]
+    assert targets.tolist() == [[9, 10, 11, 12], [0, 0, 0, 6], [0, 0, 0, 0], [5, 6, 7, 8], [0, 2, 3, 4]]
+    for row, items in enumerate([list(range(1, 13)), [5, 6], [7]]):
+        assert sorted(targets[rows == row][targets[rows == row] > 0].tolist()) == items[1:]
+    # without earlier windows: training_pairs; the validation item stays out of every window
+    last_rows, last_inputs, _ = histories.training_windows(4)
+    assert last_rows.tolist() == [0, 1, 2] and last_inputs.tolist() == inputs[:3].tolist()
+    rows, inputs, targets = histories.training_windows(4, drop_last=1, earlier=True)
+    assert 12 not in inputs and 12 not in targets
+    assert sorted(targets[rows == 0][targets[rows == 0] > 0].tolist()) == list(range(2, 12))
+    assert len(histories.training_windows(12, earlier=True)[0]) == 3  # 12 items: one window holds them
+
+
+def test_the_task_trains_each_earlier_window_as_its_users_example():
+    from towerbridge.towers.parallel import SINGLE
+
+    interactions, items = generate(SyntheticSpec(n_users=60, n_items=40, n_topics=3, seed=5))
+    config = TowerConfig(user_tower="sequence", history_length=8, epochs=1, batch_size=16, earlier_windows=True)
+    trained = prepare(interactions, items, None, config)
+    task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+    histories = Histories.from_interactions(interactions, trained.item_index)
+    lengths = histories.lengths()
+    windows = np.where(lengths >= 2, 1 + np.maximum(0, (lengths - 2) // 8), 0)  # per user
+    assert windows.max() > 1  # some histories are longer than a window: the test checks something
+    assert task.examples == windows.sum()
+    assert int((task.targets > 0).sum()) == int(np.maximum(lengths - 1, 0).sum())  # every item but the first
+    examples_per_user = np.bincount(task.user_rows.numpy(), minlength=len(trained.user_ids) + 1)
+    assert examples_per_user[trained.user_index(histories.users)].tolist() == windows.tolist()
+    assert type(trained.model.user_tower).interactions_read(config) is None  # reads whole histories
+    assert np.isfinite(task.loss(torch.arange(16), np.random.default_rng(0)).item())
+
+
 def test_histories_follow_time_and_leave_out_unknown_items():
     interactions = pd.DataFrame({"user_id": [2, 1, 2, 1, 2], "item_id": [30, 10, 20, 99, 10],
                                  "timestamp": [5, 1, 1, 0, 9]})
