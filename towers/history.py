@@ -58,9 +58,10 @@ class Histories:
         position = np.searchsorted(self.users, user_ids).clip(max=len(self.users) - 1)
         return np.where(self.users[position] == user_ids, position, -1).astype(np.int64)
 
-    def windows(self, rows: np.ndarray, length: int, drop_last: int = 0) -> np.ndarray:
+    def windows(self, rows: np.ndarray, length: int, drop_last: int | np.ndarray = 0) -> np.ndarray:
         """``[len(rows), length]``: the last ``length`` items of each row's history, after
-        leaving out its last ``drop_last`` items, right-aligned and 0-padded on the left.
+        leaving out its last ``drop_last`` items (one number, or one per row), right-aligned and
+        0-padded on the left.
         A row of -1 (no history) is all padding."""
         rows = np.asarray(rows, dtype=np.int64)
         known = rows >= 0
@@ -97,7 +98,7 @@ class Histories:
             available = self.lengths() - drop_last
             more = np.maximum(0, (available - 2) // length)
             rows = np.concatenate([rows, np.repeat(rows, more)])
-            steps = np.concatenate([np.arange(1, m + 1) for m in more]) if more.any() else np.zeros(0, np.int64)
+            steps = np.arange(more.sum()) - np.repeat(np.cumsum(more) - more, more) + 1  # 1..more per row
             drops = np.concatenate([drops, drop_last + steps * length])
         inputs, targets = self.windows(rows, length, drops + 1), self.windows(rows, length, drops)
         targets[inputs == 0] = 0
