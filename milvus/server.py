@@ -63,6 +63,12 @@ SERVER_CONFIG = {
     # node. A standalone server has no other, so every stop waited the whole time (10 s); the
     # segments' files are on disk already (loading reads them from there), so nothing is lost.
     "queryNode.gracefulStopTimeout": 1,
+    # How long a component's session (its etcd lease) outlives the component: 30 s by default. A
+    # restarted server's coordinators wait out the sessions the previous run's nodes left before
+    # they serve a loaded collection, so every restart answered queries ~35 s after it began, and
+    # an analyst's `towerbridge similar` with the server down took that long; with 10 s, ~15 s.
+    # The lease is renewed every few seconds, so only a server stalled for 10 s would lose it.
+    "common.session.ttl": 10,
     # Segments are sealed at 23% of this estimated size; with the default 512 MB a version of
     # 200k items comes in two or more segments. Each segment has its own IVF lists, so every
     # query pays the list choice, the setup and the merge once per segment: large segments

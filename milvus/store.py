@@ -378,10 +378,11 @@ class ItemStore:
         """Wait until every collection Milvus is loading or holds as loaded answers queries;
         return those that still do not after ``timeout_s``.
 
-        A restarted Milvus reports healthy, and its collections as "Loading", some 25 s
+        A restarted Milvus reports healthy, and its collections as "Loading", some seconds
         before it answers queries on them (its coordinators first wait out the sessions of
-        the previous run's nodes): a question asked in between is refused as "collection
-        not loaded". A damaged collection (``missing_files``) never loads and is not waited for."""
+        the previous run's nodes, ``common.session.ttl`` in ``server.SERVER_CONFIG``): a
+        question asked in between is refused as "collection not loaded". A damaged collection
+        (``missing_files``) never loads and is not waited for."""
         deadline = time.monotonic() + timeout_s
 
         def state(name: str) -> str:
