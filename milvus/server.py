@@ -288,12 +288,23 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
     config: Milvus settings for this start on top of SERVER_CONFIG, as dotted keys of
     milvus.yaml (e.g. ``{"common.security.authorizationEnabled": True}``)."""
     with _lock():
-        state = running()
-        if state:
-            return state, False
-        target = ensure_installed(log)
         base = data_dir()
         logs = base / "logs"
+        state = _read_state()
+        if state and _is_milvus_process(state.pid) and _runs_in(state.pid, base):
+            # This data directory's server is alive: starting, or recovering after a restart (its
+            # health flaps while the sessions of earlier processes expire). A second server on the
+            # same directory could never start; wait for this one (and start afresh if it exits).
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not _healthy(state) and _is_milvus_process(state.pid):
+                if time.monotonic() > deadline:
+                    raise MilvusUnavailable(f"the embedded Milvus server (pid {state.pid}, data in {base}) runs but "
+                                            f"has not answered as healthy for {START_TIMEOUT_S:.0f} s; see {logs}, "
+                                            "or stop it with `towerbridge milvus stop`")
+                time.sleep(0.25)
+            if _is_milvus_process(state.pid):
+                return state, False
+        target = ensure_installed(log)
         logs.mkdir(exist_ok=True)
         # Every port is chosen here, distinct and free, preferring the ones this data directory
         # used last time: components of a server that did not stop cleanly leave sessions in
@@ -331,6 +342,15 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
             time.sleep(0.25)
         _state_file().write_text(json.dumps(asdict(state)))
         return state, True
+
+
+def _runs_in(pid: int, base: Path) -> bool:
+    """Whether process ``pid`` works in ``base`` (the bootstrap starts the server there): this
+    home's server, not another home's that took a recycled pid."""
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve() == base.resolve()
+    except OSError:
+        return False
 
 
 def _terminate(pid: int) -> None:

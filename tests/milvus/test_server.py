@@ -1,4 +1,5 @@
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,30 @@ def test_a_port_left_in_time_wait_by_a_dead_server_is_reused():
     listener.close()
     client.close()
     assert server._free_port(port, set()) == port
+
+
+def _servers_in(base) -> list[int]:
+    """The Milvus processes working in the data directory ``base``."""
+    from pathlib import Path
+
+    pids = [int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()]
+    return [pid for pid in pids if server._is_milvus_process(pid) and server._runs_in(pid, base)]
+
+
+def test_a_start_while_the_server_runs_but_is_not_healthy_waits_for_it_and_never_starts_a_second(
+        milvus_uri, monkeypatch):
+    # A restarted server's health flaps while the sessions of earlier processes expire; a start
+    # in that moment once launched a second server on the same data directory, which could not
+    # start and was killed after 180 s. Here the recorded health port answers nothing.
+    state = server.running()
+    recorded = server._state_file().read_text()
+    monkeypatch.setattr(server, "START_TIMEOUT_S", 1.0)
+    try:
+        server._state_file().write_text(json.dumps({**json.loads(recorded), "metrics_port": 9}))
+        assert server.running() is None  # not healthy, as far as the health port says
+        with pytest.raises(MilvusUnavailable, match=rf"pid {state.pid}.* runs but has not answered as healthy"):
+            server.start(log=lambda message: None)
+        assert _servers_in(server.data_dir()) == [state.pid]
+    finally:
+        server._state_file().write_text(recorded)
+    assert server.start(log=lambda message: None) == (state, False)
