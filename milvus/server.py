@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,11 +63,11 @@ SERVER_CONFIG = {
     # node. A standalone server has no other, so every stop waited the whole time (10 s); the
     # segments' files are on disk already (loading reads them from there), so nothing is lost.
     "queryNode.gracefulStopTimeout": 1,
-    # How long a component's session (its etcd lease) outlives the component: 30 s by default. A
-    # restarted server's coordinators wait out the sessions the previous run's nodes left before
-    # they serve a loaded collection, so every restart answered queries ~35 s after it began, and
-    # an analyst's `towerbridge similar` with the server down took that long; with 10 s, ~15 s.
-    # The lease is renewed every few seconds, so only a server stalled for 10 s would lose it.
+    # How long a component's session (its etcd lease) outlives the component (Milvus: 30 s). A
+    # restarted server's coordinators wait out the sessions the previous run's components left
+    # before they serve a loaded collection, so this term is part of every restart's delay
+    # (BENCHMARKS.md, session 27). The lease is renewed every few seconds: only a server stalled
+    # for the whole term would lose it.
     "common.session.ttl": 10,
     # Segments are sealed at 23% of this estimated size; with the default 512 MB a version of
     # 200k items comes in two or more segments. Each segment has its own IVF lists, so every
@@ -218,13 +218,17 @@ def _read_state() -> ServerState | None:
 
 
 def _is_milvus_process(pid: int) -> bool:
+    """Whether ``pid`` is a live Milvus server of this home: working in its data directory (the
+    bootstrap starts it there), so not another home's server that took a recycled pid."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         stat = Path(f"/proc/{pid}/stat").read_text()
+        cwd = Path(f"/proc/{pid}/cwd").resolve()
     except OSError:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and any(part.endswith(b"/milvus") for part in cmdline[:1]) and b"standalone" in cmdline
+    return (not zombie and any(part.endswith(b"/milvus") for part in cmdline[:1]) and b"standalone" in cmdline
+            and cwd == data_dir().resolve())
 
 
 def _healthy(state: ServerState) -> bool:
@@ -291,18 +295,16 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
         base = data_dir()
         logs = base / "logs"
         state = _read_state()
-        if state and _is_milvus_process(state.pid) and _runs_in(state.pid, base):
-            # This data directory's server is alive: starting, or recovering after a restart (its
-            # health flaps while the sessions of earlier processes expire). A second server on the
-            # same directory could never start; wait for this one (and start afresh if it exits).
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _healthy(state) and _is_milvus_process(state.pid):
-                if time.monotonic() > deadline:
-                    raise MilvusUnavailable(f"the embedded Milvus server (pid {state.pid}, data in {base}) runs but "
-                                            f"has not answered as healthy for {START_TIMEOUT_S:.0f} s; see {logs}, "
-                                            "or stop it with `towerbridge milvus stop`")
-                time.sleep(0.25)
-            if _is_milvus_process(state.pid):
+        if state and _is_milvus_process(state.pid):
+            # This home's server is alive: starting, or recovering after a restart (its health
+            # flaps while the sessions of earlier processes expire). A second server on the same
+            # data directory could never start: wait for this one, and start afresh if it exits.
+            healthy = _await_health(state, lambda: _is_milvus_process(state.pid))
+            if healthy is None:
+                raise MilvusUnavailable(f"the embedded Milvus server (pid {state.pid}, data in {base}) runs but "
+                                        f"has not answered as healthy for {START_TIMEOUT_S:.0f} s; see {logs}, "
+                                        "or stop it with `towerbridge milvus stop`")
+            if healthy:
                 return state, False
         target = ensure_installed(log)
         logs.mkdir(exist_ok=True)
@@ -326,31 +328,32 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
                 env={**SERVER_ENVIRONMENT, **os.environ},
             )
         state = ServerState(proc.pid, ports["proxy_port"], ports["metrics_port"], SERVER_VERSION, time.time())
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(state):
-            if proc.poll() is not None:
-                raise MilvusUnavailable(
-                    f"the embedded Milvus server exited during start-up (code {proc.returncode}); "
-                    f"last log lines: {_tail(logs / 'milvus-stderr.log') or _tail(logs / 'milvus-stdout.log')}"
-                )
-            if time.monotonic() > deadline:
-                _terminate(proc.pid)
-                raise MilvusUnavailable(
-                    f"the embedded Milvus server did not become healthy within {START_TIMEOUT_S:.0f} s; "
-                    f"see {logs}"
-                )
-            time.sleep(0.25)
+        healthy = _await_health(state, lambda: proc.poll() is None)
+        if healthy is False:
+            raise MilvusUnavailable(
+                f"the embedded Milvus server exited during start-up (code {proc.returncode}); "
+                f"last log lines: {_tail(logs / 'milvus-stderr.log') or _tail(logs / 'milvus-stdout.log')}"
+            )
+        if healthy is None:
+            _terminate(proc.pid)
+            raise MilvusUnavailable(
+                f"the embedded Milvus server did not become healthy within {START_TIMEOUT_S:.0f} s; see {logs}"
+            )
         _state_file().write_text(json.dumps(asdict(state)))
         return state, True
 
 
-def _runs_in(pid: int, base: Path) -> bool:
-    """Whether process ``pid`` works in ``base`` (the bootstrap starts the server there): this
-    home's server, not another home's that took a recycled pid."""
-    try:
-        return Path(f"/proc/{pid}/cwd").resolve() == base.resolve()
-    except OSError:
-        return False
+def _await_health(state: ServerState, alive: Callable[[], bool]) -> bool | None:
+    """True once the server of ``state`` answers /healthz; False if it ends first (``alive()``
+    says whether it runs); None if neither happens within ``START_TIMEOUT_S``."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(state):
+        if not alive():
+            return False
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.25)
+    return True
 
 
 def _terminate(pid: int) -> None:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,19 +77,17 @@ def test_a_port_left_in_time_wait_by_a_dead_server_is_reused():
     assert server._free_port(port, set()) == port
 
 
-def _servers_in(base) -> list[int]:
-    """The Milvus processes working in the data directory ``base``."""
-    from pathlib import Path
-
-    pids = [int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()]
-    return [pid for pid in pids if server._is_milvus_process(pid) and server._runs_in(pid, base)]
+def _servers_of_this_home() -> list[int]:
+    """The Milvus server processes working in this home's data directory."""
+    return [int(proc.name) for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and server._is_milvus_process(int(proc.name))]
 
 
 def test_a_start_while_the_server_runs_but_is_not_healthy_waits_for_it_and_never_starts_a_second(
         milvus_uri, monkeypatch):
-    # A restarted server's health flaps while the sessions of earlier processes expire; a start
-    # in that moment once launched a second server on the same data directory, which could not
-    # start and was killed after 180 s. Here the recorded health port answers nothing.
+    # A restarted server's health flaps while the sessions of earlier processes expire. A second
+    # server on the same data directory could never start; start() must wait for the live one.
+    # Here the recorded health port answers nothing, so the wait runs out.
     state = server.running()
     recorded = server._state_file().read_text()
     monkeypatch.setattr(server, "START_TIMEOUT_S", 1.0)
@@ -97,7 +96,7 @@ def test_a_start_while_the_server_runs_but_is_not_healthy_waits_for_it_and_never
         assert server.running() is None  # not healthy, as far as the health port says
         with pytest.raises(MilvusUnavailable, match=rf"pid {state.pid}.* runs but has not answered as healthy"):
             server.start(log=lambda message: None)
-        assert _servers_in(server.data_dir()) == [state.pid]
+        assert _servers_of_this_home() == [state.pid]
     finally:
         server._state_file().write_text(recorded)
     assert server.start(log=lambda message: None) == (state, False)
