@@ -65,6 +65,11 @@ class TowerConfig:
     history_length: items of a history the history towers read (the most recent ones).
     attention_blocks, attention_heads, dropout: the sequence tower's shape (dropout 0.1: on
         MovieLens-1M 0.1 beat 0.2 and 0.5, BENCHMARKS.md, issue 30).
+    feed_forward_mult: the sequence tower's feed-forward layers have this many times the
+        tower's width in hidden units.
+    gated_blocks: the sequence tower's attention and feed-forward outputs are each scaled by a
+        sigmoid gate read from their input before the residual adds them, and the feed-forward
+        layers are SwiGLUs (the LiGR block of eSASRec); off: SASRec's block.
     future_targets, future_weight: the history towers' positions predict the next item and,
         with ``future_targets`` > 1, the items after it up to that many, each weighted
         ``future_weight`` against the next item's 1, in one softmax. A query read from a history
@@ -114,6 +119,8 @@ class TowerConfig:
     history_length: int = 200
     attention_blocks: int = 2
     attention_heads: int = 1
+    feed_forward_mult: int = 1
+    gated_blocks: bool = False
     dropout: float = 0.1
     full_softmax_items: int = 30_000
     future_targets: int = 1
@@ -168,6 +175,8 @@ class TowerConfig:
         if self.uniform_negatives < 0 or (self.uniform_negatives and self.future_targets > 1):
             raise ConfigError(f"uniform_negatives must be >= 0, and 0 with future_targets > 1; got "
                               f"{self.uniform_negatives} with future_targets {self.future_targets}")
+        if self.feed_forward_mult < 1:
+            raise ConfigError(f"feed_forward_mult must be >= 1, got {self.feed_forward_mult}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(width < 1 for width in self.hidden_dims):

@@ -27,27 +27,55 @@ class Dropout(nn.Module):
         return x * torch.rand_like(x).ge_(self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
-class AttentionBlock(nn.Module):
-    """Pre-norm causal self-attention and a feed-forward layer, each with a residual."""
+class SwiGLU(nn.Module):
+    """A feed-forward layer with a SiLU-gated hidden layer of ``hidden`` units."""
 
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+    def __init__(self, width: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.heads = heads
+        self.hidden = hidden
+        self.inner, self.drop, self.outer = nn.Linear(width, 2 * hidden), Dropout(dropout), nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.inner(x).split(self.hidden, dim=-1)
+        return self.outer(self.drop(value * F.silu(gate)))
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm causal self-attention and a feed-forward layer (``hidden`` units), each added
+    to its input through a residual. gated: each of the two is scaled by a sigmoid gate read
+    from its normalised input before it is added, and the feed-forward layer is a SwiGLU (the
+    LiGR block of eSASRec)."""
+
+    def __init__(self, width: int, heads: int, dropout: float, hidden: int | None = None, gated: bool = False) -> None:
+        super().__init__()
+        self.heads, hidden = heads, hidden or width
         self.attention_norm, self.feed_forward_norm = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.feed_forward = nn.Sequential(nn.Linear(width, width), nn.GELU(), Dropout(dropout),
-                                          nn.Linear(width, width))
+        if gated:
+            self.feed_forward: nn.Module = SwiGLU(width, hidden, dropout)
+            self.attention_gate, self.feed_forward_gate = nn.Linear(width, width), nn.Linear(width, width)
+        else:
+            self.feed_forward = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), Dropout(dropout),
+                                              nn.Linear(hidden, width))
+        self.gated = gated
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.attention_norm(x)).view(batch, length, 3, self.heads, width // self.heads) \
-            .permute(2, 0, 3, 1, 4)
+        normed = self.attention_norm(x)
+        q, k, v = self.qkv(normed).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         # no dropout on the attention weights: on a CPU drawing that [batch, length, length] mask
         # cost a third of each training step, and dropout elsewhere regularises enough
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.drop(self.out(attended.transpose(1, 2).reshape(batch, length, width)))
-        return x + self.drop(self.feed_forward(self.feed_forward_norm(x)))
+        attended = self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                            .transpose(1, 2).reshape(batch, length, width))
+        if self.gated:
+            attended = attended * torch.sigmoid(self.attention_gate(normed))
+        x = x + self.drop(attended)
+        normed = self.feed_forward_norm(x)
+        fed = self.feed_forward(normed)
+        if self.gated:
+            fed = fed * torch.sigmoid(self.feed_forward_gate(normed))
+        return x + self.drop(fed)
 
 
 class SequenceTower(HistoryTower):
@@ -64,7 +92,8 @@ class SequenceTower(HistoryTower):
         self.positions = nn.Embedding(config.history_length, width)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.drop = Dropout(config.dropout)
-        self.blocks = nn.ModuleList([AttentionBlock(width, config.attention_heads, config.dropout)
+        self.blocks = nn.ModuleList([AttentionBlock(width, config.attention_heads, config.dropout,
+                                                    config.feed_forward_mult * width, config.gated_blocks)
                                      for _ in range(config.attention_blocks)])
         self.norm = nn.LayerNorm(width)
 

@@ -9,6 +9,7 @@ from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
 from towerbridge.towers.history_tower import history_queries
+from towerbridge.towers.sequence import AttentionBlock
 from towerbridge.towers.train import prepare, train
 from towerbridge.towers.vectors import user_vectors
 
@@ -75,10 +76,12 @@ def test_histories_follow_time_and_leave_out_unknown_items():
     assert histories.windows(np.array([0, 1]), 3).tolist() == [[0, 0, 1], [2, 3, 1]]
 
 
-@pytest.fixture(scope="module", params=["sequence", "pooled"])
+@pytest.fixture(scope="module", params=["sequence", "pooled", "sequence, gated blocks"])
 def model(request):
     interactions, items = generate(SyntheticSpec(n_users=120, n_items=60, n_topics=4, seed=3))
-    config = TowerConfig(user_tower=request.param, history_length=12, epochs=1, batch_size=32, dropout=0.0)
+    tower, _, blocks = request.param.partition(", ")
+    config = TowerConfig(user_tower=tower, history_length=12, epochs=1, batch_size=32, dropout=0.0,
+                         gated_blocks=blocks == "gated blocks", feed_forward_mult=2 if blocks else 1)
     trained = prepare(interactions, items, None, config)
     trained.model.eval()
     return trained
@@ -108,6 +111,27 @@ def test_padding_changes_nothing(model):
     for other in (less_padding[0, -3:], none[0], in_a_batch[0, -3:]):
         torch.testing.assert_close(padded[0, -3:], other, rtol=0, atol=1e-5)
     assert torch.isfinite(padded).all()
+
+
+def test_a_gated_block_adds_its_branches_in_proportion_to_their_gates():
+    torch.manual_seed(0)
+    block = AttentionBlock(8, 2, 0.0, 16, gated=True)
+    x, mask = torch.randn(2, 5, 8), torch.tril(torch.ones(5, 5, dtype=torch.bool))[None, None]
+    with torch.no_grad():
+        for gate in (block.attention_gate, block.feed_forward_gate):
+            gate.weight.zero_()
+            gate.bias.fill_(-1e4)  # shut
+        torch.testing.assert_close(block(x, mask), x, rtol=0, atol=0)
+        block.attention_gate.bias.fill_(1e4)  # only the attention open: x plus its attention, as computed by hand
+        normed = block.attention_norm(x)
+        q, k, v = block.qkv(normed).view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax((q @ k.transpose(-1, -2)) / 2.0 + torch.where(mask, 0.0, -torch.inf), dim=-1)
+        attended = block.out((weights @ v).transpose(1, 2).reshape(2, 5, 8))
+        torch.testing.assert_close(block(x, mask), x + attended, rtol=1e-5, atol=1e-5)
+        block.feed_forward_gate.bias.fill_(0.0)  # half open
+        after = x + attended
+        expected = after + 0.5 * block.feed_forward(block.feed_forward_norm(after))
+        torch.testing.assert_close(block(x, mask), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_serving_reads_the_last_position_of_the_users_window(model):

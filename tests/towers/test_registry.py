@@ -37,6 +37,8 @@ def test_a_tower_checks_what_it_needs_of_the_settings():
     with pytest.raises(ConfigError, match="attention_heads 3 must divide the tower width vector_dim - 1 = 64"):
         TowerConfig(attention_heads=3)
     assert TowerConfig(user_tower="pooled", attention_heads=3).attention_heads == 3  # pooled has no attention
+    with pytest.raises(ConfigError, match="feed_forward_mult must be >= 1, got 0"):
+        TowerConfig(feed_forward_mult=0)
 
 
 def test_the_interactions_training_reads_per_user():
