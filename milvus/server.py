@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -268,6 +269,56 @@ def _free_port(preferred: int, taken: set[int]) -> int:
     raise MilvusUnavailable(f"no free port near {preferred} for the embedded Milvus server")
 
 
+def _claims_file() -> Path:
+    return Path(tempfile.gettempdir()) / f"towerbridge-milvus-ports-{os.getuid()}.json"
+
+
+@contextlib.contextmanager
+def _port_claims() -> Iterator[dict]:
+    """This machine's port claims, ``{data directory: {"ports": [...], "until": time}}``, under a
+    lock across processes: the ports each server being started was given, until it has bound
+    them (a claim lapses after ``START_TIMEOUT_S``). What the block leaves in the dict is saved.
+    Without them, two homes started at the same moment found the same ports free, and the
+    second server died on them. A claims file that cannot be opened claims nothing."""
+    try:
+        handle = open(_claims_file(), "a+")
+    except OSError:
+        yield {}
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        try:
+            claims = json.loads(handle.read() or "{}")
+        except ValueError:
+            claims = {}
+        now = time.time()
+        claims = {home: claim for home, claim in (claims.items() if isinstance(claims, dict) else ())
+                  if isinstance(claim, dict) and claim.get("until", 0) > now}
+        yield claims
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(claims))
+
+
+def _choose_ports(base: Path) -> dict[str, int]:
+    """Every port of a server on the data directory ``base``: distinct, free, claimed by no other
+    home's start in progress, preferring the ones this data directory used last time
+    (components of a server that did not stop cleanly leave sessions in etcd naming those
+    ports, and they must lead back to this data directory's server). The ports are claimed
+    for ``base`` until its start ends (``start``)."""
+    ports_file = base / "ports.json"
+    previous = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    offset = settings.milvus_port_offset()
+    with _port_claims() as claims:
+        taken = {port for home, claim in claims.items() if home != str(base) for port in claim.get("ports", ())}
+        ports = {name: _free_port(previous.get(name, default + offset), taken)
+                 for name, default in DEFAULT_PORTS.items()}
+        claims[str(base)] = {"ports": sorted(ports.values()), "until": time.time() + START_TIMEOUT_S}
+    ports_file.write_text(json.dumps(ports))
+    return ports
+
+
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     """Serialise start and stop on one data directory across processes."""
@@ -308,16 +359,7 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
                 return state, False
         target = ensure_installed(log)
         logs.mkdir(exist_ok=True)
-        # Every port is chosen here, distinct and free, preferring the ones this data directory
-        # used last time: components of a server that did not stop cleanly leave sessions in
-        # etcd naming those ports, and they must lead back to this data directory's server.
-        ports_file = base / "ports.json"
-        previous = json.loads(ports_file.read_text()) if ports_file.exists() else {}
-        taken: set[int] = set()
-        offset = settings.milvus_port_offset()
-        ports = {name: _free_port(previous.get(name, default + offset), taken)
-                 for name, default in DEFAULT_PORTS.items()}
-        ports_file.write_text(json.dumps(ports))
+        ports = _choose_ports(base)
         launch = {"target": str(target), "data_dir": str(base), "config": {**SERVER_CONFIG, **(config or {})},
                   "ports": ports}
         log(f"Starting the embedded Milvus {SERVER_VERSION} server (data in {base}) ...")
@@ -328,7 +370,11 @@ def start(log=notice, config: dict | None = None) -> tuple[ServerState, bool]:
                 env={**SERVER_ENVIRONMENT, **os.environ},
             )
         state = ServerState(proc.pid, ports["proxy_port"], ports["metrics_port"], SERVER_VERSION, time.time())
-        healthy = _await_health(state, lambda: proc.poll() is None)
+        try:
+            healthy = _await_health(state, lambda: proc.poll() is None)
+        finally:
+            with _port_claims() as claims:  # bound now, or never to be
+                claims.pop(str(base), None)
         if healthy is False:
             raise MilvusUnavailable(
                 f"the embedded Milvus server exited during start-up (code {proc.returncode}); "

@@ -77,6 +77,26 @@ def test_a_port_left_in_time_wait_by_a_dead_server_is_reused():
     assert server._free_port(port, set()) == port
 
 
+def test_two_homes_started_at_the_same_moment_are_given_different_ports(tmp_path):
+    # Both choose before either server has bound a port: without the machine's claims they found
+    # the same ports free, and the second server died on them (address already in use).
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    try:
+        ports = server._choose_ports(first)
+        others = server._choose_ports(second)
+        assert len(set(ports.values())) == len(server.DEFAULT_PORTS)
+        assert not set(ports.values()) & set(others.values())
+        assert server._choose_ports(first) == ports  # a home's own claim never moves it off its ports
+    finally:
+        with server._port_claims() as claims:  # as start() does once its server is up
+            claims.pop(str(first), None)
+            claims.pop(str(second), None)
+    with server._port_claims() as claims:
+        assert str(first) not in claims and str(second) not in claims
+
+
 def _servers_of_this_home() -> list[int]:
     """The Milvus server processes working in this home's data directory."""
     return [int(proc.name) for proc in Path("/proc").iterdir()
