@@ -18,6 +18,8 @@ from towerbridge.towers.warm import Lineage
 
 FORMAT = "towerbridge-model/2"
 READABLE_FORMATS = (FORMAT,)
+# the sequence tower's blocks in models written before they had these settings: SASRec's
+BEFORE_GATED_BLOCKS = {"gated_blocks": False, "feed_forward_mult": 1}
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ class ModelManifest:
         try:
             return cls(
                 model_id=values["model_id"], created_at=values.get("created_at", ""),
-                # written before the history towers existed: the id tower
-                config=TowerConfig.from_dict({"user_tower": "id", **values["config"]}),
+                # written before the history towers existed: the id tower; before the gated
+                # blocks: SASRec's
+                config=TowerConfig.from_dict({"user_tower": "id", **BEFORE_GATED_BLOCKS, **values["config"]}),
                 features=values["features"], n_users=int(values["n_users"]), n_items=int(values["n_items"]),
                 history=tuple(values.get("history", ())), prepared_dir=values.get("prepared_dir"),
                 data=values.get("data", {}), train_seconds=values.get("train_seconds"),

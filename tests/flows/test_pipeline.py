@@ -1,6 +1,6 @@
 """The pipeline flow end to end: real Prefect (test harness), real embedded Milvus,
 the built-in synthetic dataset at its default size, the default (sequence) tower trained for a
-few epochs (its quality at the default 40: BENCHMARKS.md)."""
+few epochs (its quality at the default 32: BENCHMARKS.md)."""
 
 import json
 from dataclasses import replace

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not SHARED_ML100K.is_dir(), reason=f"MovieLens 1
 def test_movielens_through_milvus_beats_popularity(milvus_uri, prefect_harness, tmp_path, protocol, interactions,
                                                    users, tower):
     data = DataOptions("movielens-100k", str(SHARED_ML100K), protocol=protocol)
-    report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5),  # 40 by default: BENCHMARKS.md
+    report = pipeline(PipelineOptions(train=TrainOptions(data=data, epochs=5),  # 32 by default: BENCHMARKS.md
                                       report_dir=str(tmp_path), milvus_uri=milvus_uri))
     assert (report.dataset, report.protocol) == ("movielens-100k", protocol)
     assert artifact.load(report.model_dir).config.user_tower == tower

@@ -32,6 +32,7 @@ def written_before_the_record() -> dict:
 def test_a_manifest_written_before_the_record_loads_with_its_defaults():
     manifest = ModelManifest.from_dict(written_before_the_record())
     assert manifest.config.user_tower == "id" and manifest.config.vector_dim == 32
+    assert not manifest.config.gated_blocks and manifest.config.feed_forward_mult == 1
     assert manifest.training == TrainingRecord(processes=1)
     assert (manifest.dataset, manifest.protocol, manifest.id_type) == ("movielens-100k", "tfrs", "int64")
     assert manifest.train_interactions == 80000 and manifest.train_seconds == 4.2
