@@ -277,9 +277,9 @@ def _claims_file() -> Path:
 def _port_claims() -> Iterator[dict]:
     """This machine's port claims, ``{data directory: {"ports": [...], "until": time}}``, under a
     lock across processes: the ports each server being started was given, until it has bound
-    them (a claim lapses after ``START_TIMEOUT_S``). What the block leaves in the dict is saved.
-    Without them, two homes started at the same moment found the same ports free, and the
-    second server died on them. A claims file that cannot be opened claims nothing."""
+    them (a claim lapses after ``START_TIMEOUT_S``), so that two homes started at the same
+    moment never pick the same free ports. What the block leaves in the dict is saved. A claims
+    file that cannot be opened claims nothing."""
     try:
         handle = open(_claims_file(), "a+")
     except OSError:

@@ -69,11 +69,8 @@ class TowerConfig:
         tower's width in hidden units (SASRec's: 1).
     gated_blocks: the sequence tower's attention and feed-forward outputs are each scaled by a
         sigmoid gate read from their input before the residual adds them, and the feed-forward
-        layers are SwiGLUs (the LiGR block of eSASRec); off: SASRec's block. With 4x feed-forward
-        layers, in 32 epochs, they reached HR@10 0.3146 through Milvus on MovieLens-1M's
-        development split against 0.3028 for SASRec's blocks in 40, in about the same training
-        time (3 seeds; MovieLens 100K 0.199 against 0.206, within its spread; BENCHMARKS.md,
-        issue 30).
+        layers are SwiGLUs (the LiGR block of eSASRec); off: SASRec's block. Gated, with
+        ``feed_forward_mult`` 4: the defaults, chosen on MovieLens-1M (BENCHMARKS.md, issue 30).
     future_targets, future_weight: the history towers' positions predict the next item and,
         with ``future_targets`` > 1, the items after it up to that many, each weighted
         ``future_weight`` against the next item's 1, in one softmax. A query read from a history

@@ -78,8 +78,7 @@ def test_a_port_left_in_time_wait_by_a_dead_server_is_reused():
 
 
 def test_two_homes_started_at_the_same_moment_are_given_different_ports(tmp_path):
-    # Both choose before either server has bound a port: without the machine's claims they found
-    # the same ports free, and the second server died on them (address already in use).
+    # Both choose before either server has bound a port: only the machine's claims keep them apart.
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
