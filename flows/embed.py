@@ -52,12 +52,37 @@ def embed_items(model_dir: str, out_dir: str, shards: int, threads: int | None =
     return files
 
 
+class ShutdownNoise(logging.Filter):
+    """Drops what a local cluster's own shutdown logs, and nothing else: a worker's heartbeat
+    cut by the closing scheduler (an ERROR with a traceback) and a nanny stopping a worker that
+    was slow to stop (a WARNING), both routine on a busy machine. Were the scheduler lost while
+    shards were still embedding, the shard fails and ``embed_items`` says so."""
+
+    ROUTINE = ("Failed to communicate with scheduler during heartbeat",
+               "Worker process still alive after")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.ROUTINE)
+
+
+def quiet(*_: object) -> None:
+    """Installs ``ShutdownNoise`` in this process (idempotent); also a Dask preload's
+    ``dask_setup``, so that the local cluster's worker processes install it on start."""
+    for name in ("distributed.worker", "distributed.nanny"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ShutdownNoise) for f in logger.filters):
+            logger.addFilter(ShutdownNoise())
+
+
+dask_setup = quiet
+
+
 def dask_runner(workers: int, address: str | None):
     """Prefect's Dask task runner: on the cluster at ``address``, or on a local cluster of
     ``workers`` processes with one thread each (torch in each takes its share of the cores)."""
     # Dask logs every connection it opens and closes at INFO, with a traceback for those a closing
     # cluster cuts: noise on a user's terminal. Warnings and errors still show (workers read the
-    # environment variable, this process the logger's level).
+    # environment variable, this process the logger's level), less the local cluster's shutdown.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
     try:
@@ -68,8 +93,9 @@ def dask_runner(workers: int, address: str | None):
 
     if address:
         return DaskTaskRunner(address=address)
+    quiet()
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "preload": [__name__]})
 
 
 @contextmanager

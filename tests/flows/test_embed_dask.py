@@ -4,6 +4,7 @@ a worker killed mid-shard fails the flow with nothing half-built left serving.""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import train_synthetic
 from towerbridge import settings, steps
 from towerbridge.errors import EmbeddingError
+from towerbridge.flows.embed import ShutdownNoise, dask_runner
 from towerbridge.flows.index import index
 from towerbridge.milvus.schema import VECTOR_FIELD
 from towerbridge.milvus.store import ItemStore
@@ -103,3 +105,22 @@ def test_a_worker_killed_mid_shard_fails_the_flow_and_nothing_half_built_serves(
     # and the next build, on a local cluster, serves
     built = index(model_dir, IndexOptions(alias=alias, embed_workers=2), milvus_uri=milvus_uri)
     assert store.alias_target(alias) == built.collection != serving
+
+
+def test_a_local_cluster_drops_its_own_shutdown_noise_and_nothing_else(prefect_harness):
+    # what a busy machine printed when the CLI's cluster closed: a worker's heartbeat cut by the
+    # closing scheduler (ERROR, with a traceback), a nanny stopping a slow worker (WARNING)
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", level, __file__, 1, message, (), None)
+
+    noise = ShutdownNoise()
+    assert not noise.filter(record(logging.ERROR, "Failed to communicate with scheduler during heartbeat."))
+    assert not noise.filter(record(logging.WARNING, "Worker process still alive after 4.0 seconds, killing"))
+    assert noise.filter(record(logging.ERROR, "Unexpected exception during heartbeat. Closing worker."))
+    assert noise.filter(record(logging.WARNING, "Unmanaged memory use is high. This may indicate a memory leak"))
+    # installed in this process and, by the cluster's preload, in each worker process
+    with dask_runner(2, None) as runner:
+        installed = runner.client.run(
+            lambda: [type(f).__name__ for f in logging.getLogger("distributed.worker").filters])
+    assert sorted(installed.values()) == [["ShutdownNoise"], ["ShutdownNoise"]]
+    assert [type(f) for f in logging.getLogger("distributed.nanny").filters].count(ShutdownNoise) == 1
