@@ -67,6 +67,13 @@ def refusal(make) -> tuple[tuple, str]:
     (lambda: TrainOptions(early_stopping_patience=-1), ("early_stopping_patience",),
      "early_stopping_patience must be 0 (off) or a positive patience, got -1"),
     (lambda: TrainOptions(vector_dim=1), (), "vector_dim must be at least 2, got 1"),  # the tower's own check
+    (lambda: TrainOptions(tower_settings={"dropout": 1.5}), (), "dropout must be in [0, 1), got 1.5"),
+    (lambda: TrainOptions(tower_settings={"gated_blocks": "false"}), (),
+     "model setting gated_blocks must be true or false, got 'false'"),
+    (lambda: TrainOptions(tower_settings={"attention_block": 3}), (), "unknown model settings ['attention_block']; "
+     "known: " + str(sorted(TowerConfig.__dataclass_fields__))),
+    (lambda: TrainOptions(tower_settings={"epochs": 3, "seed": 1, "dropout": 0.2}), (),
+     "tower_settings cannot set epochs, seed: give epochs, seed instead"),
     (lambda: TrainOptions(data=DataOptions(), prepared_dir="/prepared"), (),
      "give the train flow data or prepared_dir, not both"),
     (lambda: GateOptions(tolerance=-0.1), ("tolerance",), "tolerance must be 0 or more, got -0.1"),
@@ -170,6 +177,11 @@ def test_the_tower_config_is_the_chosen_tower_or_the_protocols():
                           seed=9, time_budget=600).tower_config("tfrs")
     assert (config.user_tower, config.epochs, config.vector_dim, config.temperature, config.use_features,
             config.seed, config.time_budget) == ("pooled", 3, 17, 0.2, False, 9, 600)
+    # any other setting by name, over the tower's defaults; the rest keep them
+    config = TrainOptions(tower_settings={"gated_blocks": False, "attention_blocks": 3}, epochs=2).tower_config(
+        "leave-last-out")
+    assert (config.gated_blocks, config.attention_blocks, config.epochs) == (False, 3, 2)
+    assert config.feed_forward_mult == TowerConfig().feed_forward_mult and TowerConfig().gated_blocks
 
 
 def test_options_read_back_from_a_deployments_json():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
@@ -146,6 +146,10 @@ class TrainOptions(_Options):
         "with continue_from: train only on what changed since the parent's training data and this fraction "
         "of the rest (default: the whole log)"))
 
+    tower_settings: dict[str, Any] = Field(default_factory=dict, description=(
+        "further model settings by name (TowerConfig, towers/config.py), such as attention_blocks, dropout or "
+        "gated_blocks (default: the tower's); the options above set their own"))
+
     _epochs = _at_least("epochs", 1, "must be at least 1")
     _budget = _at_least("time_budget", 1, "must be at least 1 second")
 
@@ -162,6 +166,10 @@ class TrainOptions(_Options):
             raise OptionError(lambda name: f"give the train flow {name('data')} or {name('prepared_dir')}, not both")
         if self.continue_from is not None and not Path(self.continue_from).is_dir():
             raise OptionError(lambda name: f"{name('continue_from')} {self.continue_from}: no model directory there")
+        own = sorted(set(self.tower_settings) & set(type(self).model_fields))
+        if own:
+            raise OptionError(lambda name: f"{name('tower_settings')} cannot set {', '.join(own)}: "
+                                           f"give {', '.join(name(field) for field in own)} instead")
         try:  # the tower's own checks (vector_dim, temperature, ...), before any data is read
             self.tower_config(self.protocol or defaults.PROTOCOL)
         except ConfigError as error:
@@ -181,8 +189,8 @@ class TrainOptions(_Options):
                                                    ("temperature", self.temperature),
                                                    ("time_budget", self.time_budget),
                                                    ("replay", self.replay)) if value is not None}
-        return TowerConfig.for_tower(defaults.user_tower_for(protocol, self.user_tower), **chosen,
-                                     use_features=self.use_features,
+        return TowerConfig.for_tower(defaults.user_tower_for(protocol, self.user_tower), **self.tower_settings,
+                                     **chosen, use_features=self.use_features,
                                      early_stopping_patience=self.early_stopping_patience, seed=self.seed)
 
 

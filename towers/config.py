@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 
 from towerbridge.defaults import DEFAULT_USER_TOWER
@@ -131,6 +135,8 @@ class TowerConfig:
     replay: float | None = None
 
     def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name))
         kind = tower_kind(self.user_tower)
         for name, value in kind.defaults.items():
             if getattr(self, name) is None:
@@ -212,3 +218,68 @@ class TowerConfig:
         if "hidden_dims" in values:
             values = {**values, "hidden_dims": tuple(values["hidden_dims"])}
         return cls(**values)
+
+
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a word"}
+
+
+@functools.cache
+def _setting_type(name: str) -> tuple[type, bool]:
+    """A setting's type (bool, int, float, str or tuple, the tuple's items whole numbers) and
+    whether it may be None (the default chosen elsewhere)."""
+    hint = typing.get_type_hints(TowerConfig)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+        return kinds[0], True
+    return typing.get_origin(hint) or hint, False
+
+
+def _words(name: str) -> str:
+    kind, optional = _setting_type(name)
+    words = "comma-separated whole numbers" if kind is tuple else _WORDS[kind]
+    return words + (" or none (the default)" if optional else "")
+
+
+def _check_type(name: str, value: object) -> None:
+    kind, optional = _setting_type(name)
+    if value is None and optional:
+        return
+    if kind is tuple:
+        fits = isinstance(value, tuple) and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                for v in value)
+    elif kind is bool:
+        fits = isinstance(value, bool)
+    elif kind is int:
+        fits = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif kind is float:
+        fits = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, kind)
+    if not fits:
+        raise ConfigError(f"model setting {name} must be {_words(name)}, got {value!r}")
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` (a command line's ``--set``) as a TowerConfig setting and its value, read
+    as the setting's type: true or false, a whole number, a number, a word, none where the
+    setting may be left to its default, comma-separated widths for hidden_dims."""
+    name, equals, value = text.partition("=")
+    name = name.strip()
+    known = sorted(f.name for f in fields(TowerConfig))
+    if not equals or not name:
+        raise ConfigError(f"expected NAME=VALUE, such as attention_blocks=3, got {text!r}")
+    if name not in known:
+        raise ConfigError(f"{name!r} is not a model setting; known: {', '.join(known)}")
+    kind, optional = _setting_type(name)
+    word = value.strip()
+    if optional and word.lower() in ("none", ""):
+        return name, None
+    try:
+        if kind is bool:
+            return name, {"true": True, "yes": True, "on": True, "1": True,
+                          "false": False, "no": False, "off": False, "0": False}[word.lower()]
+        if kind is tuple:
+            return name, tuple(int(part) for part in word.split(",") if part.strip())
+        return name, kind(word)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{name} takes {_words(name)}, got {value!r}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from towerbridge.errors import ConfigError
@@ -53,3 +56,35 @@ def test_the_id_tower_cannot_read_a_history():
     model = TwoTowerModel([], [], 5, 7, TowerConfig.for_tower("id", feature_dim=4))
     with pytest.raises(ConfigError, match="this model has the id tower, which cannot read a history"):
         model.user_tower.history_query(None, [1, 2])
+
+
+def test_a_setting_given_as_text_is_read_as_its_type_and_a_wrong_type_is_refused():
+    from towerbridge.towers.config import parse_setting
+
+    assert parse_setting("gated_blocks=false") == ("gated_blocks", False)
+    assert parse_setting("gated_blocks=Yes") == ("gated_blocks", True)
+    assert parse_setting("attention_blocks=3") == ("attention_blocks", 3)
+    assert parse_setting("dropout=0.25") == ("dropout", 0.25)
+    assert parse_setting("learning_rate_schedule=cosine") == ("learning_rate_schedule", "cosine")
+    assert parse_setting("hidden_dims=64,32") == ("hidden_dims", (64, 32))
+    assert parse_setting("vector_dim=none") == ("vector_dim", None)  # the tower's default
+    for text, message in (("attention_blocks=2.5", "attention_blocks takes a whole number, got '2.5'"),
+                          ("gated_blocks=maybe", "gated_blocks takes true or false, got 'maybe'"),
+                          ("dropout=none", "dropout takes a number, got 'none'"),
+                          ("epochs", "expected NAME=VALUE, such as attention_blocks=3, got 'epochs'"),
+                          ("attention_block=2", "'attention_block' is not a model setting; known: ")):
+        with pytest.raises(ConfigError) as refused:
+            parse_setting(text)
+        assert str(refused.value).startswith(message), str(refused.value)
+    # built in code, a value of the wrong type is refused the same way, once, by the config
+    for settings, message in (({"gated_blocks": "false"}, "model setting gated_blocks must be true or false, "
+                                                          "got 'false'"),
+                              ({"attention_blocks": 2.0}, "model setting attention_blocks must be a whole number, "
+                                                          "got 2.0"),
+                              ({"vector_dim": True}, "model setting vector_dim must be a whole number or none "
+                                                     "(the default), got True"),
+                              ({"hidden_dims": (64, "32")}, "model setting hidden_dims must be comma-separated "
+                                                            "whole numbers, got (64, '32')")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TowerConfig(**settings)
+    assert TowerConfig(temperature=1, attention_blocks=np.int64(3)).attention_blocks == 3  # numbers of any kind

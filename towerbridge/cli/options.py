@@ -25,7 +25,7 @@ from towerbridge.options import (
     TrainOptions,
     duration_seconds,
 )
-from towerbridge.towers.config import USER_TOWERS
+from towerbridge.towers.config import USER_TOWERS, parse_setting
 
 EPILOG = """\
 environment:
@@ -157,6 +157,12 @@ def add_build_options(command: argparse.ArgumentParser, default_alias: str, conf
     training.add_argument("--ids-only", action="store_true",
                           help="towers read only user and item ids, no other features")
     training.add_argument("--seed", type=int, default=config.seed, help="random seed for training")
+    training.add_argument("--set", dest="tower_settings", action="append", default=[], type=tower_setting,
+                          metavar="NAME=VALUE",
+                          help="any other model setting by its name in towers/config.py (TowerConfig), "
+                               "repeatable: --set attention_blocks=3 --set gated_blocks=false --set dropout=0.2 "
+                               "(default: the tower's; the options above set their own). The model's manifest "
+                               "records every setting")
     training.add_argument("--train-processes", type=int, default=defaults.TRAIN_PROCESSES, metavar="N",
                           help="train with N data-parallel processes on this machine (PyTorch DDP: each trains on "
                                "its own shard of the users and the gradients are summed, so all end with the same "
@@ -208,6 +214,13 @@ def budget(text: str) -> float:
     try:
         return duration_seconds(text)
     except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def tower_setting(text: str) -> tuple[str, object]:
+    try:
+        return parse_setting(text)
+    except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -263,7 +276,8 @@ def data_options(args: argparse.Namespace) -> DataOptions:
 
 
 # An options field as the command line names it, where that is not --<the field with dashes>.
-OPTION_NAMES = {"early_stopping_patience": "--early-stopping", "index_type": "--index", "use_features": "--ids-only"}
+OPTION_NAMES = {"early_stopping_patience": "--early-stopping", "index_type": "--index", "use_features": "--ids-only",
+                "tower_settings": "--set"}
 
 
 def option_name(field: str) -> str:
@@ -308,7 +322,8 @@ def given(**values) -> dict:
 def train_options(args: argparse.Namespace, **more) -> TrainOptions:
     return TrainOptions(data=data_options(args), **given(user_tower=args.user_tower, epochs=args.epochs,
                                                                  time_budget=args.time_budget),
-                        use_features=not args.ids_only, seed=args.seed, train_processes=args.train_processes, **more)
+                        use_features=not args.ids_only, seed=args.seed, train_processes=args.train_processes,
+                        tower_settings=dict(args.tower_settings), **more)
 
 
 def index_options(args: argparse.Namespace, **more) -> IndexOptions:
