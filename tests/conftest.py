@@ -98,6 +98,15 @@ def own_server_home(towerbridge_home: Path, tmp_path_factory, name: str):
         patch.undo()
 
 
+# Tests of the flows' mechanics (rebuilds, versions, faults, catalog changes, the gate's
+# bookkeeping) train the sequence tower with SASRec's blocks: about half the cost of the
+# default gated blocks on these small logs, and they need a model only to rank better than
+# chance. The default model is trained by tests/flows/test_pipeline*.py, test_cli.py's run and
+# tests/towers (the gated block itself).
+LIGHT_TOWER = {"gated_blocks": False, "feed_forward_mult": 1}
+LIGHT_TOWER_ARGS = [arg for name, value in LIGHT_TOWER.items() for arg in ("--set", f"{name}={value}".lower())]
+
+
 def write_synthetic(root: Path, **spec) -> str:
     """A small synthetic dataset (interactions.parquet, items.parquet) in ``root``; returns it."""
     from towerbridge.data.dataset import write_parquet
@@ -110,14 +119,14 @@ def write_synthetic(root: Path, **spec) -> str:
 
 
 def train_synthetic(root: Path, epochs: int = 1, **spec) -> str:
-    """A model trained on a small synthetic dataset under ``root``; returns its directory."""
+    """A model (``LIGHT_TOWER``) trained on a small synthetic dataset under ``root``; returns its directory."""
     from towerbridge import steps
     from towerbridge.data.options import DataOptions
 
     (root / "data").mkdir()
     data = DataOptions("synthetic", write_synthetic(root / "data", **spec))
     prepared = steps.prepare_data(data, str(root / "prepared"))
-    return steps.train_model(prepared, str(root / "models"), {"epochs": epochs}, progress=False)
+    return steps.train_model(prepared, str(root / "models"), {"epochs": epochs, **LIGHT_TOWER}, progress=False)
 
 
 def towerbridge(*args, env=None, timeout=900, cwd=None):
@@ -132,7 +141,7 @@ def run_rebuild(data_dir: str, alias: str, uri: str | None = None, *, epochs: in
                 replay: float | None = None):
     """One real nightly rebuild (flows.rebuild) under the test harness, of the synthetic log in
     ``data_dir`` behind ``alias``; returns its final state and the summary it wrote
-    (rebuild.json). What is left out (None) takes the options' defaults."""
+    (rebuild.json). What is left out (None) takes the options' defaults; the tower is ``LIGHT_TOWER``."""
     import json
 
     import towerbridge.flows.rebuild as rebuild_flow
@@ -144,7 +153,8 @@ def run_rebuild(data_dir: str, alias: str, uri: str | None = None, *, epochs: in
         return {key: value for key, value in values.items() if value is not None}
 
     options = RebuildOptions(
-        train=TrainOptions(data=DataOptions("synthetic", data_dir), **chosen(epochs=epochs)),
+        train=TrainOptions(data=DataOptions("synthetic", data_dir), **chosen(epochs=epochs),
+                           tower_settings=LIGHT_TOWER),
         index=IndexOptions(alias=alias, **chosen(keep_versions=keep_versions, index_params=index_params)),
         gate=GateOptions(**chosen(tolerance=tolerance)), reuse_model=reuse_model, from_scratch=from_scratch,
         **chosen(milvus_uri=uri, retries=retries, replay=replay))

@@ -6,10 +6,14 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import towerbridge, write_synthetic
+from tests.conftest import LIGHT_TOWER, LIGHT_TOWER_ARGS, towerbridge, write_synthetic
+from towerbridge.rebuild import latest_model
+from towerbridge.towers import artifact
+from towerbridge.towers.config import TowerConfig
 
 ALIAS = "rebuild_cli_test"
 
@@ -21,7 +25,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, prefect_api, data_dir):
-    options = ("--data-dir", data_dir, "--alias", ALIAS, "--epochs", "2", "--tolerance", "0.03")
+    options = ("--data-dir", data_dir, "--alias", ALIAS, "--epochs", "2", "--tolerance", "0.03", *LIGHT_TOWER_ARGS)
     first = towerbridge("rebuild", *options, env=prefect_api)
     assert first.returncode == 0, first.stderr[-3000:]
     second = towerbridge("rebuild", *options, "--embed-workers", "2", env=prefect_api)  # the embedding on Dask
@@ -36,6 +40,9 @@ def test_rebuild_twice_moves_the_alias_and_collections_lists_both(milvus_uri, pr
     assert len(served) == 2
     first_version, second_version = (line.split(": ", 1)[1].split()[0] for line in served)
     assert f"(before: {first_version})" in served[1]
+    config = artifact.read_manifest(Path(latest_model())).config  # --set's settings, recorded with the model
+    assert {name: getattr(config, name) for name in LIGHT_TOWER} == LIGHT_TOWER != {
+        name: getattr(TowerConfig(), name) for name in LIGHT_TOWER}
 
     listed = json.loads(towerbridge("collections", "--alias", ALIAS, "--json").stdout)
     assert [row["collection"] for row in listed] == [second_version, first_version]  # newest first
