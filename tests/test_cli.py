@@ -81,7 +81,7 @@ def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     # The README's main command, on the session's embedded server (reused, not restarted), with
     # two data-parallel training processes (DDP; tests/towers/test_distributed.py has the rest)
     # and the embedding on two Dask workers (tests/flows/test_embed_dask.py).
-    result = towerbridge("run", "--epochs", "3", "--report-dir", str(tmp_path), "--ks", "100,10,50",
+    result = towerbridge("run", "--epochs", "2", "--report-dir", str(tmp_path), "--ks", "100,10,50",
                          "--eval-users", "500", "--train-processes", "2", "--embed-workers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedding the catalog in 8 shards on a local Dask cluster of 2 workers" in result.stderr + result.stdout
@@ -89,8 +89,8 @@ def test_run_prints_model_and_popularity(milvus_uri, tmp_path):
     table = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["users_evaluated"] == 500 and report["ks"] == [10, 50, 100]
-    assert report["training"]["processes"] == 2 and report["training"]["epochs"] == 3
-    assert "3 epochs, 2 data-parallel processes (PyTorch DDP)" in (tmp_path / "evaluation.md").read_text()
+    assert report["training"]["processes"] == 2 and report["training"]["epochs"] == 2
+    assert "2 epochs, 2 data-parallel processes (PyTorch DDP)" in (tmp_path / "evaluation.md").read_text()
     assert [row[0] for row in table] == ["10", "50", "100"]
     assert float(table[0][1]) == pytest.approx(report["model"]["hit_rate@10"], abs=1e-4)
     assert float(table[0][3]) == pytest.approx(report["popularity"]["hit_rate@10"], abs=1e-4)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_rebuild
+from tests.conftest import LIGHT_TOWER, run_rebuild
 from towerbridge import settings
 from towerbridge.api import Client
 from towerbridge.data.dataset import write_parquet
@@ -167,7 +167,7 @@ def test_the_budget_stops_a_continued_training_and_keeps_the_best_weights(two_da
     _, (_, second) = two_days
     _, today, *_ = days
     options = TrainOptions(data=DataOptions("synthetic", today), epochs=500, time_budget=4,
-                           early_stopping_patience=500, continue_from=second["model_dir"])
+                           early_stopping_patience=500, continue_from=second["model_dir"], tower_settings=LIGHT_TOWER)
     model_dir = train_flow(options, run_dir=str(tmp_path)).model_dir
     manifest = artifact.read_manifest(Path(model_dir))
     metrics = [epoch["validation_hit_rate@50"] for epoch in manifest.history]

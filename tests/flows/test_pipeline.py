@@ -22,7 +22,7 @@ from towerbridge.towers import artifact
 from towerbridge.towers.vectors import item_vectors
 
 KS = (10, 50, 100)
-EPOCHS = 5
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
