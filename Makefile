@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each with its own embedded Milvus
 # and Prefect server; a file's tests stay on one worker, so they share its module fixtures.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

@@ -36,6 +36,29 @@ SHARED_ML100K = Path(os.environ.get("TOWERBRIDGE_ML100K_DIR")
                      or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k")
 
 
+# The longest test files (BENCHMARKS.md, session 29), longest first. Under `--dist loadfile`
+# a worker takes the next file as it finishes one, in collection order, so these go first:
+# otherwise a long file drawn last runs alone while the other workers sit idle.
+LONGEST_FIRST = (
+    "reliability/test_data_kept.py", "flows/test_pipeline.py", "reliability/test_faults.py", "test_cli.py",
+    "flows/test_rebuild.py", "flows/test_gate.py", "milvus/test_catalog_changes.py",
+    "reliability/test_faults_recovery.py", "flows/test_rebuild_cli.py", "towers/test_distributed.py",
+    "flows/test_continual.py", "milvus/test_versions.py", "test_bench.py", "flows/test_embed_dask.py",
+    "flows/test_pipeline_movielens.py", "flows/test_scheduled.py", "test_analyst.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+
+    def rank(item) -> int:
+        path = Path(item.path).resolve()
+        name = path.relative_to(tests).as_posix() if path.is_relative_to(tests) else ""
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def towerbridge_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("towerbridge-home")
