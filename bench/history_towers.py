@@ -108,13 +108,13 @@ def main() -> None:
 
     from towerbridge import steps
     from towerbridge.data.options import DataOptions
-    from towerbridge.towers.config import TowerConfig
+    from towerbridge.towers.config import TowerConfig, parse_setting
     from towerbridge.towers.features import default_spec
     from towerbridge.towers.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = dict(parse_setting(item) for item in args.set)  # each read as its setting's type
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = args.data_dir
@@ -134,7 +134,7 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 settings = {"user_tower": tower, "seed": seed}
                 if tower != "id":
-                    settings.update({key: parse_value(value) for key, value in overrides.items()})
+                    settings.update(overrides)
                 config = TowerConfig.from_dict(settings)
                 spec = default_spec([] if users is None else list(users.columns), list(items.columns),
                                     config.use_features)

@@ -36,7 +36,7 @@ SHARED_ML100K = Path(os.environ.get("TOWERBRIDGE_ML100K_DIR")
                      or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k")
 
 
-# The longest test files (BENCHMARKS.md, session 29), longest first. Under `--dist loadfile`
+# The longest test files (their measured times: BENCHMARKS.md), longest first. Under `--dist loadfile`
 # a worker takes the next file as it finishes one, in collection order, so these go first:
 # otherwise a long file drawn last runs alone while the other workers sit idle.
 LONGEST_FIRST = (
