@@ -95,10 +95,13 @@ class HistoryTower(QueryTower):
         windows = torch.from_numpy(histories.windows(histories.rows(user_ids), trained.config.history_length))
         step = max(1, BATCH // trained.config.history_length)
         items = history_items(trained, windows)  # once for all batches
+        # users in batches of like history lengths: each batch reads only as many columns as its
+        # longest history (history_queries), not the whole window
+        order = torch.argsort((windows > 0).sum(dim=1), stable=True)
         for start in range(0, len(indices), step):
-            vectors[start:start + step] = history_queries(
-                trained, windows[start:start + step], gather(trained.user_inputs, indices[start:start + step]),
-                items).numpy()
+            rows = order[start:start + step]
+            vectors[rows.numpy()] = history_queries(trained, windows[rows], gather(trained.user_inputs, indices[rows]),
+                                                    items).numpy()
         return vectors
 
     def history_query(self, trained: TrainedModel, items: list) -> np.ndarray:
@@ -124,6 +127,9 @@ def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: I
     output at the last position. items: ``history_items`` of these windows or of more, when
     embedding many batches of windows (computed here otherwise)."""
     needed, vectors = items if items is not None else history_items(trained, windows)
+    used = (windows > 0).any(dim=0).nonzero()
+    # columns of padding only change no output (padding is masked out), so they are not read
+    windows = windows[:, int(used[0]) if len(used) else windows.shape[1] - 1:]
     out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
     return user_layout(out[:, -1])
 

@@ -11,7 +11,7 @@ from towerbridge.towers.history import Histories
 from towerbridge.towers.history_tower import history_queries
 from towerbridge.towers.sequence import AttentionBlock
 from towerbridge.towers.train import prepare, train
-from towerbridge.towers.vectors import user_vectors
+from towerbridge.towers.vectors import user_layout, user_vectors
 
 
 def test_windows_are_right_aligned_and_left_padded():
@@ -143,6 +143,24 @@ def test_serving_reads_the_last_position_of_the_users_window(model):
     np.testing.assert_allclose(vectors[0], expected[0].detach().numpy(), atol=1e-6)
     assert vectors.shape == (2, model.config.vector_dim) and np.isfinite(vectors).all()
     assert vectors[0, -1] == 1.0  # the layout's constant slot
+
+
+def test_users_served_in_batches_of_like_lengths_each_get_their_own_windows_vector(model, monkeypatch):
+    # query_vectors sorts users by history length and reads only the columns their batch needs;
+    # each user's vector is the tower's last position over their whole padded window all the same
+    import towerbridge.towers.history_tower as history_tower
+
+    monkeypatch.setattr(history_tower, "BATCH", 3 * model.config.history_length)  # batches of 3 users
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation([0, 1, 2, 3, 5, 8, 12, 15, 1, 4, 12, 2, 7])  # 15: longer than the window
+    users = model.user_ids[:len(lengths)]
+    windows = [list(rng.integers(1, 61, size=n)) for n in lengths]
+    vectors = user_vectors(model, users, Histories.of(windows, users=users))
+    length = model.config.history_length
+    for vector, window in zip(vectors, windows):
+        padded = [0] * (length - len(window[-length:])) + window[-length:]
+        expected = user_layout(_outputs(model, [padded])[:, -1])[0].numpy()
+        np.testing.assert_allclose(vector, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("tower", ["sequence", "pooled"])
