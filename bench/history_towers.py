@@ -143,6 +143,7 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 row = {"tower": tower, "seed": seed, **evaluate(trained, train_part, held_out, args.gap),
                        "train_seconds": round(seconds, 1), "epochs": len(trained.history), "settings": settings,
+                       "temperature": round(trained.config.temperature, 4),  # the learned one, if learned
                        "validation": [epoch.get(f"validation_hit_rate@{config.validation_k}")
                                       for epoch in trained.history]}
                 rows.append(row)

@@ -34,6 +34,9 @@ class TowerConfig:
         besides the ids; off: ids only.
     hidden_dims: widths of the MLP's hidden layers (empty: one linear layer).
     temperature: divides the logits in the softmax and at serving time.
+    learn_temperature: the temperature is a weight learned with the others, starting from
+        ``temperature``; the trained model's config records the learned value, which the
+        vectors in Milvus are scaled by. Off: ``temperature`` stays as given.
     similarity: ``cosine``: both towers' outputs have unit length, and the logit is their
         cosine divided by ``temperature``; ``dot``: their plain inner product (divided by
         ``temperature``), the vectors' lengths learned.
@@ -103,6 +106,7 @@ class TowerConfig:
     use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
+    learn_temperature: bool = False
     similarity: str = "cosine"
     logq_correction: bool | None = None
     prior_weight: float = 0.85

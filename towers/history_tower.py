@@ -214,6 +214,7 @@ class HistoryTask:
         queries = model.user_tower(vectors[position], inputs > 0, gather(self.user_inputs, self.user_rows[batch]))
         keep = targets > 0
         queries, positives, weight = queries[keep], targets[keep], None
+        queries, temperature = model.scaled(queries, config.temperature)
         if config.future_targets > 1:
             # each position also predicts the items after the next, each weighted future_weight
             # (0 where the history ends first): [P, future_targets] targets
@@ -225,9 +226,9 @@ class HistoryTask:
         if drawn is not None:
             return uniform_negatives_loss(queries, vectors[torch.searchsorted(needed, positives)],
                                           vectors[torch.searchsorted(needed, drawn)], positives, drawn,
-                                          config.temperature)
+                                          temperature)
         if whole:
-            return full_softmax_loss(queries, vectors[1:], positives - 1, config.temperature, weight=weight)
+            return full_softmax_loss(queries, vectors[1:], positives - 1, temperature, weight=weight)
         # the sampled softmax: over the distinct items of the batch's histories and targets and the
         # uniform samples, each row's target among them; the logQ correction subtracts the log of
         # each item's chance to be among them, and ranking adds the popularity prior back
@@ -236,7 +237,7 @@ class HistoryTask:
             draws = int(keep.sum()) + len(batch)  # the batch's interactions: its windows and last targets
             bias = sampled_softmax_bias(self.sampling_probability[needed[1:]], draws, len(sampled),
                                         len(self.trained.item_ids))
-        return full_softmax_loss(queries, vectors[1:], torch.searchsorted(needed, positives) - 1, config.temperature,
+        return full_softmax_loss(queries, vectors[1:], torch.searchsorted(needed, positives) - 1, temperature,
                                  bias, weight)
 
     @torch.inference_mode()
@@ -251,7 +252,7 @@ class HistoryTask:
                                   gather(self.user_inputs, torch.from_numpy(user_rows).to(self.device)))
         items = item_layout(model.item_tower(gather(self.item_inputs, torch.arange(
             1, len(self.trained.item_ids) + 1, device=self.device))),
-            torch.from_numpy(self.trained.item_log_prior()).to(self.device), config)
+            torch.from_numpy(self.trained.item_log_prior()).to(self.device), config, model.learned_temperature())
         model.train()
         key = f"factorized_top_k/top_{config.validation_k}_categorical_accuracy"
         return factorized_top_k(queries, items, torch.from_numpy(targets - 1).to(self.device),

@@ -68,7 +68,7 @@ def validation_hit_rate(trained: TrainedModel, validation: pd.DataFrame, device:
     model.eval()
     items = torch.arange(1, len(trained.item_ids) + 1)
     item_vectors = item_layout(model.item_tower(to_device(gather(trained.item_inputs, items), device)),
-                               torch.from_numpy(trained.item_log_prior()), config)
+                               torch.from_numpy(trained.item_log_prior()), config, model.learned_temperature())
     users = torch.from_numpy(trained.user_index(validation["user_id"].to_numpy()))
     queries = user_layout(model.user_tower(to_device(gather(trained.user_inputs, users), device)))
     positive = torch.from_numpy(trained.item_index(validation["item_id"].to_numpy()) - 1).to(device)
@@ -111,10 +111,11 @@ class InteractionTask:
                 "extra_sampling_probability": torch.full((len(sampled),), 1.0 / n_catalog, device=self.device),
                 "extra_candidate_ids": sampled,
             }
+        queries, temperature = model.scaled(model.user_tower(gather(self.user_inputs, user_batch)), config.temperature)
         return retrieval_loss(
-            model.user_tower(gather(self.user_inputs, user_batch)),
+            queries,
             model.item_tower(gather(self.item_inputs, item_batch)),
-            temperature=config.temperature,
+            temperature=temperature,
             candidate_sampling_probability=(
                 self.sampling_probability[item_batch] if config.logq_correction else None),
             candidate_ids=item_batch,

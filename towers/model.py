@@ -12,6 +12,7 @@ towers/query.py): ``id``, a ``Tower`` over the user's id and features; ``sequenc
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -78,3 +79,19 @@ class TwoTowerModel(nn.Module):
         super().__init__()
         self.user_tower: QueryTower = query_tower(config.user_tower).build(user_encoders, n_users, config)
         self.item_tower = Tower(item_encoders, n_items + 1, config)
+        # learn_temperature: log(1 / temperature), a weight; absent otherwise
+        self.log_inverse_temperature = (nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))
+                                        if config.learn_temperature else None)
+
+    def learned_temperature(self) -> float | None:
+        """The temperature learned so far (``learn_temperature``), or None."""
+        if self.log_inverse_temperature is None:
+            return None
+        return float(torch.exp(-self.log_inverse_temperature.detach()))
+
+    def scaled(self, queries: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+        """The query vectors and the temperature a loss divides their scores by: as given, or with
+        a learned temperature the queries times its inverse (so its gradient reaches it) and 1."""
+        if self.log_inverse_temperature is None:
+            return queries, temperature
+        return queries * self.log_inverse_temperature.exp(), 1.0

@@ -297,6 +297,8 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     state.keep_best(model)
     trained.history, trained.stop = state.history, state.stop(reason, config)
     trained.model = model.cpu().eval()
+    if trained.model.log_inverse_temperature is not None:  # the model's config records what it learned
+        trained.config = replace(config, temperature=trained.model.learned_temperature())
     return trained
 
 

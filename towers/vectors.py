@@ -21,11 +21,14 @@ from towerbridge.towers.trained import TrainedModel, gather, lookup
 BATCH = 65536
 
 
-def item_layout(embeddings: torch.Tensor, log_prior: torch.Tensor, config: TowerConfig) -> torch.Tensor:
+def item_layout(embeddings: torch.Tensor, log_prior: torch.Tensor, config: TowerConfig,
+                temperature: float | None = None) -> torch.Tensor:
     """Item tower outputs ``[n, vector_dim - 1]`` and their items' log p(item) ``[n]`` as
-    stored in Milvus, ``[n, vector_dim]``."""
+    stored in Milvus, ``[n, vector_dim]``. temperature: the one learned so far, while a model
+    with ``learn_temperature`` trains (a trained one's config records it); None: the config's."""
     prior = log_prior * config.prior_weight if config.logq_correction else torch.zeros_like(log_prior)
-    return torch.cat([embeddings / config.temperature, prior[:, None].to(embeddings)], dim=1)
+    temperature = config.temperature if temperature is None else temperature
+    return torch.cat([embeddings / temperature, prior[:, None].to(embeddings)], dim=1)
 
 
 def user_layout(embeddings: torch.Tensor) -> torch.Tensor:

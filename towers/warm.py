@@ -137,8 +137,10 @@ def _drawn(keys: pd.Series | pd.DataFrame, fraction: float, seed: int) -> np.nda
 def check_compatible(config: TowerConfig, parent: TowerConfig, source: str) -> None:
     """Refuse to continue ``parent`` with ``config`` when they differ in a setting that shapes
     the towers; ``source`` names the parent in the message."""
+    # a learned temperature is a weight, carried over like the others: its starting value is not the parent's
+    learned = {"temperature"} if config.learn_temperature and parent.learn_temperature else set()
     differ = [f"{f.name} {getattr(parent, f.name)!r} -> {getattr(config, f.name)!r}" for f in fields(TowerConfig)
-              if f.name not in TRAINING_ONLY and getattr(parent, f.name) != getattr(config, f.name)]
+              if f.name not in TRAINING_ONLY | learned and getattr(parent, f.name) != getattr(config, f.name)]
     if differ:
         raise ConfigError(f"cannot continue training from {source}: its towers have another shape "
                           f"({'; '.join(differ)}); train from scratch instead")
