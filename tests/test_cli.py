@@ -48,6 +48,23 @@ def test_bad_options_are_refused_before_any_work(args, message):
     assert result.stderr.strip() == f"towerbridge: error: {message}"
 
 
+def test_set_gives_the_settings_a_command_has_no_option_for_and_refuses_those_it_has():
+    from towerbridge.cli import parser
+    from towerbridge.cli.options import pipeline_options, rebuild_options
+    from towerbridge.errors import ConfigError
+
+    train = pipeline_options(parser().parse_args(["run", "--set", "temperature=0.05", "--set", "vector_dim=33",
+                                                  "--set", "dropout=0.2"])).train
+    assert (train.temperature, train.vector_dim, train.tower_settings) == (0.05, 33, {"dropout": 0.2})
+    config = train.tower_config("leave-last-out")
+    assert (config.temperature, config.vector_dim, config.dropout) == (0.05, 33, 0.2)
+    # rebuild has no --early-stopping: --set gives it; run has one: --set names it
+    assert rebuild_options(parser().parse_args(["rebuild", "--set", "early_stopping_patience=3"])
+                           ).train.early_stopping_patience == 3
+    with pytest.raises(ConfigError, match="cannot set early_stopping_patience: give --early-stopping instead"):
+        pipeline_options(parser().parse_args(["run", "--set", "early_stopping_patience=3"]))
+
+
 def test_the_options_defaults_and_their_help_come_from_defaults_py(monkeypatch, capsys):
     from towerbridge import defaults
     from towerbridge.cli import parser

@@ -319,11 +319,22 @@ def given(**values) -> dict:
     return {key: value for key, value in values.items() if value is not None}
 
 
+# TrainOptions' model settings that have an option of their own, by the option's dest: where the
+# command has that option, --set refuses the setting and names the option
+OWN_OPTIONS = {"user_tower": "user_tower", "epochs": "epochs", "time_budget": "time_budget",
+               "use_features": "ids_only", "seed": "seed", "early_stopping_patience": "early_stopping"}
+
+
 def train_options(args: argparse.Namespace, **more) -> TrainOptions:
+    settings = dict(args.tower_settings)
+    # a setting TrainOptions holds but this command has no option for (temperature, vector_dim;
+    # early_stopping_patience outside `run`) is given by --set
+    fields = {name: settings.pop(name) for name in list(settings)
+              if name in TrainOptions.model_fields and not hasattr(args, OWN_OPTIONS.get(name, name))}
     return TrainOptions(data=data_options(args), **given(user_tower=args.user_tower, epochs=args.epochs,
                                                                  time_budget=args.time_budget),
                         use_features=not args.ids_only, seed=args.seed, train_processes=args.train_processes,
-                        tower_settings=dict(args.tower_settings), **more)
+                        tower_settings=settings, **fields, **more)
 
 
 def index_options(args: argparse.Namespace, **more) -> IndexOptions:
