@@ -131,7 +131,9 @@ class TrainOptions(_Options):
         "seconds of training at most (a number, or a duration such as \"45m\" or \"1h30m\"): training stops "
         "when it is spent, in the middle of an epoch if need be, keeping the best weights (default: no limit)"))
     vector_dim: int | None = Field(None, description="length of the vectors stored in Milvus (default: the tower's)")
-    temperature: float | None = Field(None, description="the softmax temperature (default: the tower's)")
+    temperature: float | None = Field(None, description=(
+        "the softmax temperature (default: the tower's; where it is learned, the sequence tower's "
+        "default, the value it starts from)"))
     use_features: bool = Field(TowerConfig.use_features, description=(
         "feed the users' and items' features (genres, title, age, ...) besides their ids"))
     early_stopping_patience: int = Field(TowerConfig.early_stopping_patience, description=(

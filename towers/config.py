@@ -20,8 +20,8 @@ USER_TOWERS = tuple(QUERY_TOWERS)
 class TowerConfig:
     """Model shape and training settings.
 
-    vector_dim, batch_size, learning_rate, logq_correction, epochs: None (the default) takes
-        the user tower's value (its ``defaults`` in ``towers/registry.py``).
+    vector_dim, batch_size, learning_rate, logq_correction, epochs, learn_temperature: None (the
+        default) takes the user tower's value (its ``defaults`` in ``towers/registry.py``).
     vector_dim: length of the vectors stored in Milvus. The towers output
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
@@ -36,7 +36,9 @@ class TowerConfig:
     temperature: divides the logits in the softmax and at serving time.
     learn_temperature: the temperature is a weight learned with the others, starting from
         ``temperature``; the trained model's config records the learned value, which the
-        vectors in Milvus are scaled by. Off: ``temperature`` stays as given.
+        vectors in Milvus are scaled by. Off: ``temperature`` stays as given. On for the
+        sequence tower (on MovieLens-1M it learned about 0.056; BENCHMARKS.md, issue 30), off
+        for the others unless asked for.
     similarity: ``cosine``: both towers' outputs have unit length, and the logit is their
         cosine divided by ``temperature``; ``dot``: their plain inner product (divided by
         ``temperature``), the vectors' lengths learned.
@@ -106,7 +108,7 @@ class TowerConfig:
     use_features: bool = True
     hidden_dims: tuple[int, ...] = ()
     temperature: float = 0.1
-    learn_temperature: bool = False
+    learn_temperature: bool | None = None
     similarity: str = "cosine"
     logq_correction: bool | None = None
     prior_weight: float = 0.85
@@ -145,6 +147,8 @@ class TowerConfig:
         for name, value in kind.defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.learn_temperature is None:
+            object.__setattr__(self, "learn_temperature", False)
         if self.feature_dim is None and self.vector_dim is not None:
             object.__setattr__(self, "feature_dim", self.vector_dim - 1)
         if self.vector_dim < 2:

@@ -18,8 +18,9 @@ from towerbridge.towers.warm import Lineage
 
 FORMAT = "towerbridge-model/2"
 READABLE_FORMATS = (FORMAT,)
-# the sequence tower's blocks in models written before they had these settings: SASRec's
-BEFORE_GATED_BLOCKS = {"gated_blocks": False, "feed_forward_mult": 1}
+# the sequence tower's blocks in models written before they had these settings: SASRec's; and
+# their temperature, fixed
+OLDER_MODELS = {"gated_blocks": False, "feed_forward_mult": 1, "learn_temperature": False}
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class ModelManifest:
                 model_id=values["model_id"], created_at=values.get("created_at", ""),
                 # written before the history towers existed: the id tower; before the gated
                 # blocks: SASRec's
-                config=TowerConfig.from_dict({"user_tower": "id", **BEFORE_GATED_BLOCKS, **values["config"]}),
+                config=TowerConfig.from_dict({"user_tower": "id", **OLDER_MODELS, **values["config"]}),
                 features=values["features"], n_users=int(values["n_users"]), n_items=int(values["n_items"]),
                 history=tuple(values.get("history", ())), prepared_dir=values.get("prepared_dir"),
                 data=values.get("data", {}), train_seconds=values.get("train_seconds"),

@@ -190,11 +190,12 @@ def test_a_plain_inner_product_learns_vector_lengths_and_ranks_as_served():
     users = np.unique(interactions["user_id"])[:20]
     histories = Histories.from_interactions(interactions, trained.item_index)
     queries = user_vectors(trained, users, histories)
-    # the served inner product is the trained logit: the query tower's output · the item tower's
+    # the served inner product is the trained logit: the query tower's output · the item tower's,
+    # over the temperature (learned by the sequence tower, from 1.0 here)
     windows = torch.from_numpy(histories.windows(np.arange(20), config.history_length))
     with torch.no_grad():
         direct = history_queries(trained, windows, {})[:, :-1] @ trained.model.item_tower(
-            {name: tensor[1:] for name, tensor in trained.item_inputs.items()}).T
+            {name: tensor[1:] for name, tensor in trained.item_inputs.items()}).T / trained.config.temperature
     np.testing.assert_allclose(queries @ vectors.T, direct.numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="similarity must be 'cosine' or 'dot'"):
         TowerConfig(similarity="euclid")

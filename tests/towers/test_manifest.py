@@ -39,6 +39,18 @@ def test_a_manifest_written_before_the_record_loads_with_its_defaults():
     assert manifest.epochs == 2 and manifest.mean_examples_per_s() == 45000.0
 
 
+def test_a_sequence_model_written_before_the_learned_temperature_keeps_its_fixed_one():
+    # session 28's default sequence model: gated blocks recorded, no learn_temperature key
+    values = {**written_before_the_record(), "config": {"user_tower": "sequence", "gated_blocks": True,
+                                                        "feed_forward_mult": 4, "temperature": 0.1}}
+    config = ModelManifest.from_dict(values).config
+    assert config.gated_blocks and config.feed_forward_mult == 4
+    assert config.learn_temperature is False and config.temperature == 0.1
+    # what is trained today: the sequence tower learns it by default, the id tower does not
+    assert TowerConfig().learn_temperature and not TowerConfig(user_tower="id").learn_temperature
+    assert ModelManifest.from_dict({**values, "config": TowerConfig().to_dict()}).config.learn_temperature
+
+
 def test_what_is_written_reads_back_equal():
     manifest = ModelManifest(
         model_id="m2", created_at="2026-12-05T10:00:00Z", config=TowerConfig(epochs=3), features=FEATURES,
