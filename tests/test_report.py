@@ -32,6 +32,16 @@ def test_table_and_markdown_carry_every_source():
             "all ranks every one), 943 queries") in sampled
 
 
+def test_the_report_says_which_temperature_the_model_was_trained_with():
+    learned = dataclasses.replace(report(), training={**report().training, "temperature": 0.05522652,
+                                                      "temperature_learned": True})
+    assert ", temperature 0.05523 (learned)" in report_markdown(learned)
+    fixed = dataclasses.replace(report(), training={**report().training, "temperature": 0.1,
+                                                    "temperature_learned": False})
+    assert "8 epochs, one process, temperature 0.1. Ranking" in report_markdown(fixed)
+    assert "temperature" not in report_markdown(report())  # a report written before it was recorded
+
+
 def test_write_report_writes_json_markdown_and_png(tmp_path):
     write_report(report(), tmp_path / "report")
     written = sorted(path.name for path in (tmp_path / "report").iterdir())

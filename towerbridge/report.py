@@ -74,7 +74,7 @@ def report_markdown(report: EvaluationReport, plot: str | None = "hit_rate.png")
           f"{report.ann_gap[f'ndcg@{k}']:+.4f} |" for k in ks],
         "",
         f"Training: {report.training['seconds']:.1f} s, {report.training['epochs']} epochs"
-        f"{_processes(report.training.get('processes', 1))}"
+        f"{_processes(report.training.get('processes', 1))}{temperature_text(report.training)}"
         f"{'; ' + report.training['stopped'] if report.training.get('stopped') else ''}. "
         f"Ranking: Milvus {report.timing['milvus_users_per_s']:,.0f} users/s, exact "
         f"{report.timing['exact_users_per_s']:,.0f} users/s.",
@@ -120,6 +120,14 @@ def write_report(report: EvaluationReport, directory: Path) -> None:
     _write(directory / "evaluation.json", lambda p: p.write_text(json.dumps(report.to_dict(), indent=2)))
     _write(directory / "hit_rate.png", lambda p: plot_hit_rate(report, p))
     _write(directory / "evaluation.md", lambda p: p.write_text(report_markdown(report)))
+
+
+def temperature_text(training: dict) -> str:
+    """", temperature 0.0552 (learned)": the softmax temperature the model was trained with
+    (reports written before it was recorded: nothing)."""
+    if training.get("temperature") is None:
+        return ""
+    return f", temperature {training['temperature']:.4g}{' (learned)' if training.get('temperature_learned') else ''}"
 
 
 def _processes(processes: int) -> str:

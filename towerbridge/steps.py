@@ -576,6 +576,8 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             "examples_per_s": manifest.mean_examples_per_s(),
             "train_interactions": manifest.train_interactions,
             "stopped": describe_stop(manifest.stop, manifest.config.validation_k),
+            "temperature": manifest.config.temperature,
+            "temperature_learned": manifest.config.learn_temperature,
         },
         timing={
             "milvus_seconds": round(milvus_seconds, 3),

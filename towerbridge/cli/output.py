@@ -6,6 +6,7 @@ import json
 import logging
 
 from towerbridge.errors import TowerbridgeError
+from towerbridge.report import temperature_text
 from towerbridge.results import EvaluationReport
 
 
@@ -27,7 +28,7 @@ def print_report(report: EvaluationReport) -> None:
     print(f"index recall vs exact search: {recall}")
     training = report.training
     print(f"training: {training['seconds']:.1f} s, {training['epochs']} epochs, "
-          f"{training['examples_per_s']:,.0f} examples/s"
+          f"{training['examples_per_s']:,.0f} examples/s{temperature_text(training)}"
           f"{'; ' + training['stopped'] if training.get('stopped') else ''}")
     print(f"report: {report.report_dir}/ (evaluation.json, evaluation.md, hit_rate.png)")
 
