@@ -71,6 +71,10 @@ class Tower(nn.Module):
         return F.normalize(out, dim=-1) if self.unit else out
 
 
+# the lowest a learned temperature goes (CLIP's bound on its logit scale, 100)
+MIN_LEARNED_TEMPERATURE = 0.01
+
+
 class TwoTowerModel(nn.Module):
     """A user (query) tower, chosen by name from the registry, and an item (candidate) tower."""
 
@@ -83,15 +87,19 @@ class TwoTowerModel(nn.Module):
         self.log_inverse_temperature = (nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))
                                         if config.learn_temperature else None)
 
+    def _inverse_temperature(self) -> torch.Tensor:
+        # at most 1 / MIN_LEARNED_TEMPERATURE: the loss cannot sharpen the softmax without bound
+        return self.log_inverse_temperature.clamp(max=-math.log(MIN_LEARNED_TEMPERATURE)).exp()
+
     def learned_temperature(self) -> float | None:
         """The temperature learned so far (``learn_temperature``), or None."""
         if self.log_inverse_temperature is None:
             return None
-        return float(torch.exp(-self.log_inverse_temperature.detach()))
+        return float(1.0 / self._inverse_temperature().detach())
 
     def scaled(self, queries: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
         """The query vectors and the temperature a loss divides their scores by: as given, or with
         a learned temperature the queries times its inverse (so its gradient reaches it) and 1."""
         if self.log_inverse_temperature is None:
             return queries, temperature
-        return queries * self.log_inverse_temperature.exp(), 1.0
+        return queries * self._inverse_temperature(), 1.0

@@ -11,6 +11,7 @@ the error names what differs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -137,8 +138,9 @@ def _drawn(keys: pd.Series | pd.DataFrame, fraction: float, seed: int) -> np.nda
 def check_compatible(config: TowerConfig, parent: TowerConfig, source: str) -> None:
     """Refuse to continue ``parent`` with ``config`` when they differ in a setting that shapes
     the towers; ``source`` names the parent in the message."""
-    # a learned temperature is a weight, carried over like the others: its starting value is not the parent's
-    learned = {"temperature"} if config.learn_temperature and parent.learn_temperature else set()
+    # a learned temperature is a weight, carried over like the others (from a parent with a fixed
+    # one, its value is where it starts: carry_weights): the value given to start from is not used
+    learned = {"temperature", "learn_temperature"} if config.learn_temperature else set()
     differ = [f"{f.name} {getattr(parent, f.name)!r} -> {getattr(config, f.name)!r}" for f in fields(TowerConfig)
               if f.name not in TRAINING_ONLY | learned and getattr(parent, f.name) != getattr(config, f.name)]
     if differ:
@@ -165,6 +167,9 @@ def carry_weights(child: TrainedModel, parent: TrainedModel, source: str) -> Non
     ours_keys, theirs_keys = keyed_tables(child), keyed_tables(parent)
     theirs = parent.model.state_dict()
     ours = child.model.state_dict()
+    if "log_inverse_temperature" in ours and "log_inverse_temperature" not in theirs:
+        # a parent with a fixed temperature: the learned one starts from it
+        theirs = {**theirs, "log_inverse_temperature": torch.tensor(math.log(1.0 / parent.config.temperature))}
     if set(theirs) != set(ours):
         extra, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
         raise ConfigError(f"cannot continue training from {source}: its weights are not this model's "

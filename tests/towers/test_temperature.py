@@ -84,6 +84,34 @@ def test_a_continued_model_starts_from_its_parents_learned_temperature(log, trai
     child = prepare(interactions, items, None, LEARNED, parent=parent)
     assert child.model.learned_temperature() == pytest.approx(parent.model.model.learned_temperature(), rel=1e-6)
     assert math.isclose(child.config.temperature, 0.2)
-    # a parent with a fixed temperature has no such weight: continuing it with a learned one is refused
+    # a fixed temperature cannot continue a learned one (the parent's scale would be lost): refused
     with pytest.raises(ConfigError, match="learn_temperature"):
         prepare(interactions, items, None, replace(LEARNED, learn_temperature=False), parent=parent)
+
+
+def test_a_learned_temperature_continues_a_fixed_one_from_its_value(log, tmp_path):
+    # a serving model from before the setting (a fixed 0.3) continued by today's defaults
+    interactions, items = log
+    fixed = train(interactions, items, None, replace(LEARNED, learn_temperature=False, temperature=0.3, epochs=1),
+                  progress=False)
+    parent = read_parent(str(artifact.save(fixed, tmp_path / "fixed")))
+    child = prepare(interactions, items, None, LEARNED, parent=parent)  # LEARNED would start from 0.2
+    assert child.model.learned_temperature() == pytest.approx(0.3, rel=1e-6)
+    torch.testing.assert_close(child.model.item_tower.inputs["item_id"].weight[1:],
+                               fixed.model.item_tower.inputs["item_id"].weight[1:])  # and the rest carried over
+
+
+def test_a_learned_temperature_stops_at_its_lower_bound(trained):
+    from towerbridge.towers.model import MIN_LEARNED_TEMPERATURE
+
+    model = trained[0].model
+    saved = model.log_inverse_temperature.detach().clone()
+    try:
+        with torch.no_grad():
+            model.log_inverse_temperature.fill_(10.0)  # 1 / e^10: far below the bound
+        assert model.learned_temperature() == pytest.approx(MIN_LEARNED_TEMPERATURE)
+        queries = torch.ones(2, 3)
+        torch.testing.assert_close(model.scaled(queries, 0.1)[0], queries / MIN_LEARNED_TEMPERATURE)
+    finally:
+        with torch.no_grad():
+            model.log_inverse_temperature.copy_(saved)
