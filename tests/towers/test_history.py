@@ -163,6 +163,29 @@ def test_users_served_in_batches_of_like_lengths_each_get_their_own_windows_vect
         np.testing.assert_allclose(vector, expected, rtol=0, atol=1e-5)
 
 
+def test_users_served_in_batches_of_like_lengths_each_get_their_own_features(monkeypatch):
+    # the users' features are gathered in the same order as their sorted windows
+    import towerbridge.towers.history_tower as history_tower
+    from towerbridge.towers.trained import gather
+
+    interactions, items = generate(SyntheticSpec(n_users=60, n_items=40, n_topics=4, seed=4))
+    users = pd.DataFrame({"user_id": np.unique(interactions["user_id"])})
+    users["age"] = np.arange(len(users)) * 7 % 60 + 15
+    trained = prepare(interactions, items, users, TowerConfig(history_length=12, epochs=1, dropout=0.0))
+    trained.model.eval()
+    assert trained.model.user_tower.features.tower is not None  # the age feature is read
+    monkeypatch.setattr(history_tower, "BATCH", 2 * trained.config.history_length)  # batches of 2 users
+    rng = np.random.default_rng(1)
+    chosen = trained.user_ids[rng.permutation(len(trained.user_ids))[:9]]
+    windows = [list(rng.integers(1, 41, size=n)) for n in (5, 0, 11, 2, 7, 1, 12, 3, 9)]
+    vectors = user_vectors(trained, chosen, Histories.of(windows, users=chosen))
+    for user, vector, window in zip(chosen, vectors, windows):
+        padded = torch.tensor([[0] * (12 - len(window)) + window])
+        own = gather(trained.user_inputs, torch.from_numpy(trained.user_index(np.array([user]))))
+        expected = history_queries(trained, padded, own)[0].detach().numpy()
+        np.testing.assert_allclose(vector, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("tower", ["sequence", "pooled"])
 def test_training_on_every_position_learns_and_early_stopping_keeps_the_best_epoch(tower):
     interactions, items = generate(SyntheticSpec(n_users=300, n_items=120, n_topics=6, seed=5))
