@@ -37,8 +37,8 @@ class TowerConfig:
     learn_temperature: the temperature is a weight learned with the others, starting from
         ``temperature``; the trained model's config records the learned value, which the
         vectors in Milvus are scaled by. Off: ``temperature`` stays as given. On for the
-        sequence tower (on MovieLens-1M it learned about 0.056; BENCHMARKS.md, issue 30), off
-        for the others unless asked for.
+        sequence tower (on MovieLens-1M it gains; on the built-in synthetic log it loses:
+        BENCHMARKS.md, issue 30), off for the others unless asked for. It stops at 0.01.
     similarity: ``cosine``: both towers' outputs have unit length, and the logit is their
         cosine divided by ``temperature``; ``dot``: their plain inner product (divided by
         ``temperature``), the vectors' lengths learned.

@@ -112,6 +112,14 @@ class HistoryTower(QueryTower):
         return self.query_vectors(trained, np.array([0]), Histories.of([index.tolist()], users=np.array([0])))[0]
 
 
+def first_used_column(windows: torch.Tensor) -> int:
+    """The first column of left-padded ``windows`` ``[n, length]`` that holds an item in some
+    row (the last column when none does). The columns before it are padding only, which changes
+    no output (it is masked out): the towers need not read them."""
+    used = (windows > 0).any(dim=0).nonzero()
+    return int(used[0]) if len(used) else windows.shape[1] - 1
+
+
 def history_items(trained: TrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The items the ``windows`` hold, sorted, and their item-tower vectors (padding, item 0,
     first, as a zero vector): what ``history_queries`` reads."""
@@ -127,9 +135,7 @@ def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: I
     output at the last position. items: ``history_items`` of these windows or of more, when
     embedding many batches of windows (computed here otherwise)."""
     needed, vectors = items if items is not None else history_items(trained, windows)
-    used = (windows > 0).any(dim=0).nonzero()
-    # columns of padding only change no output (padding is masked out), so they are not read
-    windows = windows[:, int(used[0]) if len(used) else windows.shape[1] - 1:]
+    windows = windows[:, first_used_column(windows):]
     out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
     return user_layout(out[:, -1])
 
@@ -190,9 +196,7 @@ class HistoryTask:
     def loss(self, batch: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
         model, config = self.trained.model, self.trained.config
         inputs, targets = self.inputs[batch], self.targets[batch]
-        used = (inputs > 0).any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else inputs.shape[1] - 1
-        # columns of padding only are skipped
+        start = first_used_column(inputs)
         inputs, targets = inputs[:, start:].contiguous(), targets[:, start:].contiguous()
         catalog, drawn, sampled = len(self.trained.item_ids), None, None
         if config.uniform_negatives:

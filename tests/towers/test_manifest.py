@@ -40,7 +40,7 @@ def test_a_manifest_written_before_the_record_loads_with_its_defaults():
 
 
 def test_a_sequence_model_written_before_the_learned_temperature_keeps_its_fixed_one():
-    # session 28's default sequence model: gated blocks recorded, no learn_temperature key
+    # a default sequence model written before the setting: gated blocks recorded, no learn_temperature key
     values = {**written_before_the_record(), "config": {"user_tower": "sequence", "gated_blocks": True,
                                                         "feed_forward_mult": 4, "temperature": 0.1}}
     config = ModelManifest.from_dict(values).config
