@@ -1,9 +1,10 @@
 """What a training has done so far, and the checkpoint that lets a new try resume it.
 
-After every epoch the model, the optimizer, the epochs' records, the best epoch so far (for
-early stopping) and the random state are saved; a later training with the same settings and
-number of processes resumes after the last finished epoch and ends with the weights a straight
-run would have had (dropout's masks and the batches go on as they would have).
+After every epoch the model, the optimizer, the weights' average (``ema_decay``), the epochs'
+records, the best epoch so far (for early stopping) and the random state are saved; a later
+training with the same settings and number of processes resumes after the last finished epoch
+and ends with the weights a straight run would have had (dropout's masks and the batches go on
+as they would have).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from towerbridge.towers.averaging import WeightAverage
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.parallel import Replica
 
@@ -94,15 +96,18 @@ class Checkpoints:
         self.directory, self.config, self.replica = directory, config, replica
 
     def resume(self, model: torch.nn.Module, optimizer, generator: np.random.Generator,
-               device: torch.device) -> TrainingState:
+               device: torch.device, average: WeightAverage | None = None) -> TrainingState:
         """The state after the last finished epoch of an earlier try, loaded into ``model``,
-        ``optimizer``, ``generator`` and torch's generator; a fresh state if there is none."""
+        ``optimizer``, ``average``, ``generator`` and torch's generator; a fresh state if there
+        is none."""
         saved = self._read()
         if saved is None:
             return TrainingState()
         rank = self.replica.rank
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if average is not None:  # the settings match (``_read``), so the checkpoint has one
+            average.load_state_dict(saved["average"])
         distributed = self.replica.distributed
         generator.bit_generator.state = saved["generators"][rank] if distributed else saved["generator"]
         torch_rng = saved["torch_rngs"][rank] if distributed else saved.get("torch_rng")
@@ -113,12 +118,14 @@ class Checkpoints:
                              stopped=saved.get("stopped"), elapsed=float(elapsed))
 
     def save(self, state: TrainingState, model: torch.nn.Module, optimizer, generator: np.random.Generator,
-             device: torch.device) -> None:
+             device: torch.device, average: WeightAverage | None = None) -> None:
         if self.directory is None:
             return
         saved = {"config": self.config.to_dict(), "epoch": state.epoch, "history": state.history,
                  "best": state.best, "stopped": state.stopped, "elapsed": state.elapsed,
                  "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if average is not None:
+            saved["average"] = average.state_dict()
         if not self.replica.distributed:
             self._write({**saved, "generator": generator.bit_generator.state, "torch_rng": _torch_rng(device)})
             return

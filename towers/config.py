@@ -20,8 +20,8 @@ USER_TOWERS = tuple(QUERY_TOWERS)
 class TowerConfig:
     """Model shape and training settings.
 
-    vector_dim, batch_size, learning_rate, logq_correction, epochs, learn_temperature: None (the
-        default) takes the user tower's value (its ``defaults`` in ``towers/registry.py``).
+    vector_dim, batch_size, learning_rate, logq_correction, epochs, learn_temperature, ema_decay: None
+        (the default) takes the user tower's value (its ``defaults`` in ``towers/registry.py``).
     vector_dim: length of the vectors stored in Milvus. The towers output
         ``vector_dim - 1`` dimensions; the last slot carries the item's popularity
         prior on the item side and a constant 1 on the user side, so one inner
@@ -54,6 +54,10 @@ class TowerConfig:
         rows a batch touched (``torch.optim.SparseAdam``, or Adagrad's sparse update):
         with a million users a dense Adam step rewrites every row, 40x slower here.
     epochs: the most epochs to train.
+    ema_decay: the model kept is an exponential moving average of the weights along training,
+        moved ``1 - ema_decay`` of the way towards them after every step (0: off, the last
+        step's weights). Early stopping validates the average. Each step also updates a copy of
+        every weight: with tables of millions of rows, a cost (off for the id tower).
     learning_rate_schedule: ``constant``, or ``cosine``: the rate falls from ``learning_rate``
         to 0 along half a cosine over the ``epochs`` (step by step), so the last epochs take small
         steps; early stopping or a time budget may end training before the end of the schedule.
@@ -119,6 +123,7 @@ class TowerConfig:
     epochs: int | None = None
     time_budget: float | None = None
     learning_rate_schedule: str = "constant"
+    ema_decay: float | None = None
     early_stopping_patience: int = 0
     validation_users: int = 1000
     validation_k: int = 50
@@ -149,6 +154,8 @@ class TowerConfig:
                 object.__setattr__(self, name, value)
         if self.learn_temperature is None:
             object.__setattr__(self, "learn_temperature", False)
+        if self.ema_decay is None:
+            object.__setattr__(self, "ema_decay", 0.0)
         if self.feature_dim is None and self.vector_dim is not None:
             object.__setattr__(self, "feature_dim", self.vector_dim - 1)
         if self.vector_dim < 2:
@@ -192,6 +199,8 @@ class TowerConfig:
                               f"{self.uniform_negatives} with future_targets {self.future_targets}")
         if self.feed_forward_mult < 1:
             raise ConfigError(f"feed_forward_mult must be >= 1, got {self.feed_forward_mult}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(width < 1 for width in self.hidden_dims):

@@ -135,7 +135,7 @@ def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: I
     output at the last position. items: ``history_items`` of these windows or of more, when
     embedding many batches of windows (computed here otherwise)."""
     needed, vectors = items if items is not None else history_items(trained, windows)
-    windows = windows[:, first_used_column(windows):]
+    windows = windows[:, first_used_column(windows):].contiguous()  # searchsorted reads it whole
     out = trained.model.user_tower(vectors[torch.searchsorted(needed, windows)], windows > 0, user_inputs)
     return user_layout(out[:, -1])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from towerbridge.errors import ConfigError
 from towerbridge.towers import artifact, warm
+from towerbridge.towers.averaging import WeightAverage
 from towerbridge.towers.checkpoint import Checkpoints
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec, check_columns, default_spec
@@ -244,8 +246,9 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     generator = replica.generator(config.seed)
     step = TrainingStep(model, task, replica, device)
     optimizer = make_optimizer(model, config)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     checkpoints = Checkpoints(checkpoint_dir, config, replica)
-    state = checkpoints.resume(model, optimizer, generator, device)
+    state = checkpoints.resume(model, optimizer, generator, device, average)
 
     n_examples, n_batches = replica.epoch_size(task, config.batch_size, device)
     bar = tqdm(total=config.epochs * n_batches, initial=state.epoch * n_batches, desc="train", unit="batch",
@@ -264,6 +267,8 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
                 optimizer.set_rate(learning_rate(config, (state.epoch * n_batches + number) /
                                                  (config.epochs * n_batches)))
             epoch_loss += step(batch, generator, optimizer)
+            if average is not None:
+                average.update()
             seen, done = seen + len(batch), number + 1
             bar.update(1)
             if config.time_budget is not None and done < n_batches and _past_budget(began, config, replica, done,
@@ -276,10 +281,11 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
                         "seconds": round(seconds, 3), "examples_per_s": round(seen / seconds, 1)}
         if cut:
             epoch_record["batches"] = f"{done}/{n_batches}"
-        metric = replica.mean_metric(task, device)
-        if metric is not None:
-            epoch_record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
-        state.finish_epoch(epoch_record, metric, model)
+        with average.swapped_in() if average is not None else nullcontext():  # the weights training keeps
+            metric = replica.mean_metric(task, device)
+            if metric is not None:
+                epoch_record[f"validation_hit_rate@{config.validation_k}"] = round(metric, 5)
+            state.finish_epoch(epoch_record, metric, model)
         if cut or (config.time_budget is not None and state.epoch < config.epochs
                    and _past_budget(began, config, replica, 0, device)):
             # a retry of this training (the flow's) resumes a finished one, not a fresh budget
@@ -288,13 +294,15 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
         bar.set_postfix(epoch=state.epoch, loss=f"{epoch_loss / max(1.0, seen):.3f}", **shown,
                         ex_s=f"{seen / seconds:,.0f}")
         state.elapsed = time.perf_counter() - began
-        checkpoints.save(state, model, optimizer, generator, device)
+        checkpoints.save(state, model, optimizer, generator, device, average)
         if metric is not None and state.stale(config.early_stopping_patience):
             reason = "patience"
             break
     reason = reason if reason == "patience" else state.stopped or reason
     bar.close()
-    state.keep_best(model)
+    if average is not None:
+        average.copy_to_model()
+    state.keep_best(model)  # with early stopping, the best epoch's (average, if kept)
     trained.history, trained.stop = state.history, state.stop(reason, config)
     trained.model = model.cpu().eval()
     if trained.model.log_inverse_temperature is not None:  # the model's config records what it learned

@@ -29,7 +29,7 @@ TRAINING_ONLY = frozenset({
     "epochs", "batch_size", "learning_rate", "learning_rate_schedule", "optimizer", "seed", "early_stopping_patience",
     "validation_users", "validation_k", "time_budget", "device", "num_hard_negatives", "mixed_negatives",
     "logq_correction", "prior_weight", "full_softmax_items", "sparse_embeddings", "dropout", "replay",
-    "future_targets", "future_weight", "uniform_negatives", "earlier_windows",
+    "future_targets", "future_weight", "uniform_negatives", "earlier_windows", "ema_decay",
 })
 
 

@@ -1,0 +1,61 @@
+"""An exponential moving average of a model's weights along training (``ema_decay``).
+
+With a constant learning rate the last step's weights wander around a minimum by as much as
+the steps are long; their average over the last few hundred steps sits nearer it. Training
+keeps the average beside the weights it trains, validates the average, and the model it
+returns holds the average (``fit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class WeightAverage:
+    """The moving average of ``model``'s parameters: after each optimizer step ``update``
+    moves it ``1 - decay`` of the way towards the weights (``torch.optim.swa_utils``' EMA
+    rule). It starts at the weights it is made with (a continued model: its parent's)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"the average's decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.parameters = [p for p in model.parameters()]
+        self.averaged = [p.detach().clone() for p in self.parameters]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.parameters], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        """The model's parameters become the average (at the end of training)."""
+        for parameter, average in zip(self.parameters, self.averaged):
+            parameter.copy_(average)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The model holds the average inside the block (to validate it, or copy it), its own
+        weights again after."""
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.parameters]
+            self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, weights in zip(self.parameters, trained):
+                    parameter.copy_(weights)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [average.detach().cpu() for average in self.averaged]
+
+    @torch.no_grad()
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        if len(state) != len(self.averaged) or any(s.shape != a.shape for s, a in zip(state, self.averaged)):
+            raise ValueError("the checkpoint's weight average does not match this model")
+        for average, saved in zip(self.averaged, state):
+            average.copy_(saved)
