@@ -17,18 +17,25 @@ import torch
 class WeightAverage:
     """The moving average of ``model``'s parameters: after each optimizer step ``update``
     moves it ``1 - decay`` of the way towards the weights (``torch.optim.swa_utils``' EMA
-    rule). It starts at the weights it is made with (a continued model: its parent's)."""
+    rule). It starts at the weights it is made with (a continued model: its parent's), and
+    early on it follows the weights closer: after ``n`` updates its decay is at most
+    ``(1 + n) / (10 + n)`` (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``),
+    so that a training of a few dozen steps is not held back at where it started."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"the average's decay must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.updates = decay, 0
         self.parameters = [p for p in model.parameters()]
         self.averaged = [p.detach().clone() for p in self.parameters]
 
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.parameters], 1.0 - self.decay)
+        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.parameters], 1.0 - self.current_decay())
+        self.updates += 1
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
@@ -50,12 +57,14 @@ class WeightAverage:
                 for parameter, weights in zip(self.parameters, trained):
                     parameter.copy_(weights)
 
-    def state_dict(self) -> list[torch.Tensor]:
-        return [average.detach().cpu() for average in self.averaged]
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "averaged": [average.detach().cpu() for average in self.averaged]}
 
     @torch.no_grad()
-    def load_state_dict(self, state: list[torch.Tensor]) -> None:
-        if len(state) != len(self.averaged) or any(s.shape != a.shape for s, a in zip(state, self.averaged)):
+    def load_state_dict(self, state: dict) -> None:
+        saved = state["averaged"]
+        if len(saved) != len(self.averaged) or any(s.shape != a.shape for s, a in zip(saved, self.averaged)):
             raise ValueError("the checkpoint's weight average does not match this model")
-        for average, saved in zip(self.averaged, state):
-            average.copy_(saved)
+        for average, weights in zip(self.averaged, saved):
+            average.copy_(weights)
+        self.updates = int(state["updates"])

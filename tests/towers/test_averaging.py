@@ -25,19 +25,26 @@ def weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def decays(decay: float, updates: int) -> list[float]:
+    """The average's decay at each update: at most (1 + n) / (10 + n) after n of them."""
+    return [min(decay, (1 + n) / (10 + n)) for n in range(updates)]
+
+
 def test_the_average_moves_a_share_of_the_way_after_each_update():
     layer = torch.nn.Linear(2, 1)
     with torch.no_grad():
         layer.weight.fill_(1.0)
     average = WeightAverage(layer, 0.75)
-    for value in (5.0, 9.0):
+    expected = 1.0
+    for value, decay in zip([5.0, 9.0] + [2.0] * 30, decays(0.75, 32)):
         with torch.no_grad():
             layer.weight.fill_(value)
         average.update()
-    # 1 -> 1 + (5 - 1) / 4 = 2 -> 2 + (9 - 2) / 4 = 3.75
-    with average.swapped_in():
-        assert torch.equal(layer.weight, torch.full((1, 2), 3.75))
-    assert torch.equal(layer.weight, torch.full((1, 2), 9.0))  # the trained weights, back after the block
+        expected += (1 - decay) * (value - expected)
+        with average.swapped_in():
+            torch.testing.assert_close(layer.weight, torch.full((1, 2), expected))
+        assert torch.equal(layer.weight, torch.full((1, 2), value))  # the trained weights, back after the block
+    assert decays(0.75, 32)[:2] == [0.1, 2 / 11] and decays(0.75, 32)[-1] == 0.75  # close early, then 0.75
     with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
         WeightAverage(layer, 1.0)
 
@@ -64,8 +71,8 @@ def test_the_trained_model_is_the_average_of_each_steps_weights(log, monkeypatch
     averaged = train(interactions, items, None, TowerConfig(**{**SETTINGS, "ema_decay": 0.9}), progress=False)
 
     expected = start[0]
-    for step in steps:
-        expected = [e + 0.1 * (s - e) for e, s in zip(expected, step)]
+    for step, decay in zip(steps, decays(0.9, len(steps))):
+        expected = [e + (1 - decay) * (s - e) for e, s in zip(expected, step)]
     assert len(steps) == 8  # 200 users in batches of 64, two epochs
     for mine, theirs in zip(averaged.model.parameters(), expected):
         torch.testing.assert_close(mine.detach(), theirs, rtol=1e-4, atol=1e-5)
