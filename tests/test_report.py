@@ -40,6 +40,12 @@ def test_the_report_says_which_temperature_the_model_was_trained_with():
                                                     "temperature_learned": False})
     assert "8 epochs, one process, temperature 0.1. Ranking" in report_markdown(fixed)
     assert "temperature" not in report_markdown(report())  # a report written before it was recorded
+    averaged = dataclasses.replace(report(), training={**report().training, "temperature": 0.05,
+                                                       "temperature_learned": True, "ema_decay": 0.98})
+    assert ", temperature 0.05 (learned), weights averaged over steps (decay 0.98). Ranking" in \
+        report_markdown(averaged)
+    last = dataclasses.replace(averaged, training={**averaged.training, "ema_decay": 0.0})
+    assert "averaged" not in report_markdown(last)
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path):

@@ -123,11 +123,16 @@ def write_report(report: EvaluationReport, directory: Path) -> None:
 
 
 def temperature_text(training: dict) -> str:
-    """", temperature 0.0552 (learned)": the softmax temperature the model was trained with
-    (reports written before it was recorded: nothing)."""
-    if training.get("temperature") is None:
-        return ""
-    return f", temperature {training['temperature']:.4g}{' (learned)' if training.get('temperature_learned') else ''}"
+    """", temperature 0.0552 (learned), weights averaged over steps (decay 0.98)": the softmax
+    temperature the model was trained with, and whether the model is the moving average of its
+    weights (reports written before these were recorded: nothing)."""
+    text = ""
+    if training.get("temperature") is not None:
+        learned = " (learned)" if training.get("temperature_learned") else ""
+        text = f", temperature {training['temperature']:.4g}{learned}"
+    if training.get("ema_decay"):
+        text += f", weights averaged over steps (decay {training['ema_decay']:g})"
+    return text
 
 
 def _processes(processes: int) -> str:

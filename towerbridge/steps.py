@@ -578,6 +578,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             "stopped": describe_stop(manifest.stop, manifest.config.validation_k),
             "temperature": manifest.config.temperature,
             "temperature_learned": manifest.config.learn_temperature,
+            "ema_decay": manifest.config.ema_decay,
         },
         timing={
             "milvus_seconds": round(milvus_seconds, 3),
