@@ -20,13 +20,15 @@ class WeightAverage:
     rule). It starts at the weights it is made with (a continued model: its parent's), and
     early on it follows the weights closer: after ``n`` updates its decay is at most
     ``(1 + n) / (10 + n)`` (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``),
-    so that a training of a few dozen steps is not held back at where it started."""
+    so that a training of a few dozen steps is not held back at where it started.
+    leave_out: parameters not averaged (they keep their last step's values)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, leave_out: list[torch.nn.Parameter] = ()) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"the average's decay must be in (0, 1), got {decay}")
         self.decay, self.updates = decay, 0
-        self.parameters = [p for p in model.parameters()]
+        left_out = {id(p) for p in leave_out}
+        self.parameters = [p for p in model.parameters() if id(p) not in left_out]
         self.averaged = [p.detach().clone() for p in self.parameters]
 
     def current_decay(self) -> float:

@@ -57,8 +57,9 @@ class TowerConfig:
     ema_decay: the model kept is an exponential moving average of the weights along training,
         moved ``1 - ema_decay`` of the way towards them after every step (0: off, the last
         step's weights). Early stopping validates the average. Each step also updates a copy of
-        every weight: with tables of millions of rows, a cost. 0.98 for the sequence tower (with
-        twice the learning rate: MovieLens-1M, BENCHMARKS.md, issue 30), off for the others.
+        every weight, except the tables with sparse gradients (``sparse_embeddings``), which keep
+        their last step's rows. 0.98 for the sequence tower (with twice the learning rate:
+        MovieLens-1M, BENCHMARKS.md, issue 30), off for the others.
     learning_rate_schedule: ``constant``, or ``cosine``: the rate falls from ``learning_rate``
         to 0 along half a cosine over the ``epochs`` (step by step), so the last epochs take small
         steps; early stopping or a time budget may end training before the end of the schedule.

@@ -152,9 +152,14 @@ def learning_rate(config: TowerConfig, progress: float) -> float:
     return config.learning_rate
 
 
+def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of ``model``'s embedding tables with sparse gradients."""
+    return [layer.weight for layer in model.modules()
+            if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse]
+
+
 def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> Optimizers:
-    sparse = [layer.weight for layer in model.modules()
-              if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse]
+    sparse = sparse_tables(model)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     rate = config.learning_rate
@@ -246,7 +251,9 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     generator = replica.generator(config.seed)
     step = TrainingStep(model, task, replica, device)
     optimizer = make_optimizer(model, config)
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    # tables with sparse gradients keep their last step's rows: a step touches a few of their
+    # rows, and averaging them would pass over every row at every step
+    average = WeightAverage(model, config.ema_decay, leave_out=sparse_tables(model)) if config.ema_decay else None
     checkpoints = Checkpoints(checkpoint_dir, config, replica)
     state = checkpoints.resume(model, optimizer, generator, device, average)
 

@@ -90,6 +90,26 @@ def test_early_stopping_validates_and_keeps_the_average(log):
     last = [epoch["validation_hit_rate@50"] for epoch in plain.history]
     assert averaged != last  # the average is validated, not the last step's weights
     assert trained.stop["kept_epoch"] == 1 + averaged.index(max(averaged))
+    # and training goes on from its own weights after each validation, not from the average
+    assert [e["loss_per_example"] for e in trained.history] == [e["loss_per_example"] for e in plain.history]
+
+
+def test_early_stopping_returns_the_best_epochs_average(log, tmp_path):
+    interactions, items = log
+    config = TowerConfig(**{**SETTINGS, "epochs": 4, "ema_decay": 0.5, "learning_rate": 0.05},
+                         early_stopping_patience=5, validation_users=50)
+    trained = train(interactions, items, None, config, progress=False, checkpoint_dir=tmp_path)
+    best = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best"]
+    assert best["epoch"] == trained.stop["kept_epoch"] < 4  # an earlier epoch than the last was the best
+    for name, weights in trained.model.state_dict().items():
+        assert torch.equal(weights, best["weights"][name]), name
+
+
+def test_tables_with_sparse_gradients_keep_their_last_steps_rows():
+    model = torch.nn.Module()
+    model.table, model.layer = torch.nn.Embedding(5, 2, sparse=True), torch.nn.Linear(2, 2)
+    average = WeightAverage(model, 0.9, leave_out=training.sparse_tables(model))
+    assert average.parameters == [model.layer.weight, model.layer.bias]
 
 
 def test_a_resumed_training_carries_the_average(log, tmp_path):
