@@ -57,13 +57,17 @@ class SearchParams:
     nprobe: int
     reorder_k: int | None = None
     pad: int = 0
+    nlist: int | None = None
 
     def for_limit(self, limit: int) -> dict:
         """Milvus' search ``params`` for a search of ``limit`` hits (SCANN re-ranks at least
-        as many candidates as it returns)."""
+        as many candidates as it returns, and a search wider than the tuned re-ranking probes
+        as many more lists, up to ``nlist``: the tuned lists may hold fewer items than it asks for)."""
         params: dict = {"nprobe": int(self.nprobe)}
         if self.reorder_k is not None:
             params["reorder_k"] = max(int(self.reorder_k), int(limit))
+            if limit > self.reorder_k and self.nlist:
+                params["nprobe"] = min(int(self.nlist), math.ceil(self.nprobe * limit / self.reorder_k))
         return params
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:

@@ -132,7 +132,11 @@ class VersionRecord:
         params = self.params or {}
         nprobe = self.nprobe if self.nprobe is not None else params.get("nprobe", 1)
         reorder_k = self.reorder_k if self.reorder_k is not None else params.get("reorder_k")
-        return SearchParams(int(nprobe), None if reorder_k is None else int(reorder_k), int(self.pad_dims))
+        if reorder_k is None:
+            return SearchParams(int(nprobe), None, int(self.pad_dims))
+        # SCANN: nlist caps the lists a search wider than the tuned re-ranking probes
+        nlist = params.get("nlist")
+        return SearchParams(int(nprobe), int(reorder_k), int(self.pad_dims), None if nlist is None else int(nlist))
 
     def evaluated_metric(self, name: str) -> float | None:
         """A metric of the model through Milvus (``hit_rate@10``) in the recorded evaluation."""

@@ -54,10 +54,10 @@ def test_a_collection_with_no_record_of_ours_reads_as_a_record_without_a_model()
 
 def test_search_settings_are_the_tuned_ones_else_the_builds():
     scann = VersionRecord(index_type="SCANN", params={"nlist": 64, "nprobe": 8, "reorder_k": 800}, pad_dims=1)
-    assert scann.search_params() == SearchParams(8, 800, pad=1)
+    assert scann.search_params() == SearchParams(8, 800, pad=1, nlist=64)  # nlist: how far a wide search may probe
     tuned = VersionRecord.from_dict({"params": {"nlist": 64, "nprobe": 8, "reorder_k": 800}, "pad_dims": 1,
                                      "nprobe": 32, "reorder_k": 400})
-    assert tuned.search_params() == SearchParams(32, 400, pad=1)
+    assert tuned.search_params() == SearchParams(32, 400, pad=1, nlist=64)
     ivf_pq = VersionRecord(index_type="IVF_PQ", params={"nlist": 64, "m": 8, "nbits": 8, "nprobe": 8})
     assert ivf_pq.search_params() == SearchParams(8)  # an IVF_PQ version has no reorder_k
 

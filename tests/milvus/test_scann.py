@@ -43,7 +43,8 @@ def test_scann_searches_rank_by_the_exact_scores(built, store, model_dir):
     ids, vectors = item_vectors(trained)
     queries = vectors[:20].copy()
     tuned = store.record(built.collection).search_params()
-    assert tuned == SearchParams(built.nprobe, built.reorder_k, pad=queries.shape[1] % 2)  # odd: one zero appended
+    assert tuned == SearchParams(built.nprobe, built.reorder_k, pad=queries.shape[1] % 2,  # odd: one zero appended
+                                 nlist=built.index["params"]["nlist"])
     found, scores = store.search(ALIAS, queries, 10, tuned)
     row = {item: position for position, item in enumerate(ids.tolist())}
     exact = np.einsum("qd,qkd->qk", queries, vectors[np.vectorize(row.get)(found)])
@@ -57,6 +58,14 @@ def test_a_search_wider_than_the_tuned_re_ranking_gets_every_hit(built, store, m
     limit = built.reorder_k + 50
     found, scores = store.search(ALIAS, vectors[:3], limit, store.record(built.collection).search_params())
     assert found.shape == (3, limit) and np.isfinite(scores).all()
+
+
+def test_a_search_wider_than_the_tuned_re_ranking_probes_as_many_more_lists():
+    scann = SearchParams(8, 200, nlist=30)
+    assert scann.for_limit(100) == {"nprobe": 8, "reorder_k": 200}  # within the tuning: as tuned
+    assert scann.for_limit(250) == {"nprobe": 10, "reorder_k": 250}  # 8 x 250 / 200
+    assert scann.for_limit(2000) == {"nprobe": 30, "reorder_k": 2000}  # at most every list
+    assert SearchParams(8, None, nlist=30).for_limit(250) == {"nprobe": 8}  # IVF_PQ: no re-ranking to widen
 
 
 def test_analysts_and_evaluation_use_the_versions_settings(built, store, model_dir, tmp_path):
