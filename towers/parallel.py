@@ -106,10 +106,10 @@ class TrainingStep:
     def __init__(self, model: torch.nn.Module, task: TrainingTask, replica: Replica, device: torch.device) -> None:
         self.replica = replica
         loss = _Loss(model, task)
-        self.sparse = list(_sparse_tables(loss).values()) if replica.distributed else []
+        self.sparse = list(sparse_tables(loss).values()) if replica.distributed else []
         if replica.distributed:
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                loss, list(_sparse_tables(loss)))
+                loss, list(sparse_tables(loss)))
             self.loss: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
                 loss, device_ids=[device] if device.type == "cuda" else None)
         else:
@@ -127,7 +127,7 @@ class TrainingStep:
         return loss.item()
 
 
-def _sparse_tables(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+def sparse_tables(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The weights of ``module``'s embedding tables with sparse gradients, by parameter name."""
     return {f"{name}.weight": layer.weight for name, layer in module.named_modules()
             if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse}

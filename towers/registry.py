@@ -33,8 +33,7 @@ HISTORY_SETTINGS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002,
 # loses on the built-in synthetic log (BENCHMARKS.md, issue 30).
 # Its learning rate is twice the other history tower's, and the model kept is the moving average of
 # its weights (ema_decay, about the last 50 steps): the average takes out the noise the larger
-# steps leave (on MovieLens-1M the larger steps alone gained on one seed of two, the average alone
-# inside the seeds' spread, both together +0.013 HR@10 on both: BENCHMARKS.md, issue 30).
+# steps leave; together they gain on MovieLens-1M (BENCHMARKS.md, issue 30).
 SEQUENCE_SETTINGS = {**HISTORY_SETTINGS, "epochs": 32, "learn_temperature": True, "learning_rate": 0.004,
                      "ema_decay": 0.98}
 

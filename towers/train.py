@@ -25,7 +25,7 @@ from towerbridge.towers.checkpoint import Checkpoints
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.features import Encoder, FeatureSpec, check_columns, default_spec
 from towerbridge.towers.model import Inputs, TwoTowerModel
-from towerbridge.towers.parallel import SINGLE, Replica, TrainingStep
+from towerbridge.towers.parallel import SINGLE, Replica, TrainingStep, sparse_tables
 from towerbridge.towers.query import TrainingTask
 from towerbridge.towers.registry import query_tower
 from towerbridge.towers.trained import TrainedModel, lookup
@@ -152,14 +152,8 @@ def learning_rate(config: TowerConfig, progress: float) -> float:
     return config.learning_rate
 
 
-def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The weights of ``model``'s embedding tables with sparse gradients."""
-    return [layer.weight for layer in model.modules()
-            if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse]
-
-
 def make_optimizer(model: torch.nn.Module, config: TowerConfig) -> Optimizers:
-    sparse = sparse_tables(model)
+    sparse = list(sparse_tables(model).values())
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     rate = config.learning_rate
@@ -253,7 +247,8 @@ def fit(trained: TrainedModel, task: TrainingTask, device: torch.device, progres
     optimizer = make_optimizer(model, config)
     # tables with sparse gradients keep their last step's rows: a step touches a few of their
     # rows, and averaging them would pass over every row at every step
-    average = WeightAverage(model, config.ema_decay, leave_out=sparse_tables(model)) if config.ema_decay else None
+    average = (WeightAverage(model, config.ema_decay, leave_out=list(sparse_tables(model).values()))
+               if config.ema_decay else None)
     checkpoints = Checkpoints(checkpoint_dir, config, replica)
     state = checkpoints.resume(model, optimizer, generator, device, average)
 
