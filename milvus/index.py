@@ -31,6 +31,12 @@ from towerbridge.errors import ConfigError
 METRIC = "IP"
 MAX_NLIST = 65536
 PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
+# A tuned IVF_PQ search reads at least this many items' codes (every list of a smaller catalog):
+# so few cost a fraction of a millisecond a query whatever the catalog's size, and stopping at
+# the target recall there gave up quality for little. MovieLens-1M (3,416 items, nlist 87): nprobe
+# 32 reached recall@100 0.955 and HR@10 0.3326, every list 0.990 and 0.3369 (exact search 0.3376),
+# for a quarter fewer queries a second (4,600 -> 3,500 users/s; BENCHMARKS.md, session 32).
+MIN_SCANNED = 4096
 INDEX_TYPES = ("IVF_PQ", "SCANN")
 # What a version may ask for: one of INDEX_TYPES, or AUTO: IVF_PQ, and SCANN where IVF_PQ's tuned
 # search falls short of the target recall (``auto_index``).
@@ -256,16 +262,26 @@ class Fallback:
         return self.items <= FALLBACK_REMEMBERED * n_rows and target >= self.target
 
 
+def min_nprobe(nlist: int, n_rows: int) -> int:
+    """The fewest lists a tuned search probes: enough to read ``MIN_SCANNED`` of ``n_rows``
+    items' codes on average (every list when the catalog is no larger)."""
+    if n_rows <= MIN_SCANNED:
+        return nlist
+    return max(1, min(nlist, math.ceil(nlist * MIN_SCANNED / n_rows)))
+
+
 def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,
-                plateau: float = PLATEAU) -> tuple[int, float]:
-    """The smallest nprobe (powers of two, then nlist) whose ``recall_at(nprobe)`` reaches
-    ``target``. When doubling nprobe gains less than ``plateau`` of recall, the codes'
-    precision, not the lists searched, is what limits recall: the smaller nprobe is kept
-    (searching every list would cost up to nlist/nprobe times as much for nothing).
-    nlist when recall still rises at the end. Returns ``(nprobe, recall)``."""
+                plateau: float = PLATEAU, least: int = 1) -> tuple[int, float]:
+    """The smallest nprobe (``least``, then the powers of two above it, then nlist) whose
+    ``recall_at(nprobe)`` reaches ``target``. When doubling nprobe gains less than ``plateau``
+    of recall, the codes' precision, not the lists searched, is what limits recall: the smaller
+    nprobe is kept (searching every list would cost up to nlist/nprobe times as much for
+    nothing). nlist when recall still rises at the end. Returns ``(nprobe, recall)``."""
     previous: tuple[int, float] | None = None
     recall = 0.0
-    for nprobe in sorted({min(params.nlist, 2**i) for i in range(17)} | {params.nlist}):
+    least = min(max(1, least), params.nlist)
+    ladder = {least, params.nlist} | {2**i for i in range(17) if least < 2**i < params.nlist}
+    for nprobe in sorted(ladder):
         recall = recall_at(nprobe)
         if recall >= target:
             return nprobe, recall
@@ -276,13 +292,15 @@ def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: 
 
 
 def tune_search(params: IndexParams, recall_at: Callable[[SearchParams], float], k: int,
-                target: float = defaults.TARGET_RECALL, plateau: float = PLATEAU) -> tuple[SearchParams, float]:
-    """The cheapest search settings reaching ``target`` recall: nprobe as ``tune_nprobe``;
+                target: float = defaults.TARGET_RECALL, plateau: float = PLATEAU,
+                least: int = 1) -> tuple[SearchParams, float]:
+    """The cheapest search settings reaching ``target`` recall: nprobe as ``tune_nprobe`` (for
+    IVF_PQ at least ``least``; SCANN's exact re-ranking gives back what its codes cost);
     for SCANN first with the widest re-ranking (``k`` times the last of REORDER_FACTORS,
     so that the codes do not limit recall), then the narrowest reorder_k that keeps the
     target (or, short of it, stays within ``plateau`` of the widest). Returns ``(settings, recall)``."""
     if isinstance(params, IvfPqParams):
-        nprobe, recall = tune_nprobe(params, lambda n: recall_at(SearchParams(n)), target, plateau)
+        nprobe, recall = tune_nprobe(params, lambda n: recall_at(SearchParams(n)), target, plateau, least)
         return SearchParams(nprobe), recall
     widest = k * REORDER_FACTORS[-1]
     nprobe, recall = tune_nprobe(params, lambda n: recall_at(SearchParams(n, widest)), target, plateau)

@@ -41,6 +41,7 @@ from towerbridge.milvus.index import (
     auto_index,
     choose_index,
     fallback_index,
+    min_nprobe,
     pad_dims,
     pad_vectors,
     params_record,
@@ -384,7 +385,7 @@ def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarr
         approximate = ev.search_top_k(positions, queries, seen, k, max_limit=len(catalog))
         return ev.overlap(approximate, exact, (k,))[f"recall@{k}"]
 
-    search, recall = tune_search(params, recall_at, k, target)
+    search, recall = tune_search(params, recall_at, k, target, least=min_nprobe(params.nlist, len(catalog)))
     search = replace(search, pad=pad)
     reorder = {} if search.reorder_k is None else {"reorder_k": search.reorder_k}
     store.set_record(name, nprobe=search.nprobe, **reorder,

@@ -11,6 +11,7 @@ from towerbridge.milvus.index import (
     choose_index,
     choose_ivf_pq,
     fallback_index,
+    min_nprobe,
     pad_dims,
     pad_vectors,
     tune_nprobe,
@@ -64,6 +65,39 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
 
     assert tune_nprobe(IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16), recall_at) == expected
     assert asked == sorted(asked) and asked[-1] <= 64
+
+
+@pytest.mark.parametrize("nlist, rows, expected", [
+    (87, 3416, 87),          # MovieLens-1M's catalog: fewer items than MIN_SCANNED, every list
+    (87, 4096, 87),
+    (256, 10_000, 105),      # 256 x 4096 / 10,000 = 104.9 lists: 4,096 items' codes on average
+    (4000, 1_000_000, 17),   # 16.4: a large catalog is tuned as before (its tuned nprobe is 16 or more)
+    (1, 50_000, 1),
+])
+def test_a_tuned_search_reads_at_least_a_few_thousand_codes(nlist, rows, expected):
+    assert min_nprobe(nlist, rows) == expected
+
+
+def test_nprobe_tuning_starts_at_the_least_lists_it_is_given():
+    curve = {1: 0.5, 2: 0.7, 4: 0.85, 8: 0.93, 16: 0.96, 20: 0.97, 32: 0.99, 40: 0.995, 64: 1.0}
+    asked = []
+
+    def recall_at(nprobe):
+        asked.append(nprobe)
+        return curve[nprobe]
+
+    params = IvfPqParams(nlist=64, m=8, nbits=8, nprobe=16)
+    assert tune_nprobe(params, recall_at, least=20) == (20, 0.97)  # the target is met above it: kept
+    assert asked == [20]
+    asked.clear()
+    assert tune_nprobe(params, recall_at, target=0.999, least=20) == (64, 1.0)  # then 32, 64 (nlist)
+    assert asked == [20, 32, 64]
+    asked.clear()
+    assert tune_nprobe(params, recall_at, least=64) == (64, 1.0) and asked == [64]
+    assert tune_nprobe(params, recall_at, least=500) == (64, 1.0)  # never beyond nlist
+    ivf = tune_search(params, lambda chosen: curve[chosen.nprobe], k=100, least=40)
+    scann = tune_search(ScannParams(nlist=64), lambda chosen: curve[chosen.nprobe], k=100, least=40)
+    assert ivf == (SearchParams(40), 0.995) and scann == (SearchParams(16, 100), 0.96)  # SCANN: as before
 
 
 def test_scann_is_chosen_with_the_same_lists_and_any_case():
