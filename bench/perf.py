@@ -35,7 +35,15 @@ import numpy as np
 
 from towerbridge import evaluation as ev
 from towerbridge import settings
-from towerbridge.milvus.index import ScannParams, SearchParams, pad_dims, pad_vectors, tune_nprobe, tune_search
+from towerbridge.milvus.index import (
+    ScannParams,
+    SearchParams,
+    min_nprobe,
+    pad_dims,
+    pad_vectors,
+    tune_nprobe,
+    tune_search,
+)
 
 GOALS = {"hit_rate@10": 0.14, "hit_rate@100": 0.52}
 
@@ -278,8 +286,9 @@ def smallest_nprobe(recall_at: Callable[[int], float], level: float, nlist: int)
 
 def search(store, name, faiss_index, ids, vectors, queries, k: int, target: float,
            server_pid: int | None, params) -> dict:
-    """Milvus at the nprobe the pipeline would tune (``index.tune_nprobe``: the smallest
-    reaching ``target`` recall@k, or where recall stops rising); FAISS at the same nprobe;
+    """Milvus at the nprobe the pipeline would tune (``index.tune_nprobe``: the smallest from
+    ``index.min_nprobe`` reaching ``target`` recall@k, or where recall stops rising); FAISS at
+    the same nprobe;
     exact torch search as the reference.
 
     Then both at the same recall (``same_recall``), as ANN benchmarks compare: the level is
@@ -335,7 +344,7 @@ def search(store, name, faiss_index, ids, vectors, queries, k: int, target: floa
                               qps=round(len(queries) / seconds))
         return milvus, faiss_figures
 
-    nprobe, recall = tune_nprobe(params, milvus_recall, target)
+    nprobe, recall = tune_nprobe(params, milvus_recall, target, least=min_nprobe(params.nlist, len(ids)))
     figures.update(nprobe=nprobe, nlist=params.nlist, tuned_recall=round(recall, 4), target_recall=target)
     if faiss_index is None:
         figures["milvus"], _ = time_at(nprobe, None)

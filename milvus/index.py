@@ -272,15 +272,15 @@ def min_nprobe(nlist: int, n_rows: int) -> int:
 
 def tune_nprobe(params: IndexParams, recall_at: Callable[[int], float], target: float = defaults.TARGET_RECALL,
                 plateau: float = PLATEAU, least: int = 1) -> tuple[int, float]:
-    """The smallest nprobe (``least``, then the powers of two above it, then nlist) whose
+    """The smallest nprobe (``least``, then the powers of two from twice it, then nlist) whose
     ``recall_at(nprobe)`` reaches ``target``. When doubling nprobe gains less than ``plateau``
     of recall, the codes' precision, not the lists searched, is what limits recall: the smaller
     nprobe is kept (searching every list would cost up to nlist/nprobe times as much for
     nothing). nlist when recall still rises at the end. Returns ``(nprobe, recall)``."""
     previous: tuple[int, float] | None = None
     recall = 0.0
-    least = min(max(1, least), params.nlist)
-    ladder = {least, params.nlist} | {2**i for i in range(17) if least < 2**i < params.nlist}
+    least = min(max(1, least), params.nlist)  # each step at least doubles: the plateau is per doubling
+    ladder = {least, params.nlist} | {2**i for i in range(17) if 2 * least <= 2**i < params.nlist}
     for nprobe in sorted(ladder):
         recall = recall_at(nprobe)
         if recall >= target:
@@ -295,7 +295,8 @@ def tune_search(params: IndexParams, recall_at: Callable[[SearchParams], float],
                 target: float = defaults.TARGET_RECALL, plateau: float = PLATEAU,
                 least: int = 1) -> tuple[SearchParams, float]:
     """The cheapest search settings reaching ``target`` recall: nprobe as ``tune_nprobe`` (for
-    IVF_PQ at least ``least``; SCANN's exact re-ranking gives back what its codes cost);
+    IVF_PQ at least ``least``; SCANN's tuning is as it was, the floor having been measured on
+    IVF_PQ only);
     for SCANN first with the widest re-ranking (``k`` times the last of REORDER_FACTORS,
     so that the codes do not limit recall), then the narrowest reorder_k that keeps the
     target (or, short of it, stays within ``plateau`` of the widest). Returns ``(settings, recall)``."""

@@ -392,9 +392,10 @@ def _tune_search(store: ItemStore, name: str, params, trained, vectors: np.ndarr
                      tuning=Tuning(target_recall=target, k=k, queries=len(users), recall=round(recall, 4),
                                    reached_target=bool(recall >= target)))
     if recall < target:
-        log.warning(f"{name}: recall@{k} {recall:.3f} at {search.describe()} (nlist {params.nlist}); more lists "
-                    f"gained less than {PLATEAU} each doubling, so the index's codes ({params.codes()}), not "
-                    f"nprobe, limit recall below the target {target}")
+        why = ("every list searched" if search.nprobe >= params.nlist else
+               f"more lists gained less than {PLATEAU} each doubling")
+        log.warning(f"{name}: recall@{k} {recall:.3f} at {search.describe()} (nlist {params.nlist}); {why}, so the "
+                    f"index's codes ({params.codes()}), not nprobe, limit recall below the target {target}")
     return search, recall
 
 

@@ -71,6 +71,7 @@ def test_nprobe_tuning_stops_at_the_target_or_where_recall_stops_rising(curve, e
     (87, 3416, 87),          # MovieLens-1M's catalog: fewer items than MIN_SCANNED, every list
     (87, 4096, 87),
     (256, 10_000, 105),      # 256 x 4096 / 10,000 = 104.9 lists: 4,096 items' codes on average
+    (64, 10_000, 27),        # 26.2: rounded up, never fewer codes than MIN_SCANNED
     (4000, 1_000_000, 17),   # 16.4: a large catalog is tuned as before (its tuned nprobe is 16 or more)
     (1, 50_000, 1),
 ])
@@ -90,11 +91,14 @@ def test_nprobe_tuning_starts_at_the_least_lists_it_is_given():
     assert tune_nprobe(params, recall_at, least=20) == (20, 0.97)  # the target is met above it: kept
     assert asked == [20]
     asked.clear()
-    assert tune_nprobe(params, recall_at, target=0.999, least=20) == (64, 1.0)  # then 32, 64 (nlist)
-    assert asked == [20, 32, 64]
+    assert tune_nprobe(params, recall_at, target=0.999, least=20) == (64, 1.0)  # then 40 (no power of two
+    assert asked == [20, 64]                                                    # below twice 20), 64 (nlist)
     asked.clear()
     assert tune_nprobe(params, recall_at, least=64) == (64, 1.0) and asked == [64]
     assert tune_nprobe(params, recall_at, least=500) == (64, 1.0)  # never beyond nlist
+    # the plateau is judged per doubling: a first step of 30 -> 32 that gains little does not stop it
+    rising = {30: 0.90, 32: 0.901, 64: 0.96, 128: 0.97}
+    assert tune_nprobe(IvfPqParams(nlist=128, m=8, nbits=8, nprobe=16), rising.__getitem__, least=30) == (64, 0.96)
     ivf = tune_search(params, lambda chosen: curve[chosen.nprobe], k=100, least=40)
     scann = tune_search(ScannParams(nlist=64), lambda chosen: curve[chosen.nprobe], k=100, least=40)
     assert ivf == (SearchParams(40), 0.995) and scann == (SearchParams(16, 100), 0.96)  # SCANN: as before

@@ -32,7 +32,8 @@ def test_retention_keeps_exactly_n_and_the_alias_serves_the_newest(milvus_uri, m
     assert built[-1].previous == built[-2].collection
     assert built[-1].dropped_versions == (built[0].collection,)
     record = store.record(built[-1].collection)
-    assert record.complete is True and record.model_dir == model_dir and record.nprobe >= 1
+    assert record.complete is True and record.model_dir == model_dir
+    assert record.nprobe == record.params["nlist"]  # fewer items than MIN_SCANNED: tuning searches every list
 
 
 def test_a_half_built_version_is_removed_by_the_next_build(milvus_uri, model_dir, store):
