@@ -32,10 +32,8 @@ METRIC = "IP"
 MAX_NLIST = 65536
 PLATEAU = 0.005  # nprobe tuning stops when doubling nprobe gains less recall than this
 # A tuned IVF_PQ search reads at least this many items' codes (every list of a smaller catalog):
-# so few cost a fraction of a millisecond a query whatever the catalog's size, and stopping at
-# the target recall there gave up quality for little. MovieLens-1M (3,416 items, nlist 87): nprobe
-# 32 reached recall@100 0.955 and HR@10 0.3326, every list 0.990 and 0.3369 (exact search 0.3376),
-# for a quarter fewer queries a second (4,600 -> 3,500 users/s; BENCHMARKS.md, session 32).
+# so few cost a fraction of a millisecond a query whatever the catalog's size, while stopping at
+# the target recall there gave up quality (figures in BENCHMARKS.md, issue 30).
 MIN_SCANNED = 4096
 INDEX_TYPES = ("IVF_PQ", "SCANN")
 # What a version may ask for: one of INDEX_TYPES, or AUTO: IVF_PQ, and SCANN where IVF_PQ's tuned
