@@ -140,6 +140,28 @@ def history_queries(trained: TrainedModel, windows: torch.Tensor, user_inputs: I
     return user_layout(out[:, -1])
 
 
+def history_exclusions(inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                       mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user's own items that leave each position's softmax (``exclude_history``), as
+    ``(rows, items)``: ``rows`` index the kept positions (``keep``, ``[B, L]``, row-major, as
+    ``queries[keep]`` orders them), ascending; ``items`` are vocabulary indices. ``seen``: the
+    items at and before the position; ``window``: every item of the window (its inputs and its
+    last target). ``targets``: ``[B, L]``, or ``[B, L, H]`` for several targets a position; a
+    position's own targets are never among them, even where they were seen before."""
+    batch, length = inputs.shape
+    targets = targets if targets.dim() == 3 else targets[:, :, None]
+    if mode == "seen":
+        items, allowed = inputs, torch.ones(length, length, dtype=torch.bool, device=inputs.device).tril_()
+    else:
+        items = torch.cat([inputs, targets[:, -1:, 0]], dim=1)
+        allowed = torch.ones(length, length + 1, dtype=torch.bool, device=inputs.device)
+    own = (items[:, None, :, None] == targets[:, :, None, :]).any(dim=-1)  # [B, L, columns]: a target of the position
+    pairs = keep[:, :, None] & allowed[None] & (items[:, None, :] > 0) & ~own
+    b, t, s = pairs.nonzero(as_tuple=True)
+    row_of = keep.flatten().cumsum(0).view(batch, length) - 1
+    return row_of[b, t], items[b, s]
+
+
 class HistoryTask:
     """The history towers' examples: one per user, predicting the next item at every
     position of the user's last ``history_length + 1`` items (and with ``future_targets`` > 1
@@ -221,18 +243,28 @@ class HistoryTask:
         queries, temperature = model.scaled(queries, config.temperature)
         if config.future_targets > 1:
             # each position also predicts the items after the next, each weighted future_weight
-            # (0 where the history ends first): [P, future_targets] targets
-            positives = torch.stack([F.pad(targets[:, ahead:], (0, ahead)) for ahead in range(config.future_targets)],
-                                    dim=-1)[keep]
+            # (0 where the history ends first): [B, L, future_targets] targets
+            targets = torch.stack([F.pad(targets[:, ahead:], (0, ahead)) for ahead in range(config.future_targets)],
+                                  dim=-1)
+            positives = targets[keep]
             weight = (positives > 0).to(queries.dtype)
             weight[:, 1:] *= config.future_weight
             positives = positives.clamp_min(1)  # weight 0 rows point at any item
+        excluded = None
+        if config.exclude_history != "none":
+            # a position's targets (the next item, and with future_targets of some weight those
+            # after it) stay in
+            rows, items = history_exclusions(inputs, targets if weight is None or config.future_weight > 0 else
+                                             targets[..., :1], keep, config.exclude_history)
+            excluded = (rows, items if drawn is not None else items - 1 if whole else
+                        torch.searchsorted(needed, items) - 1)
         if drawn is not None:
             return uniform_negatives_loss(queries, vectors[torch.searchsorted(needed, positives)],
                                           vectors[torch.searchsorted(needed, drawn)], positives, drawn,
-                                          temperature)
+                                          temperature, excluded)
         if whole:
-            return full_softmax_loss(queries, vectors[1:], positives - 1, temperature, weight=weight)
+            return full_softmax_loss(queries, vectors[1:], positives - 1, temperature, weight=weight,
+                                     excluded=excluded)
         # the sampled softmax: over the distinct items of the batch's histories and targets and the
         # uniform samples, each row's target among them; the logQ correction subtracts the log of
         # each item's chance to be among them, and ranking adds the popularity prior back
@@ -242,7 +274,7 @@ class HistoryTask:
             bias = sampled_softmax_bias(self.sampling_probability[needed[1:]], draws, len(sampled),
                                         len(self.trained.item_ids))
         return full_softmax_loss(queries, vectors[1:], torch.searchsorted(needed, positives) - 1, temperature,
-                                 bias, weight)
+                                 bias, weight, excluded)
 
     @torch.inference_mode()
     def validate(self) -> float | None:

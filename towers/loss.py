@@ -173,7 +173,8 @@ class _FullSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor, temperature: float,
-                bias: torch.Tensor | None, weight: torch.Tensor | None, grads: bool) -> torch.Tensor:
+                bias: torch.Tensor | None, weight: torch.Tensor | None, excluded_rows: torch.Tensor | None,
+                excluded_columns: torch.Tensor | None, grads: bool) -> torch.Tensor:
         # positive [P], or [P, H] with weight [P, H]: row i's loss is the weighted sum of its
         # targets' cross-entropies, sum_j w_ij (log Z_i - s_i,pos_ij), over one log-normaliser
         scaled = queries / temperature
@@ -190,6 +191,11 @@ class _FullSoftmax(torch.autograd.Function):
                 torch.mm(scaled[start:start + count], items.T, out=scores)
             else:
                 torch.addmm(bias[None, :], scaled[start:start + count], items.T, out=scores)
+            if excluded_rows is not None:
+                # each row's excluded items leave its softmax: -inf scores, whose exp is 0
+                low, high = torch.searchsorted(excluded_rows, torch.tensor([start, start + count],
+                                                                           device=excluded_rows.device)).tolist()
+                scores[excluded_rows[low:high] - start, excluded_columns[low:high]] = -torch.inf
             top = scores.amax(dim=1, keepdim=True)
             sums = scores.sub_(top).exp_().sum(dim=1, keepdim=True)
             normaliser[start:start + count] = sums[:, 0].log().add_(top[:, 0])
@@ -225,12 +231,13 @@ class _FullSoftmax(torch.autograd.Function):
         if d_scaled is None:
             raise RuntimeError("full_softmax_loss was computed without gradients (grad mode was off)")
         return (d_scaled * (grad / ctx.temperature) if ctx.needs_input_grad[0] else None,
-                d_items * grad if ctx.needs_input_grad[1] else None, None, None, None, None, None)
+                d_items * grad if ctx.needs_input_grad[1] else None, None, None, None, None, None, None, None)
 
 
 def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torch.Tensor,
                       temperature: float = 1.0, bias: torch.Tensor | None = None,
-                      weight: torch.Tensor | None = None) -> torch.Tensor:
+                      weight: torch.Tensor | None = None,
+                      excluded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Summed softmax cross-entropy of each query ``[P, dim]`` over the whole catalog
     ``items`` ``[N, dim]``; ``positive`` ``[P]``: each query's item (a row of ``items``).
     The history towers' loss when the catalog is small enough to score in full.
@@ -241,7 +248,11 @@ def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torc
 
     bias: ``[N]`` added to every row's logits (after the temperature), not learned: with
     ``items`` a sample of the catalog, minus the log of each item's chance to be in it
-    (``sampled_softmax_bias``) makes this the sampled softmax with the logQ correction."""
+    (``sampled_softmax_bias``) makes this the sampled softmax with the logQ correction.
+
+    excluded: ``(rows, columns)``, rows sorted ascending: item ``columns[k]`` is left out of
+    query ``rows[k]``'s softmax (neither in its normaliser nor given a gradient), as if it were
+    not in the catalog for that query; a query's own positives must not be among its exclusions."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if len(positive) != len(queries):
@@ -251,10 +262,14 @@ def full_softmax_loss(queries: torch.Tensor, items: torch.Tensor, positive: torc
                          f"{tuple(positive.shape)} and {None if weight is None else tuple(weight.shape)}")
     if bias is not None and bias.shape != (len(items),):
         raise ValueError(f"bias must have one value per item ({len(items)}), got shape {tuple(bias.shape)}")
+    if excluded is not None and excluded[0].shape != excluded[1].shape:
+        raise ValueError("excluded must be (rows, columns) of one length")
     grads = torch.is_grad_enabled() and (queries.requires_grad or items.requires_grad)
     return _FullSoftmax.apply(queries, items, positive, temperature,
                               None if bias is None else bias.detach().to(queries.dtype),
-                              None if weight is None else weight.detach().to(queries.dtype), grads)
+                              None if weight is None else weight.detach().to(queries.dtype),
+                              None if excluded is None else excluded[0].contiguous(),
+                              None if excluded is None else excluded[1], grads)
 
 
 def sampled_softmax_bias(probability: torch.Tensor, draws: int, uniform_draws: int, catalog: int) -> torch.Tensor:
@@ -320,14 +335,16 @@ class _UniformNegatives(torch.autograd.Function):
 
 def uniform_negatives_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
                            positive_ids: torch.Tensor, negative_ids: torch.Tensor,
-                           temperature: float = 1.0) -> torch.Tensor:
+                           temperature: float = 1.0,
+                           excluded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Summed softmax cross-entropy of each query ``[P, dim]`` over its own positive
     (``positives``, ``[P, dim]``) and ``negatives`` ``[K, dim]`` drawn uniformly from the
     catalog and shared by every row (the sampled softmax of Jean et al. with a uniform
     proposal, whose logQ correction is the same for every column and so cancels). A negative
     that is the row's own positive (same id in ``positive_ids`` ``[P]`` and in
     ``negative_ids`` ``[K]``, which are distinct) is left out of that row. It scores
-    ``P x K`` products instead of the full softmax's ``P x catalog``."""
+    ``P x K`` products instead of the full softmax's ``P x catalog``.
+    excluded: ``(rows, ids)``: negative ``ids[k]``, where drawn, is left out of row ``rows[k]``."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if positives.shape != queries.shape or len(positive_ids) != len(queries) or len(negative_ids) != len(negatives):
@@ -339,5 +356,11 @@ def uniform_negatives_loss(queries: torch.Tensor, positives: torch.Tensor, negat
     at = torch.searchsorted(ordered, positive_ids).clamp_(max=max(0, len(ordered) - 1))
     hit_rows = ((ordered[at] == positive_ids).nonzero()[:, 0] if len(ordered)
                 else torch.zeros(0, dtype=torch.long, device=queries.device))
+    hit_columns = order[at[hit_rows]]
+    if excluded is not None and len(ordered):
+        rows, ids = excluded
+        where = torch.searchsorted(ordered, ids).clamp_(max=len(ordered) - 1)
+        drawn = ordered[where] == ids
+        hit_rows, hit_columns = torch.cat([hit_rows, rows[drawn]]), torch.cat([hit_columns, order[where[drawn]]])
     grads = torch.is_grad_enabled() and (queries.requires_grad or positives.requires_grad or negatives.requires_grad)
-    return _UniformNegatives.apply(queries, positives, negatives, hit_rows, order[at[hit_rows]], temperature, grads)
+    return _UniformNegatives.apply(queries, positives, negatives, hit_rows, hit_columns, temperature, grads)

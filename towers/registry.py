@@ -34,8 +34,11 @@ HISTORY_SETTINGS = {"vector_dim": 65, "batch_size": 128, "learning_rate": 0.002,
 # Its learning rate is twice the other history tower's, and the model kept is the moving average of
 # its weights (ema_decay, about the last 50 steps): the average takes out the noise the larger
 # steps leave; together they gain on MovieLens-1M (BENCHMARKS.md, issue 30).
+# Each position's softmax leaves out the items the user had up to it (exclude_history "seen"):
+# serving and the evaluation never rank them, and training no longer spends its gradient pushing
+# them down (MovieLens-1M: BENCHMARKS.md, issue 30).
 SEQUENCE_SETTINGS = {**HISTORY_SETTINGS, "epochs": 32, "learn_temperature": True, "learning_rate": 0.004,
-                     "ema_decay": 0.98}
+                     "ema_decay": 0.98, "exclude_history": "seen"}
 
 
 def _heads_divide_width(config: TowerConfig) -> None:

@@ -8,7 +8,7 @@ import torch
 from towerbridge.data.synthetic import SyntheticSpec, generate
 from towerbridge.towers.config import TowerConfig
 from towerbridge.towers.history import Histories
-from towerbridge.towers.history_tower import history_queries
+from towerbridge.towers.history_tower import history_exclusions, history_queries
 from towerbridge.towers.sequence import AttentionBlock
 from towerbridge.towers.train import prepare, train
 from towerbridge.towers.vectors import user_layout, user_vectors
@@ -314,6 +314,92 @@ def test_future_targets_add_the_items_after_the_next_weighted(full):
     task.targets = targets
     assert both == pytest.approx(plain + 0.5 * ahead, rel=1e-5)
     assert three > both > plain
+
+
+def test_a_positions_exclusions_are_the_users_items_up_to_it_or_in_its_window():
+    inputs = torch.tensor([[0, 0, 4, 7, 2], [5, 6, 5, 1, 3]])
+    targets = torch.tensor([[0, 0, 7, 2, 9], [6, 5, 1, 3, 8]])  # user 1 watches item 5 again
+    keep = targets > 0
+    kept = [(b, t) for b in range(2) for t in range(5) if keep[b, t]]  # the rows, as queries[keep] orders them
+
+    def as_sets(rows, items):
+        found = [set() for _ in kept]
+        for row, item in zip(rows.tolist(), items.tolist()):
+            found[row].add(item)
+        return found
+
+    rows, items = history_exclusions(inputs, targets, keep, "seen")
+    assert rows.tolist() == sorted(rows.tolist())
+    assert as_sets(rows, items) == [{4}, {4, 7}, {4, 7, 2},
+                                    # 5 is not excluded where it is the target, though seen
+                                    {5}, {6}, {5, 6}, {5, 6, 1}, {5, 6, 1, 3}]
+    rows, items = history_exclusions(inputs, targets, keep, "window")
+    assert rows.tolist() == sorted(rows.tolist())
+    assert as_sets(rows, items) == [{4, 2, 9}, {4, 7, 9}, {4, 7, 2},
+                                    {5, 1, 3, 8}, {6, 1, 3, 8}, {5, 6, 3, 8}, {5, 6, 1, 8}, {5, 6, 1, 3}]
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_excluding_the_users_items_takes_them_out_of_the_loss(full):
+    from dataclasses import replace
+
+    from towerbridge.towers.parallel import SINGLE
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=1, batch_size=64, seed=3,
+                         full_softmax_items=100 if full else 10, mixed_negatives=0 if full else 40)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()  # no dropout: the same queries every time
+    task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+    batch = torch.arange(64)
+
+    def loss(mode: str) -> float:
+        trained.config = replace(config, exclude_history=mode)
+        return task.loss(batch, np.random.default_rng(0)).item()
+
+    # fewer terms in each normaliser: the whole window takes out more than the items seen so far
+    plain, seen, window = loss("none"), loss("seen"), loss("window")
+    assert window < seen < plain
+    # and they train, on the sampled softmax too
+    trained = train(interactions, items, None, replace(config, epochs=2, exclude_history="seen"), progress=False)
+    assert np.isfinite([epoch["loss_per_example"] for epoch in trained.history]).all()
+
+
+def test_exclusions_keep_every_target_of_a_position_and_work_with_every_softmax():
+    from dataclasses import replace
+
+    from towerbridge.errors import ConfigError
+    from towerbridge.towers.parallel import SINGLE
+
+    with pytest.raises(ConfigError, match="exclude_history must be 'none', 'seen' or 'window', got 'all'"):
+        TowerConfig(user_tower="sequence", exclude_history="all")
+    assert TowerConfig(user_tower="sequence").exclude_history == "seen"
+    assert TowerConfig(user_tower="pooled").exclude_history == "none"
+    # with future targets, an item two ahead stays in the softmax though seen before (item 5 at
+    # the first position)
+    inputs, ahead = torch.tensor([[5, 6, 7]]), torch.tensor([[[6, 5], [7, 1], [1, 0]]])
+    rows, items = history_exclusions(inputs, ahead, ahead[..., 0] > 0, "seen")
+    assert list(zip(rows.tolist(), items.tolist())) == [(1, 5), (1, 6), (2, 5), (2, 6), (2, 7)]
+
+    interactions, items = generate(SyntheticSpec(n_users=200, n_items=100, n_topics=5, seed=7))
+    config = TowerConfig(user_tower="sequence", history_length=16, epochs=1, batch_size=64, seed=3)
+    trained = prepare(interactions, items, None, config)
+    trained.model.eval()  # no dropout: the same queries every time
+    task = trained.model.user_tower.examples(trained, interactions, None, torch.device("cpu"), SINGLE)
+    batch, catalog = torch.arange(64), len(trained.item_ids)
+
+    def loss(**settings) -> float:
+        trained.config = replace(config, **settings)
+        return task.loss(batch, np.random.default_rng(0)).item()
+
+    for mode in ("seen", "window"):
+        # drawing every item uniformly is the full softmax, exclusions and all
+        whole = loss(exclude_history=mode)
+        assert loss(exclude_history=mode, uniform_negatives=catalog) == pytest.approx(whole, rel=1e-5)
+        assert loss(exclude_history=mode, uniform_negatives=40) < loss(exclude_history="none", uniform_negatives=40)
+        # further targets of weight 0 add nothing, exclusions and all
+        assert loss(exclude_history=mode, future_targets=2, future_weight=0.0) == pytest.approx(whole, rel=1e-6)
+        assert loss(exclude_history=mode, future_targets=2, future_weight=0.5) > whole
 
 
 def test_uniform_negatives_replace_the_catalog_with_the_batchs_draws():

@@ -298,6 +298,39 @@ def test_several_weighted_targets_share_one_softmax(monkeypatch, block, with_bia
         full_softmax_loss(query, items, positive, 0.3, bias, weight[:, :1])
 
 
+@pytest.mark.parametrize("block", [1 << 22, 40])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_excluded_items_leave_their_rows_softmax(monkeypatch, block, with_bias):
+    # exclude_history: a user's own items are neither negatives of nor in the normaliser of the
+    # rows they are excluded from; the other rows keep them
+    monkeypatch.setattr(loss_module, "FULL_SOFTMAX_BLOCK", block)
+    generator = torch.Generator().manual_seed(4)
+    query = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, generator=generator) if with_bias else None
+    positive = torch.tensor([0, 3, 3, 8, 1, 2, 7, 7, 4, 5, 6])
+    rows = torch.tensor([0, 0, 0, 2, 5, 5, 6, 9, 10, 10, 10])  # ascending; rows of several blocks
+    columns = torch.tensor([1, 2, 8, 8, 0, 0, 1, 4, 0, 1, 2])  # a repeated pair changes nothing
+    mine = full_softmax_loss(query, items, positive, 0.3, bias, excluded=(rows, columns))
+    logits = (query / 0.3) @ items.T + (0 if bias is None else bias)
+    masked = logits.index_put((rows, columns), torch.tensor(-torch.inf, dtype=torch.float64))
+    reference = torch.nn.functional.cross_entropy(masked, positive, reduction="sum")
+    assert mine.item() == pytest.approx(reference.item(), rel=1e-12)
+    grads = torch.autograd.grad(mine, (query, items))
+    for ours, theirs in zip(grads, torch.autograd.grad(reference, (query, items))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    # fewer terms in the excluded rows' normalisers: a smaller loss than the plain softmax's,
+    # and an excluded item gets no gradient from the one row that excluded it
+    assert mine.item() < full_softmax_loss(query, items, positive, 0.3, bias).item()
+    alone = full_softmax_loss(query[2:3], items, positive[2:3], 0.3, bias,
+                              excluded=(torch.tensor([0]), torch.tensor([8])))
+    assert not torch.autograd.grad(alone, items)[0][8].any()
+    assert torch.autograd.gradcheck(
+        lambda q, c: full_softmax_loss(q, c, positive, 0.3, bias, excluded=(rows, columns)), (query, items))
+    with pytest.raises(ValueError, match="excluded must be"):
+        full_softmax_loss(query, items, positive, 0.3, excluded=(rows, columns[:3]))
+
+
 def test_the_sampled_softmax_bias_is_minus_the_log_of_each_items_chance_to_be_drawn():
     from towerbridge.towers.loss import sampled_softmax_bias
 
