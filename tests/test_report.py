@@ -46,6 +46,11 @@ def test_the_report_says_which_temperature_the_model_was_trained_with():
         report_markdown(averaged)
     last = dataclasses.replace(averaged, training={**averaged.training, "ema_decay": 0.0})
     assert "averaged" not in report_markdown(last)
+    seen = dataclasses.replace(averaged, training={**averaged.training, "exclude_history": "seen"})
+    assert ("(decay 0.98), the items the user had up to it left out of each position's softmax. Ranking"
+            in report_markdown(seen))
+    assert "softmax" not in report_markdown(dataclasses.replace(seen, training={**seen.training,
+                                                                               "exclude_history": "none"}))
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path):

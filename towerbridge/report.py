@@ -123,16 +123,23 @@ def write_report(report: EvaluationReport, directory: Path) -> None:
 
 
 def temperature_text(training: dict) -> str:
-    """", temperature 0.0552 (learned), weights averaged over steps (decay 0.98)": the softmax
-    temperature the model was trained with, and whether the model is the moving average of its
-    weights (reports written before these were recorded: nothing)."""
+    """", temperature 0.0552 (learned), weights averaged over steps (decay 0.98), the items the
+    user had up to it left out of each position's softmax": the softmax temperature the model was
+    trained with, whether the model is the moving average of its weights, and which of the user's
+    own items its softmax left out (reports written before these were recorded: nothing)."""
     text = ""
     if training.get("temperature") is not None:
         learned = " (learned)" if training.get("temperature_learned") else ""
         text = f", temperature {training['temperature']:.4g}{learned}"
     if training.get("ema_decay"):
         text += f", weights averaged over steps (decay {training['ema_decay']:g})"
+    excluded = EXCLUDED.get(training.get("exclude_history"))
+    if excluded:
+        text += f", {excluded} left out of each position's softmax"
     return text
+
+
+EXCLUDED = {"seen": "the items the user had up to it", "window": "the items of the user's window"}
 
 
 def _processes(processes: int) -> str:

@@ -581,6 +581,7 @@ def evaluate_model(model_dir: str, uri: str, collection: str, report_dir: str, k
             "temperature": manifest.config.temperature,
             "temperature_learned": manifest.config.learn_temperature,
             "ema_decay": manifest.config.ema_decay,
+            "exclude_history": manifest.config.exclude_history,
         },
         timing={
             "milvus_seconds": round(milvus_seconds, 3),
