@@ -50,7 +50,7 @@ def test_the_report_says_which_temperature_the_model_was_trained_with():
     assert ("(decay 0.98), the items the user had up to it left out of each position's softmax. Ranking"
             in report_markdown(seen))
     assert "softmax" not in report_markdown(dataclasses.replace(seen, training={**seen.training,
-                                                                               "exclude_history": "none"}))
+                                                                               "exclude_history": "off"}))
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path):

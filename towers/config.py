@@ -109,11 +109,11 @@ class TowerConfig:
         on the windows before its last one, so every item of it is a target once (False: the
         last window only, as SASRec; on MovieLens-1M that leaves a third of the items out).
     exclude_history: history towers only; which of the user's own items leave each position's
-        softmax (neither negatives nor in its normaliser): ``none``; ``seen``, the items up to the
+        softmax (neither negatives nor in its normaliser): ``off``; ``seen``, the items up to the
         position (those that serving and the evaluation leave out of the ranking anyway);
         ``window``, every item of the training window but the position's target. None (the
         default): the tower's value (the sequence tower: ``seen``, which gained on MovieLens-1M,
-        BENCHMARKS.md, issue 30; the others ``none``). A position's own targets are never left out.
+        BENCHMARKS.md, issue 30; the others ``off``). A position's own targets are never left out.
     """
 
     vector_dim: int | None = None
@@ -167,7 +167,7 @@ class TowerConfig:
         if self.ema_decay is None:
             object.__setattr__(self, "ema_decay", 0.0)
         if self.exclude_history is None:
-            object.__setattr__(self, "exclude_history", "none")
+            object.__setattr__(self, "exclude_history", "off")
         if self.feature_dim is None and self.vector_dim is not None:
             object.__setattr__(self, "feature_dim", self.vector_dim - 1)
         if self.vector_dim < 2:
@@ -209,8 +209,8 @@ class TowerConfig:
         if self.uniform_negatives < 0 or (self.uniform_negatives and self.future_targets > 1):
             raise ConfigError(f"uniform_negatives must be >= 0, and 0 with future_targets > 1; got "
                               f"{self.uniform_negatives} with future_targets {self.future_targets}")
-        if self.exclude_history not in ("none", "seen", "window"):
-            raise ConfigError(f"exclude_history must be 'none', 'seen' or 'window', got {self.exclude_history!r}")
+        if self.exclude_history not in ("off", "seen", "window"):
+            raise ConfigError(f"exclude_history must be 'off', 'seen' or 'window', got {self.exclude_history!r}")
         if self.feed_forward_mult < 1:
             raise ConfigError(f"feed_forward_mult must be >= 1, got {self.feed_forward_mult}")
         if not 0 <= self.ema_decay < 1:

@@ -251,7 +251,7 @@ class HistoryTask:
             weight[:, 1:] *= config.future_weight
             positives = positives.clamp_min(1)  # weight 0 rows point at any item
         excluded = None
-        if config.exclude_history != "none":
+        if config.exclude_history != "off":
             # a position's targets (the next item, and with future_targets of some weight those
             # after it) stay in
             rows, items = history_exclusions(inputs, targets if weight is None or config.future_weight > 0 else

@@ -21,7 +21,7 @@ READABLE_FORMATS = (FORMAT,)
 # the sequence tower's blocks in models written before they had these settings: SASRec's; and
 # their temperature, fixed; their weights, the last step's; their softmax, over every item
 OLDER_MODELS = {"gated_blocks": False, "feed_forward_mult": 1, "learn_temperature": False, "ema_decay": 0.0,
-                "exclude_history": "none"}
+                "exclude_history": "off"}
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def test_early_stopping_returns_the_best_epochs_average(log, tmp_path):
     # a learning rate this high on this log peaks before the last epoch (with the softmax over every
     # item: the trajectory the test was set on)
     config = TowerConfig(**{**SETTINGS, "epochs": 4, "ema_decay": 0.5, "learning_rate": 0.05,
-                            "exclude_history": "none"}, early_stopping_patience=5, validation_users=50)
+                            "exclude_history": "off"}, early_stopping_patience=5, validation_users=50)
     trained = train(interactions, items, None, config, progress=False, checkpoint_dir=tmp_path)
     best = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best"]
     assert best["epoch"] == trained.stop["kept_epoch"] < 4  # an earlier epoch than the last was the best

@@ -358,7 +358,7 @@ def test_excluding_the_users_items_takes_them_out_of_the_loss(full):
         return task.loss(batch, np.random.default_rng(0)).item()
 
     # fewer terms in each normaliser: the whole window takes out more than the items seen so far
-    plain, seen, window = loss("none"), loss("seen"), loss("window")
+    plain, seen, window = loss("off"), loss("seen"), loss("window")
     assert window < seen < plain
     # and they train, on the sampled softmax too
     trained = train(interactions, items, None, replace(config, epochs=2, exclude_history="seen"), progress=False)
@@ -371,10 +371,15 @@ def test_exclusions_keep_every_target_of_a_position_and_work_with_every_softmax(
     from towerbridge.errors import ConfigError
     from towerbridge.towers.parallel import SINGLE
 
-    with pytest.raises(ConfigError, match="exclude_history must be 'none', 'seen' or 'window', got 'all'"):
+    with pytest.raises(ConfigError, match="exclude_history must be 'off', 'seen' or 'window', got 'all'"):
         TowerConfig(user_tower="sequence", exclude_history="all")
     assert TowerConfig(user_tower="sequence").exclude_history == "seen"
-    assert TowerConfig(user_tower="pooled").exclude_history == "none"
+    assert TowerConfig(user_tower="pooled").exclude_history == "off"
+    # from the command line (--set): "off" is a value, not the "none" that means the default
+    from towerbridge.towers.config import parse_setting
+
+    assert parse_setting("exclude_history=off") == ("exclude_history", "off")
+    assert TowerConfig.for_tower("sequence", **dict([parse_setting("exclude_history=off")])).exclude_history == "off"
     # with future targets, an item two ahead stays in the softmax though seen before (item 5 at
     # the first position)
     inputs, ahead = torch.tensor([[5, 6, 7]]), torch.tensor([[[6, 5], [7, 1], [1, 0]]])
@@ -396,7 +401,7 @@ def test_exclusions_keep_every_target_of_a_position_and_work_with_every_softmax(
         # drawing every item uniformly is the full softmax, exclusions and all
         whole = loss(exclude_history=mode)
         assert loss(exclude_history=mode, uniform_negatives=catalog) == pytest.approx(whole, rel=1e-5)
-        assert loss(exclude_history=mode, uniform_negatives=40) < loss(exclude_history="none", uniform_negatives=40)
+        assert loss(exclude_history=mode, uniform_negatives=40) < loss(exclude_history="off", uniform_negatives=40)
         # further targets of weight 0 add nothing, exclusions and all
         assert loss(exclude_history=mode, future_targets=2, future_weight=0.0) == pytest.approx(whole, rel=1e-6)
         assert loss(exclude_history=mode, future_targets=2, future_weight=0.5) > whole
